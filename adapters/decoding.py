@@ -1,0 +1,318 @@
+"""The forward pass shared by the decoder-only adapters: stages, pruned cache, greedy decode.
+
+The adapter builds a :class:`TokenLayout` (input embeddings with the visual tokens in
+place, their original position ids, and which entries are visual) and a
+:class:`DecoderParts` view of the stock language model. :func:`prefill_and_decode`
+then runs the stock decoder layers one by one, calls the strategy at each scheduled
+stage, applies its selection (gathering hidden states and the *original* position
+ids), and decodes greedily from the per-layer KV cache: layers before a pruning point
+cache every token, layers after it only the survivors. The model's attention kernel
+is never changed; attention signals are recomputed for the requested query rows only.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from tokenbench.strategy import Selection, StageContext, StageSpec, Strategy, validate_selection
+
+RopeFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+ApplyRopeFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+class StrategyFailure(RuntimeError):
+    """The strategy raised or broke the contract for one sample of a batch."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(reason)
+        self.index = index
+        self.reason = reason
+
+
+@dataclass
+class DecoderParts:
+    """A model-agnostic view of a stock decoder-only language model."""
+
+    embed: nn.Module
+    layers: Sequence[nn.Module]
+    norm: nn.Module
+    lm_head: nn.Module
+    #: (hidden [B,S,d], positions [B,S,P]) -> (cos, sin) in the model's own format
+    rotary: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+    #: the model's rotary application for one tensor of shape [B,H,S,hd]
+    apply_rope: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+    #: positions [B,S,P] -> the position_ids the layers take ([B,S] or [P,B,S])
+    position_ids: Callable[[torch.Tensor], torch.Tensor]
+    make_cache: Callable[[], Any]
+
+
+@dataclass
+class TokenLayout:
+    """A left-padded batch of token sequences.
+
+    ``pos`` holds the original position ids (``P`` = 1 for 1-D RoPE, 3 for M-RoPE);
+    ``origin`` is the original visual index of each visual entry and -1 elsewhere.
+    """
+
+    hidden: torch.Tensor  # [B, S, d]
+    pos: torch.Tensor  # [B, S, P]
+    valid: torch.Tensor  # [B, S] bool
+    origin: torch.Tensor  # [B, S] long
+
+    @property
+    def visual(self) -> torch.Tensor:
+        return self.origin >= 0
+
+    def visual_counts(self) -> list[int]:
+        return (self.visual & self.valid).sum(dim=1).tolist()
+
+
+@dataclass
+class SampleSetup:
+    """Per-sample inputs to the strategy, fixed for the whole forward."""
+
+    sample_id: str
+    budget: int
+    num_visual: int
+    grid: tuple[int, int]
+    generator: torch.Generator
+    saliency: torch.Tensor | None = None  # [N] over original visual tokens
+    text_embeddings: torch.Tensor | None = None  # [T, d]
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DecodeOutput:
+    tokens: list[list[int]]
+    tokens_per_layer: list[list[int]]
+    kept: list[dict[str, list[int]]]
+    merged: list[dict[str, int]]
+    first_logits: torch.Tensor
+    selection_seconds: list[float]
+
+
+def prefill_and_decode(
+    parts: DecoderParts,
+    layout: TokenLayout,
+    setups: Sequence[SampleSetup],
+    strategy: Strategy,
+    stages: Sequence[StageSpec],
+    *,
+    max_new_tokens: int,
+    eos_ids: set[int],
+    stop: Callable[[list[int]], bool] | None = None,
+) -> DecodeOutput:
+    """Run the stages, the prefill and greedy decoding; see the module docstring."""
+    batch = layout.hidden.shape[0]
+    n_layers = len(parts.layers)
+    kept: list[dict[str, list[int]]] = [{} for _ in range(batch)]
+    merged: list[dict[str, int]] = [{} for _ in range(batch)]
+    sel_time = [0.0] * batch
+    by_layer = {s.after_layer: s for s in stages if s.kind == "llm"}
+    if any(k is not None and k >= n_layers - 1 for k in by_layer):
+        raise ValueError(f"strategy {strategy.name!r} schedules a stage after the last decoder layer ({n_layers - 1})")
+
+    for stage in stages:
+        if stage.kind == "vision":
+            layout = _apply_stage(layout, None, stage, strategy, setups, parts, kept, merged, sel_time, n_layers)
+
+    cache = parts.make_cache()
+    per_layer: list[list[int]] = [[] for _ in range(batch)]
+    layer_valid: list[torch.Tensor] = []
+    hidden = layout.hidden
+    mask, pos_ids, rope = _layer_inputs(parts, layout)
+    counts = layout.visual_counts()
+    for idx, layer in enumerate(parts.layers):
+        for b, c in enumerate(counts):
+            per_layer[b].append(int(c))
+        layer_in = hidden
+        hidden = layer(hidden, attention_mask=mask, position_ids=pos_ids, position_embeddings=rope, cache=cache, use_cache=True)
+        if isinstance(hidden, tuple):
+            hidden = hidden[0]
+        layer_valid.append(layout.valid)
+        stage = by_layer.get(idx)
+        if stage is not None:
+            layout.hidden = hidden
+            signals = _LayerSignals(layer, layer_in, rope, layout, parts)
+            layout = _apply_stage(layout, signals, stage, strategy, setups, parts, kept, merged, sel_time, n_layers)
+            hidden = layout.hidden
+            mask, pos_ids, rope = _layer_inputs(parts, layout)
+            counts = layout.visual_counts()
+
+    last = parts.norm(hidden[:, -1:, :])
+    logits = parts.lm_head(last)[:, -1, :].float()
+    first_logits = logits
+    next_pos = layout.pos[:, -1, :] + 1  # decoding continues from the unpruned length
+    out: list[list[int]] = [[] for _ in range(batch)]
+    done = [False] * batch
+    for step in range(max_new_tokens):
+        token = logits.argmax(dim=-1)
+        for b in range(batch):
+            if not done[b]:
+                t = int(token[b])
+                if t in eos_ids:
+                    done[b] = True
+                else:
+                    out[b].append(t)
+                    if stop is not None and stop(out[b]):
+                        done[b] = True
+        if all(done) or step == max_new_tokens - 1:
+            break
+        h = parts.embed(token[:, None])
+        pos = next_pos[:, None, :] + step
+        rope = parts.rotary(h, pos)
+        pos_ids = parts.position_ids(pos)
+        for idx, layer in enumerate(parts.layers):
+            layer_valid[idx] = torch.cat([layer_valid[idx], torch.ones(batch, 1, dtype=torch.bool)], dim=1)
+            mask = None if bool(layer_valid[idx].all()) else layer_valid[idx][:, None, None, :]
+            h = layer(h, attention_mask=mask, position_ids=pos_ids, position_embeddings=rope, cache=cache, use_cache=True)
+            if isinstance(h, tuple):
+                h = h[0]
+        logits = parts.lm_head(parts.norm(h))[:, -1, :].float()
+    return DecodeOutput(out, per_layer, kept, merged, first_logits, sel_time)
+
+
+def _layer_inputs(parts: DecoderParts, layout: TokenLayout) -> tuple[torch.Tensor | None, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """Mask, position ids and rotary tables for the current layout."""
+    return _prefill_mask(layout.valid), parts.position_ids(layout.pos), parts.rotary(layout.hidden, layout.pos)
+
+
+def _prefill_mask(valid: torch.Tensor) -> torch.Tensor | None:
+    """``None`` (the kernel's own causal path) without padding; else a bool [B,1,S,S] mask.
+
+    Padding query rows attend to themselves so that no row is fully masked (which
+    would put NaN into values that valid rows multiply by zero).
+    """
+    if bool(valid.all()):
+        return None
+    s = valid.shape[1]
+    causal = torch.ones(s, s, dtype=torch.bool, device=valid.device).tril()
+    mask = causal[None] & valid[:, None, :]
+    mask |= torch.eye(s, dtype=torch.bool, device=valid.device)[None]
+    return mask[:, None]
+
+
+class _LayerSignals:
+    """Lazily computed signals of one decoder layer, for one batch."""
+
+    def __init__(self, layer: nn.Module, layer_in: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], layout: TokenLayout, parts: DecoderParts) -> None:
+        self.layer, self.layer_in, self.rope, self.parts = layer, layer_in, rope, parts
+        self.valid = layout.valid.clone()
+        self.visual = layout.visual.clone()
+
+    def attention(self, b: int, query: str) -> torch.Tensor:
+        """Head-averaged attention probabilities [Q, n_visual] of sample ``b``'s query rows."""
+        attn = self.layer.self_attn
+        cols = torch.nonzero(self.valid[b]).squeeze(1)
+        x = self.layer.input_layernorm(self.layer_in[b : b + 1, cols])
+        cos, sin = (t[b : b + 1, cols] if t.dim() == 3 else t[:, b : b + 1, cols] for t in self.rope)
+        visual = self.visual[b, cols]
+        if query == "last":
+            rows = torch.tensor([cols.numel() - 1])
+        elif query == "text":
+            rows = torch.nonzero(~visual).squeeze(1)
+        else:
+            rows = torch.arange(cols.numel())
+        hd = attn.head_dim
+        q = attn.q_proj(x[:, rows]).view(1, rows.numel(), -1, hd).transpose(1, 2)
+        k = attn.k_proj(x).view(1, cols.numel(), -1, hd).transpose(1, 2)
+        q = self.parts.apply_rope(q, *(_rows(t, rows) for t in (cos, sin)))
+        k = self.parts.apply_rope(k, cos, sin)
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        scores = (q @ k.transpose(-1, -2)).float() * attn.scaling
+        causal = rows[:, None] >= torch.arange(cols.numel())[None, :]
+        scores = scores.masked_fill(~causal, float("-inf"))
+        probs = scores.softmax(dim=-1).mean(dim=1)[0]  # [Q, S_b]
+        return probs[:, visual]
+
+
+def _rows(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    return t[..., rows, :]
+
+
+def _apply_stage(
+    layout: TokenLayout,
+    signals: _LayerSignals | None,
+    stage: StageSpec,
+    strategy: Strategy,
+    setups: Sequence[SampleSetup],
+    parts: DecoderParts,
+    kept: list[dict[str, list[int]]],
+    merged: list[dict[str, int]],
+    sel_time: list[float],
+    n_layers: int,
+) -> TokenLayout:
+    rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    for b, setup in enumerate(setups):
+        valid_idx = torch.nonzero(layout.valid[b]).squeeze(1)
+        vis = layout.visual[b, valid_idx]
+        v_idx = valid_idx[vis]
+        tokens = layout.hidden[b, v_idx]
+        origin = layout.origin[b, v_idx]
+        ctx = StageContext(
+            stage=stage,
+            sample_id=setup.sample_id,
+            budget=setup.budget,
+            num_visual=setup.num_visual,
+            grid=setup.grid,
+            num_layers=n_layers,
+            tokens=tokens,
+            origin=origin,
+            generator=setup.generator,
+            saliency=setup.saliency[origin] if "saliency" in stage.signals and setup.saliency is not None else None,
+            text_embeddings=setup.text_embeddings if "text_embeddings" in stage.signals else None,
+            attention=signals.attention(b, stage.query) if signals is not None and "attention" in stage.signals else None,
+            state=setup.state,
+        )
+        start = time.perf_counter()
+        try:
+            with torch.no_grad():
+                sel = validate_selection(strategy.select(ctx), ctx)
+        except Exception as exc:  # noqa: BLE001 - a plugin's failure is recorded per sample
+            raise StrategyFailure(b, f"{stage.label}: {type(exc).__name__}: {exc}") from exc
+        sel_time[b] += time.perf_counter() - start
+        kept[b][stage.label] = origin[sel.keep].tolist()
+        merged[b][stage.label] = 0 if sel.merged is None else int(sel.merged.shape[0])
+        rows.append(_rebuild_row(layout, b, valid_idx, v_idx, sel))
+    return _repad(rows, layout.hidden.shape[-1], layout.pos.shape[-1], layout.hidden)
+
+
+def _rebuild_row(layout: TokenLayout, b: int, valid_idx: torch.Tensor, v_idx: torch.Tensor, sel: Selection) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The sample's new sequence: text before, the new visual segment, text after."""
+    hid, pos, org = layout.hidden[b], layout.pos[b], layout.origin[b]
+    vis_hidden = sel.values.to(hid.dtype) if sel.values is not None else hid[v_idx[sel.keep]]
+    seg_h, seg_p, seg_o, order = [vis_hidden], [pos[v_idx[sel.keep]]], [org[v_idx[sel.keep]]], [sel.keep * 2]
+    if sel.merged is not None and sel.merged_positions is not None and sel.merged.shape[0]:
+        donors = v_idx[sel.merged_positions]
+        seg_h.append(sel.merged.to(hid.dtype))
+        seg_p.append(pos[donors])
+        seg_o.append(org[donors])
+        order.append(sel.merged_positions * 2 + 1)
+    perm = torch.argsort(torch.cat(order), stable=True)
+    first_vis = int(v_idx[0]) if v_idx.numel() else int(valid_idx[-1]) + 1
+    before = valid_idx[valid_idx < first_vis]
+    after = valid_idx[(valid_idx > first_vis) & (layout.origin[b, valid_idx] < 0)]
+    h = torch.cat([hid[before], torch.cat(seg_h)[perm], hid[after]])
+    p = torch.cat([pos[before], torch.cat(seg_p)[perm], pos[after]])
+    o = torch.cat([org[before], torch.cat(seg_o)[perm], org[after]])
+    return h, p, o
+
+
+def _repad(rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], dim: int, pdim: int, like: torch.Tensor) -> TokenLayout:
+    batch, length = len(rows), max(r[0].shape[0] for r in rows)
+    hidden = like.new_zeros(batch, length, dim)
+    pos = torch.zeros(batch, length, pdim, dtype=torch.long, device=like.device)
+    valid = torch.zeros(batch, length, dtype=torch.bool, device=like.device)
+    origin = torch.full((batch, length), -1, dtype=torch.long, device=like.device)
+    for b, (h, p, o) in enumerate(rows):
+        n = h.shape[0]
+        hidden[b, length - n :] = h
+        pos[b, length - n :] = p
+        valid[b, length - n :] = True
+        origin[b, length - n :] = o
+    return TokenLayout(hidden, pos, valid, origin)

@@ -1,0 +1,75 @@
+"""Loading checkpoints by hub id or local path, and what identifies them."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from tokenbench.adapter import ModelLoadError
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise ModelLoadError(f"unknown dtype {name!r}; use one of {', '.join(_DTYPES)}") from None
+
+
+def load_pretrained(model_cls: Any, source: str, *, device: str, dtype: str, processor_options: dict[str, Any] | None = None, **options: Any) -> tuple[Any, Any]:
+    """The model (SDPA attention, eval mode) and its processor, from a path or a hub id."""
+    from transformers import AutoProcessor
+
+    local = Path(source).expanduser()
+    if local.exists() and not (local / "config.json").is_file():
+        raise ModelLoadError(f"{source}: no config.json there; point --model at a saved Hugging Face checkpoint directory")
+    try:
+        processor = AutoProcessor.from_pretrained(str(local) if local.exists() else source, **(processor_options or {}))
+        model = model_cls.from_pretrained(
+            str(local) if local.exists() else source,
+            dtype=torch_dtype(dtype),
+            attn_implementation="sdpa",
+            **options,
+        )
+    except OSError as exc:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(exc).lower() or "connect" in str(exc).lower()
+        hint = "it is not in the local Hugging Face cache and the hub cannot be reached" if offline else str(exc).splitlines()[0]
+        raise ModelLoadError(f"cannot load model {source!r}: {hint}; pass a local checkpoint path instead") from None
+    return model.to(device).eval(), processor
+
+
+def model_identity(model: Any, source: str, device: str, dtype: str, **extra: Any) -> dict[str, Any]:
+    """What identifies the weights and the runtime: path or hub id, revision or weight-file hash."""
+    local = Path(source).expanduser()
+    ident: dict[str, Any] = {"model": source, "model_type": model.config.model_type}
+    if local.is_dir():
+        digest = hashlib.sha256()
+        for f in sorted(local.glob("*.safetensors")) + sorted(local.glob("config.json")):
+            digest.update(f.name.encode())
+            digest.update(hashlib.sha256(f.read_bytes()).digest())
+        ident["weights_sha256"] = digest.hexdigest()[:16]
+    else:
+        ident["revision"] = getattr(model.config, "_commit_hash", None)
+    ident.update(
+        device=str(device),
+        device_name=torch.cuda.get_device_name() if str(device).startswith("cuda") else "cpu",
+        dtype=dtype,
+        attention=getattr(model.config, "_attn_implementation", "sdpa"),
+        **extra,
+    )
+    return ident
+
+
+def make_stop(tokenizer: Any, stop_strings: tuple[str, ...] = ("\n", "</s>", "<|im_end|>")) -> Callable[[list[int]], bool]:
+    """A predicate: has the decoded text produced one of the stop strings?"""
+
+    def stop(tokens: list[int]) -> bool:
+        text = tokenizer.decode(tokens[-4:], skip_special_tokens=False)
+        return any(s in text for s in stop_strings)
+
+    return stop

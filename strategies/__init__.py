@@ -1,0 +1,18 @@
+"""The built-in strategies, registered through the same entry point a third-party package uses."""
+
+from __future__ import annotations
+
+from tokenbench.hookspecs import Register, hookimpl
+
+BUILTINS = (
+    ("baseline", "baseline:Baseline", "Keeps every visual token (the unreduced model)."),
+    ("random", "random_drop:RandomDrop", "Keeps b visual tokens drawn uniformly, seeded per sample (control)."),
+    ("pooling", "pooling:Pooling", "2-D average pooling of the token grid to about b cells (control)."),
+    ("attention-only", "attention_only:AttentionOnly", "Top-b tokens by encoder [CLS] saliency (FasterVLM/VisPruner)."),
+)
+
+
+@hookimpl
+def register_strategies(register: Register) -> None:
+    for name, target, description in BUILTINS:
+        register(f"tokenbench.strategies.{target}", name=name, description=description)

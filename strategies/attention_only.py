@@ -1,0 +1,46 @@
+"""``attention-only``: the top-b visual tokens by encoder saliency, no merging.
+
+Saliency for a CLIP-style encoder is the [CLS] row of the attention of the layer the
+model takes its features from, head-averaged; for an encoder without [CLS]
+(Qwen2.5-VL) the mean attention each patch receives in the last full-attention block,
+pooled to the merged-token grid. The adapter computes it; this strategy only ranks.
+Published as FasterVLM / VisPruner (arXiv 2412.01818). Ties break towards the earlier
+token (``torch.topk`` on a stable sort), so results are deterministic.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from tokenbench.strategy import ModelInfo, Selection, StageContext, StageSpec, Strategy
+
+
+def top_k_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` highest scores, ties to the lower index, returned ascending.
+
+    >>> top_k_sorted(torch.tensor([0.1, 0.5, 0.5, 0.2]), 2).tolist()
+    [1, 2]
+    """
+    order = torch.sort(scores.float(), descending=True, stable=True).indices
+    return order[:k].sort().values
+
+
+class AttentionOnly(Strategy):
+    """Keeps the ``budget`` most salient visual tokens.
+
+    >>> from tokenbench import StageContext
+    >>> ctx = StageContext.for_testing(num_visual=16, budget=4)
+    >>> sel = AttentionOnly().select(ctx)
+    >>> bool((ctx.saliency[sel.keep].min() >= ctx.saliency.sort().values[-4]).item())
+    True
+    """
+
+    name = "attention-only"
+    description = "Top-b tokens by encoder [CLS] saliency (FasterVLM/VisPruner)."
+
+    def schedule(self, model: ModelInfo) -> tuple[StageSpec, ...]:
+        return (StageSpec.vision("saliency"),)
+
+    def select(self, ctx: StageContext) -> Selection:
+        assert ctx.saliency is not None
+        return Selection(keep=top_k_sorted(ctx.saliency, min(ctx.budget, ctx.num_tokens)), scores=ctx.saliency)

@@ -1,0 +1,80 @@
+"""``jsonl``: bring your own data, one JSON object a line.
+
+Each line: ``{"id": ..., "image": "relative/path.png", "question": ..., "answers":
+[...], "choices": [...] (optional), "kind": ... (optional)}``; image paths are relative
+to the file. Scoring is exact match after normalisation (case, punctuation, articles,
+number words); with ``choices``, the option letter or the option text counts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+from tokenbench.answers import choice_letter, exact_match
+from tokenbench.task import Sample, Task, TaskDataError
+
+_REQUIRED = ("id", "image", "question", "answers")
+
+
+class JsonlTask(Task):
+    name = "jsonl"
+    description = "Your own data: one JSON object a line (id, image, question, answers[, choices, kind])."
+    metric_kind = "binary"
+    needs_path = True
+    max_new_tokens = 8
+
+    def load(self) -> Sequence[Sample]:
+        path = Path(str(self.path))
+        if not path.is_file():
+            raise TaskDataError(f"{path}: file not found (expected a .jsonl file with one JSON object a line)")
+        samples: list[Sample] = []
+        seen: set[str] = set()
+        with path.open(encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                samples.append(self._parse(path, lineno, line, seen))
+        if not samples:
+            raise TaskDataError(f"{path}: no samples (expected one JSON object a line)")
+        return samples
+
+    def _parse(self, path: Path, lineno: int, line: str, seen: set[str]) -> Sample:
+        where = f"{path}:{lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TaskDataError(f"{where}: not valid JSON ({exc.msg})") from None
+        if not isinstance(obj, dict):
+            raise TaskDataError(f"{where}: expected a JSON object")
+        missing = [k for k in _REQUIRED if k not in obj]
+        if missing:
+            raise TaskDataError(f"{where}: missing key(s) {', '.join(missing)} (need {', '.join(_REQUIRED)})")
+        answers = obj["answers"]
+        if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
+            raise TaskDataError(f"{where}: 'answers' must be a non-empty list of strings")
+        sid = str(obj["id"])
+        if sid in seen:
+            raise TaskDataError(f"{where}: duplicate id {sid!r}")
+        seen.add(sid)
+        image = path.parent / str(obj["image"])
+        if not image.is_file():
+            raise TaskDataError(f"{where}: image {obj['image']!r} not found (paths are relative to the .jsonl file)")
+        choices = obj.get("choices")
+        return Sample(
+            id=sid,
+            image=str(image),
+            question=str(obj["question"]),
+            answers=tuple(answers),
+            choices=tuple(str(c) for c in choices) if choices else None,
+            kind=str(obj["kind"]) if obj.get("kind") is not None else None,
+        )
+
+    def score(self, sample: Sample, prediction: str) -> float:
+        if sample.choices:
+            letter = choice_letter(prediction, len(sample.choices))
+            if letter is not None:
+                picked = sample.choices["ABCDEFGHIJ".index(letter)]
+                return float(exact_match(picked, sample.answers) or letter in sample.answers)
+        return exact_match(prediction, sample.answers)

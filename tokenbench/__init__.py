@@ -1,0 +1,39 @@
+"""tokenbench: fair, significance-tested benchmarks for visual-token reduction in VLMs.
+
+The public API is what this module exports; plugin authors import nothing deeper.
+Heavy modules (torch, transformers) load only when a model runs.
+"""
+
+from __future__ import annotations
+
+from tokenbench.adapter import Adapter, GenerationResult, ModelLoadError
+from tokenbench.budget import Budget, BudgetError
+from tokenbench.hookspecs import Register, hookimpl
+from tokenbench.registry import PluginError, UnknownNameError, get_registry
+from tokenbench.strategy import ModelInfo, Selection, SelectionError, StageContext, StageSpec, Strategy
+from tokenbench.task import Sample, Task, TaskDataError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Adapter",
+    "Budget",
+    "BudgetError",
+    "GenerationResult",
+    "ModelInfo",
+    "ModelLoadError",
+    "PluginError",
+    "Register",
+    "Sample",
+    "Selection",
+    "SelectionError",
+    "StageContext",
+    "StageSpec",
+    "Strategy",
+    "Task",
+    "TaskDataError",
+    "UnknownNameError",
+    "__version__",
+    "get_registry",
+    "hookimpl",
+]

@@ -1,0 +1,93 @@
+"""Helpers for testing strategies and adapters without downloads.
+
+- :func:`tiny_llava_checkpoint` saves a randomly initialised LLaVA (model, tokenizer,
+  processor) with ``save_pretrained``, loadable by path like any real checkpoint.
+- :func:`write_jsonl_task` writes a small ``jsonl`` task with drawn images.
+- :func:`check_strategy_contract` is the contract every strategy must meet; the
+  project's own suite runs it over every registered strategy, and a plugin package
+  can run it on its own class.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+WORDS = (
+    "what colour is the shape object left right of above below how many are there a an "
+    "red green blue yellow purple orange circle square triangle diamond yes no zero one two three "
+    "four five cat dog picture image this in on and or with which answer question color"
+).split()
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}USER: "
+    "{% for item in message['content'] %}{% if item['type'] == 'image' %}<image>\n{% else %}{{ item['text'] }}{% endif %}{% endfor %}"
+    "{% else %} {% for item in message['content'] %}{{ item['text'] }}{% endfor %}</s>{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %} ASSISTANT:{% endif %}"
+)
+
+
+def word_tokenizer(words: list[str] | tuple[str, ...] = WORDS, **kwargs: Any) -> Any:
+    """A word-level ``PreTrainedTokenizerFast`` with ``<image>``, ``<pad>``, ``<s>``, ``</s>``, ``<unk>``."""
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
+    vocab = {w: i for i, w in enumerate(specials + sorted(set(words) | set(":?.,!\n") | {"USER", "ASSISTANT"}))}
+    tk = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    from tokenizers import decoders
+
+    tk.decoder = decoders.WordPiece(prefix="##", cleanup=False)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+        extra_special_tokens={"image_token": "<image>"},
+        **kwargs,
+    )
+
+
+def tiny_llava_checkpoint(path: str | Path, *, seed: int = 0, image_size: int = 32, patch_size: int = 8, layers: int = 3, feature_layer: int = -2) -> Path:
+    """Save a tiny random LLaVA (4×4 visual tokens by default) with its processor."""
+    import torch
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+
+    path = Path(path)
+    tok = word_tokenizer()
+    torch.manual_seed(seed)
+    cfg = LlavaConfig(
+        vision_config=CLIPVisionConfig(image_size=image_size, patch_size=patch_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),
+        text_config=LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=256, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=feature_layer,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+    )
+    model = LlavaForConditionalGeneration(cfg).eval()
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(path)
+    ip = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=patch_size, vision_feature_select_strategy="default", num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE)
+    proc.save_pretrained(path)
+    return path
+
+
+def write_jsonl_task(directory: str | Path, n: int = 6, size: int = 32) -> Path:
+    """A ``jsonl`` task of ``n`` coloured-square images; returns the .jsonl path."""
+    from PIL import Image, ImageDraw
+
+    directory = Path(directory)
+    (directory / "images").mkdir(parents=True, exist_ok=True)
+    colours = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
+    lines = []
+    for i in range(n):
+        name = list(colours)[i % 3]
+        im = Image.new("RGB", (size, size), (128, 128, 128))
+        ImageDraw.Draw(im).rectangle([i % 8, i % 5, size // 2 + i % 7, size // 2 + i % 6], fill=colours[name])
+        im.save(directory / "images" / f"{i}.png")
+        lines.append({"id": f"s{i}", "image": f"images/{i}.png", "question": "what colour is the square?", "answers": [name], "kind": "colour"})
+    out = directory / "task.jsonl"
+    out.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return out
