@@ -49,6 +49,8 @@ class DecoderParts:
     #: positions [B,S,P] -> the position_ids the layers take ([B,S] or [P,B,S])
     position_ids: Callable[[torch.Tensor], torch.Tensor]
     make_cache: Callable[[], Any]
+    #: 1 for 1-D RoPE, 3 for M-RoPE (temporal, height, width)
+    position_dims: int = 1
 
 
 @dataclass

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import torch
 
 from tokenbench.adapter import Adapter, GenerationResult
+from tokenbench.adapters.flops_meter import FlopsMeter
 from tokenbench.adapters.decoding import DecoderParts, SampleSetup, TokenLayout, prefill_and_decode
 from tokenbench.adapters.loading import load_pretrained, make_stop, model_identity, torch_dtype
 from tokenbench.budget import Budget, sample_generator
@@ -54,6 +55,7 @@ class LlavaAdapter(Adapter):
             position_ids=lambda pos: pos[..., 0],
             make_cache=lambda: _dynamic_cache(text),
         )
+        self.meter = FlopsMeter(self.parts, text, self._vision_macs)
         tok = processor.tokenizer
         tok.padding_side = "left"
         eos = model.generation_config.eos_token_id
@@ -77,6 +79,19 @@ class LlavaAdapter(Adapter):
 
     def describe(self) -> dict[str, Any]:
         return model_identity(self.model, self.source, self.device, self.dtype, family=self.family)
+
+    def flops(self, result: GenerationResult) -> dict[str, int]:
+        return self.meter.measure(result)
+
+    def _vision_macs(self, result: GenerationResult) -> tuple[int, int]:
+        """(vision tower, projector) multiply-adds for one image, traced once."""
+        vcfg = self.model.config.vision_config
+        param = next(self.model.parameters())
+        pixels = torch.zeros(1, 3, vcfg.image_size, vcfg.image_size, dtype=param.dtype, device=param.device)
+        tower = self.meter.counter.count(("vision", vcfg.image_size), self.model.model.vision_tower, (pixels,))
+        feats = torch.zeros(1, result.num_visual, vcfg.hidden_size, dtype=param.dtype, device=param.device)
+        proj = self.meter.counter.count(("projector", result.num_visual), self.model.model.multi_modal_projector, (feats,))
+        return tower, proj
 
     def chat_prompt(self, user_text: str) -> str:
         """The full prompt for one user turn with one image, by the model's chat template."""
@@ -157,6 +172,7 @@ class LlavaAdapter(Adapter):
                     merged=out.merged[b],
                     answer_margin=float(top2[b, 0] - top2[b, 1]),
                     selection_seconds=out.selection_seconds[b],
+                    text_tokens=int((attn[b] & ~is_img[b]).sum()),
                 )
             )
         return results

@@ -43,6 +43,8 @@ class GenerationResult:
     answer_margin: float = float("nan")
     #: wall-clock seconds spent inside the strategy's select() calls
     selection_seconds: float = 0.0
+    #: text (non-visual) tokens of the prompt, which no strategy drops
+    text_tokens: int = 0
 
     @property
     def tokens_into_llm(self) -> int:
@@ -88,6 +90,11 @@ class Adapter:
         max_new_tokens: int = 8,
     ) -> list[GenerationResult]:
         raise NotImplementedError
+
+    def flops(self, result: GenerationResult) -> dict[str, int] | None:
+        """FLOPs (2 × multiply-adds) of the forward that produced ``result``: keys ``vision``,
+        ``projector``, ``llm_prefill``, ``decode_per_token``, ``total_prefill``; ``None`` if unknown."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         """Model identity and runtime settings recorded with every result."""

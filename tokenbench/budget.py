@@ -54,7 +54,7 @@ class Budget:
         if self.kind == "count":
             return str(int(self.value))
         if self.kind == "fraction":
-            return f"{self.value:.1%}"
+            return "all" if self.value == 1.0 else f"{self.value:.1%}"
         return "default"
 
     def check(self, capacity: int | None) -> None:

@@ -99,6 +99,58 @@ class Task:
         """Task-level metrics beyond the mean score (e.g. MME's score); default none."""
         return {}
 
+    def diagnostics(self, sample: Sample, result: Any) -> dict[str, float]:
+        """Per-sample extras stored beside the score (e.g. relevant-token recall); default none.
+
+        ``result`` is the :class:`tokenbench.GenerationResult` of the sample.
+        """
+        return {}
+
     def describe(self) -> dict[str, Any]:
         """What identifies this task's configuration, for run keys and provenance."""
         return {"name": self.name, "path": self.path, "options": dict(sorted(self.options.items()))}
+
+
+def stratified_subset(samples: Sequence[Sample], limit: int, seed: int = 0) -> list[Sample]:
+    """A fixed, seeded subset of ``limit`` items, proportional by ``kind``.
+
+    An *item* is a sample, or all samples sharing ``meta["group"]`` (MMBench's option
+    rotations, MME's two questions on one image): a group is kept or dropped whole and
+    counts once towards ``limit``. Each kind gets ``limit × its share`` items, rounded by
+    largest remainder (ties to the kind that sorts first); within a kind the items are a
+    seeded shuffle's prefix. The result keeps the original order, so the same samples,
+    limit and seed always give the same list. ``limit`` at or above the item count
+    returns every sample. Nothing is recorded here.
+
+    >>> s = [Sample(id=str(i), image=None, question="", answers=("a",), kind="xy"[i % 2]) for i in range(10)]
+    >>> [x.id for x in stratified_subset(s, 4, seed=1)] == [x.id for x in stratified_subset(s, 4, seed=1)]
+    True
+    >>> sorted(x.kind for x in stratified_subset(s, 4, seed=1))
+    ['x', 'x', 'y', 'y']
+    """
+    import random
+
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    items: dict[Any, list[int]] = {}
+    for i, s in enumerate(samples):
+        key = ("group", s.meta["group"]) if "group" in s.meta else ("sample", i)
+        items.setdefault(key, []).append(i)
+    if limit >= len(items):
+        return list(samples)
+    strata: dict[str, list[Any]] = {}
+    for key, idx in items.items():
+        strata.setdefault(str(samples[idx[0]].kind or ""), []).append(key)
+    total = len(items)
+    exact = {k: limit * len(v) / total for k, v in strata.items()}
+    quota = {k: int(q) for k, q in exact.items()}
+    by_remainder = sorted(strata, key=lambda k: (-(exact[k] - quota[k]), k))
+    for k in by_remainder[: limit - sum(quota.values())]:
+        quota[k] += 1
+    keep: list[int] = []
+    for kind in sorted(strata):
+        keys = list(strata[kind])
+        random.Random(f"{seed}:{kind}").shuffle(keys)
+        for key in keys[: quota[kind]]:
+            keep.extend(items[key])
+    return [samples[i] for i in sorted(keep)]

@@ -1,0 +1,259 @@
+"""The ``tokenbench`` command line.
+
+Errors at this boundary are one line naming the culprit and the fix (exit status 2);
+strategies that failed on some samples make the exit status 1 after the table.
+Heavy modules load inside the subcommands, so ``tokenbench list`` stays fast and
+torch-free.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Callable, Sequence
+
+from tokenbench.registry import FAMILIES, get_registry
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """Printed as one line, exit status 2."""
+
+
+def _registry(args: argparse.Namespace) -> Any:
+    reg = get_registry()
+    for problem in reg.problems:
+        print(f"tokenbench: warning: {problem}", file=sys.stderr)
+    if getattr(args, "strict_plugins", False) and reg.problems:
+        raise CliError(f"{len(reg.problems)} plugin problem(s) above and --strict-plugins is set")
+    return reg
+
+
+# -- list ----------------------------------------------------------------------------
+def cmd_list(args: argparse.Namespace) -> int:
+    reg = _registry(args)
+    families = [args.family] if args.family else list(FAMILIES)
+    for family in families:
+        print(f"{family}:")
+        entries = [reg.entries[family][n] for n in reg.names(family)]
+        width = max((len(e.name) for e in entries), default=0)
+        for e in entries:
+            print(f"  {e.name:<{width}}  {e.description}  [{e.distribution} {e.version}]")
+    return 0
+
+
+# -- compare -------------------------------------------------------------------------
+def _options(items: Sequence[str] | None, flag: str) -> dict[str, str]:
+    out = {}
+    for item in items or ():
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise CliError(f"{flag} takes key=value, got {item!r}")
+        out[key] = value
+    return out
+
+
+def _parse(fn: Callable[[str], Any], text: str) -> Any:
+    try:
+        return fn(text)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from tokenbench.budget import Budget
+    from tokenbench.compare import CompareRequest, run_comparison
+    from tokenbench.harness import Progress, parse_strategies
+    from tokenbench.report import render
+
+    if args.budget and args.keep:
+        raise CliError("--budget and --keep are exclusive: give token counts or keep fractions, not both")
+    budgets = Budget.parse_counts(args.budget) if args.budget else Budget.parse_fractions(args.keep) if args.keep else []
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    request = CompareRequest(
+        strategies=_parse(parse_strategies, args.strategies),
+        budgets=budgets,
+        model=args.model,
+        task=args.task,
+        task_options=_options(args.task_option, "--task-option"),
+        adapter=args.adapter,
+        limit=args.limit,
+        seed=args.seed,
+        device=args.device,
+        dtype=args.dtype,
+        batch_size=args.batch_size,
+        store=args.store,
+        on_error=args.on_error,
+    )
+    reg = _registry(args)
+    bar = Progress(False if args.quiet else None)
+    cmp = run_comparison(request, reg, progress=bar.update, log=lambda m: print(f"tokenbench: {m}", file=sys.stderr))
+    text = render(cmp, args.format, adjust=args.adjust, by_kind=args.by == "kind", per_sample=args.per_sample)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    else:
+        sys.stdout.write(text)
+    if args.plot:
+        from tokenbench.plots import pareto_plot
+
+        pareto_plot(cmp, args.plot)
+        print(f"tokenbench: wrote {args.plot}", file=sys.stderr)
+    failing = [(run, [r for r in run.records if r.error]) for run in cmp.runs]
+    failing = [(run, errs) for run, errs in failing if errs]
+    for run, errs in failing:
+        print(f"tokenbench: {run.label} @ {run.budget.label}: {len(errs)} of {len(run.records)} samples failed; first: {errs[0].sample_id}: {errs[0].error}", file=sys.stderr)
+    return 1 if failing else 0
+
+
+# -- runs ----------------------------------------------------------------------------
+def cmd_runs(args: argparse.Namespace) -> int:
+    import json
+
+    from tokenbench.store import Store
+
+    if not os.path.exists(args.store):
+        raise CliError(f"{args.store}: no results store there; run 'tokenbench compare' first or pass --store PATH")
+    store = Store(args.store)
+    if args.export:
+        return _export(store, args.export)
+    from tabulate import tabulate
+
+    rows = []
+    for run in store.runs():
+        c = run.config
+        rows.append([run.run_id, c.get("model", {}).get("model", "?"), c.get("task", {}).get("name", "?"), c.get("strategy"),
+                     json.dumps(c.get("params", {}), sort_keys=True), c.get("budget"), run.n_samples, run.n_errors])
+    print(tabulate(rows, headers=["run", "model", "task", "strategy", "params", "budget", "samples", "errors"], tablefmt="simple"))
+    return 0
+
+
+def _export(store: Any, path: str) -> int:
+    import csv
+    import json
+
+    records = [{"run_id": run_id, **rec.__dict__} for run_id, rec in store.iter_all()]
+    if path.endswith(".csv"):
+        with open(path, "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=["run_id", "sample_id", "position", "kind", "score", "prediction", "prompt", "error", "record"])
+            writer.writeheader()
+            for r in records:
+                writer.writerow({**r, "record": json.dumps(r["record"], sort_keys=True)})
+    else:
+        with open(path, "w", encoding="utf-8") as fh:
+            json.dump({"runs": [r.__dict__ for r in store.runs()], "samples": records}, fh, indent=1)
+    print(f"tokenbench: exported {len(records)} sample records to {path}", file=sys.stderr)
+    return 0
+
+
+# -- flops ---------------------------------------------------------------------------
+def cmd_flops(args: argparse.Namespace) -> int:
+    import json
+
+    from tokenbench.flops_report import flops_rows, flops_table
+
+    try:
+        budgets = [int(b) for b in args.budget.split(",") if b.strip()]
+        text = json.dumps(flops_rows(args.config, budgets), indent=2) if args.format == "json" else flops_table(args.config, budgets)
+    except KeyError as exc:
+        raise CliError(str(exc.args[0])) from None
+    except ValueError as exc:
+        raise CliError(f"--budget: {exc}") from None
+    print(text)
+    return 0
+
+
+# -- parser --------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tokenbench", description="Benchmarks for visual-token reduction in vision-language models.")
+    p.add_argument("--strict-plugins", action="store_true", help="fail when any plugin cannot be loaded (for CI)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("compare", help="compare strategies against the unreduced model")
+    c.add_argument("--strategies", required=True, help="comma list; parameters as name:key=value,key=value")
+    c.add_argument("--budget", help="visual tokens to keep, comma list (e.g. 64,128)")
+    c.add_argument("--keep", help="fraction of visual tokens to keep, comma list (e.g. 0.222)")
+    c.add_argument("--model", help="hub id or local checkpoint path (default: the embedded reference model)")
+    c.add_argument("--adapter", help="adapter name, overriding the choice by the checkpoint's model_type")
+    c.add_argument("--task", help="NAME[:PATH] (default: shapes, the embedded reference task)")
+    c.add_argument("--task-option", action="append", metavar="KEY=VALUE", help="task option, repeatable")
+    c.add_argument("--limit", type=int, help="evaluate a fixed, seeded, stratified subset of N samples")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    c.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    c.add_argument("--batch-size", type=int, default=8)
+    c.add_argument("--threads", type=int, help="torch CPU threads")
+    c.add_argument("--store", default="tokenbench-results.db", help="results database (resumes interrupted runs)")
+    c.add_argument("--on-error", choices=["skip", "fail"], default="skip", help="a failing sample is recorded (skip) or stops the run (fail)")
+    c.add_argument("--format", choices=["table", "md", "csv", "json"], default="table")
+    c.add_argument("--by", choices=["kind"], help="add a breakdown per question kind / benchmark category")
+    c.add_argument("--adjust", choices=["holm", "bh", "none"], default="holm", help="multiple-comparison correction")
+    c.add_argument("--per-sample", action="store_true", help="with --format json: per-sample records")
+    c.add_argument("--plot", metavar="FILE.png", help="write the accuracy/FLOPs Pareto plot")
+    c.add_argument("--output", "-o", help="write the table to a file instead of stdout")
+    c.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+    c.set_defaults(func=cmd_compare)
+
+    ls = sub.add_parser("list", help="list registered strategies, adapters and tasks")
+    ls.add_argument("family", nargs="?", choices=list(FAMILIES))
+    ls.set_defaults(func=cmd_list)
+
+    r = sub.add_parser("runs", help="list the runs in a results store, or export them")
+    r.add_argument("--store", default="tokenbench-results.db")
+    r.add_argument("--export", metavar="FILE.json|FILE.csv", help="export every per-sample record")
+    r.set_defaults(func=cmd_runs)
+
+    f = sub.add_parser("flops", help="analytic FLOPs of a published architecture at several budgets (no weights)")
+    f.add_argument("--config", required=True, help="llava-1.5-7b, llava-1.5-13b, qwen2.5-vl-3b, qwen2.5-vl-7b")
+    f.add_argument("--budget", required=True, help="visual tokens, comma list (e.g. 576,192)")
+    f.add_argument("--format", choices=["table", "json"], default="table")
+    f.set_defaults(func=cmd_flops)
+    for extra in _EXTRA_COMMANDS:
+        extra(sub)
+    return p
+
+
+#: other modules add subcommands here (gate, leaderboard, show)
+_EXTRA_COMMANDS: list[Callable[[Any], None]] = []
+
+
+def _boundary_errors() -> tuple[type[BaseException], ...]:
+    from tokenbench.adapter import ModelLoadError
+    from tokenbench.budget import BudgetError
+    from tokenbench.registry import PluginError, UnknownNameError
+    from tokenbench.task import TaskDataError
+
+    errors: list[type[BaseException]] = [CliError, BudgetError, UnknownNameError, PluginError, TaskDataError, ModelLoadError]
+    if "tokenbench.compare" in sys.modules:
+        errors.append(sys.modules["tokenbench.compare"].UsageError)
+    if "tokenbench.store" in sys.modules:
+        errors.append(sys.modules["tokenbench.store"].StoreError)
+    if "tokenbench.harness" in sys.modules:
+        errors.append(sys.modules["tokenbench.harness"].SampleFailure)
+    return tuple(errors)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        store = getattr(args, "store", None)
+        where = f" in {store}" if store else ""
+        print(f"\ntokenbench: interrupted; every finished sample is saved{where}. Run the same command again to resume.", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if isinstance(exc, _boundary_errors()):
+            print(f"tokenbench: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

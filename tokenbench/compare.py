@@ -1,0 +1,241 @@
+"""`tokenbench compare`: every strategy at every budget, paired with the baseline, stored.
+
+Everything that can be checked without loading a model is checked first (names,
+parameters, budgets against the checkpoint's token count, the task's files), so a
+typo costs a second, not a model load.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from tokenbench.budget import FULL, Budget
+from tokenbench.environment import environment
+from tokenbench.harness import StrategySpec, evaluate
+from tokenbench.registry import Registry, unknown_name_message
+from tokenbench.store import SampleRecord, Store
+from tokenbench.strategy import Strategy
+from tokenbench.task import Sample, Task, stratified_subset
+
+REFERENCE_TASK = "shapes"
+
+
+class UsageError(ValueError):
+    """A bad command-line value, reported in one line with exit status 2."""
+
+
+def reference_model_path() -> str:
+    """The checkpoint shipped inside the package (the default ``--model``)."""
+    from importlib import resources
+
+    return str(resources.files("tokenbench.reference") / "checkpoint")
+
+
+@dataclass
+class RunResult:
+    strategy: str
+    params: dict[str, Any]
+    budget: Budget
+    run_id: str
+    config: dict[str, Any]
+    records: list[SampleRecord]
+    flops: dict[str, float] | None = None
+    resumed: int = 0
+
+    @property
+    def label(self) -> str:
+        args = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()) if v != self.defaults.get(k))
+        return f"{self.strategy}:{args}" if args else self.strategy
+
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Comparison:
+    model: dict[str, Any]
+    task: dict[str, Any]
+    metric_kind: str
+    metric_name: str
+    environment: dict[str, Any]
+    runs: list[RunResult]
+    sample_ids: list[str]
+    task_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
+@dataclass
+class CompareRequest:
+    strategies: list[StrategySpec]
+    budgets: list[Budget]
+    model: str | None = None
+    task: str | None = None
+    task_options: dict[str, str] = field(default_factory=dict)
+    adapter: str | None = None
+    limit: int | None = None
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+    batch_size: int = 8
+    store: str = "tokenbench-results.db"
+    on_error: str = "skip"
+
+
+def _task_from_spec(registry: Registry, spec: str, options: dict[str, str]) -> Task:
+    name, _, path = spec.partition(":")
+    cls = registry.load("tasks", name)
+    return cls(path or None, **options)  # type: ignore[no-any-return]
+
+
+def resolve_strategies(registry: Registry, specs: Sequence[StrategySpec]) -> list[Strategy]:
+    """Instantiate the strategies (baseline first, added if missing), validating parameters."""
+    names = [s.name for s in specs]
+    if "baseline" not in names:
+        specs = [StrategySpec("baseline")] + list(specs)
+    out: list[Strategy] = []
+    for spec in specs:
+        cls = registry.load("strategies", spec.name)
+        out.append(cls(**spec.params))
+    return out
+
+
+def adapter_for(registry: Registry, model: str, override: str | None) -> type:
+    """Pick the adapter by the checkpoint's ``model_type`` (or the ``--adapter`` override)."""
+    if override:
+        return registry.load("adapters", override)
+    config = read_config(model)
+    model_type = config.get("model_type") if config else None
+    for entry in registry.entries["adapters"].values():
+        if model_type in entry.meta.get("model_types", ()):
+            return entry.load()
+    if model_type is None:
+        raise UsageError(f"cannot tell the model type of {model!r} without its config.json; pass --adapter NAME")
+    known = sorted(t for e in registry.entries["adapters"].values() for t in e.meta.get("model_types", ()))
+    raise UsageError(f"no adapter serves model_type {model_type!r} ({model}); served: {', '.join(known)}; pass --adapter NAME")
+
+
+def read_config(model: str) -> dict[str, Any] | None:
+    path = Path(model).expanduser() / "config.json"
+    if path.is_file():
+        return dict(json.loads(path.read_text()))
+    try:  # a hub id already in the local cache
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(model, "config.json")
+        if isinstance(cached, str):
+            return dict(json.loads(Path(cached).read_text()))
+    except Exception:  # noqa: BLE001 - no cache, no config: the adapter override decides
+        pass
+    return None
+
+
+def prepare(request: CompareRequest, registry: Registry) -> tuple[Task, list[Sample], list[Strategy], type, str]:
+    """All checks that need no model: returns task, samples, strategies, adapter class, model."""
+    model = request.model or reference_model_path()
+    task_spec = request.task or REFERENCE_TASK
+    for spec in request.strategies:
+        if spec.name not in registry.entries["strategies"]:
+            raise UsageError(unknown_name_message("strategy", spec.name, registry.names("strategies")))
+    task_name = task_spec.partition(":")[0]
+    if task_name not in registry.entries["tasks"]:
+        raise UsageError(unknown_name_message("task", task_name, registry.names("tasks")))
+    if request.limit is not None and request.limit <= 0:
+        raise UsageError(f"--limit must be positive, got {request.limit}")
+    try:
+        strategies = resolve_strategies(registry, request.strategies)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    adapter_cls = adapter_for(registry, model, request.adapter)
+    config = read_config(model)
+    capacity = adapter_cls.visual_token_capacity(config) if config else None
+    for budget in request.budgets:
+        budget.check(capacity)
+    task = _task_from_spec(registry, task_spec, request.task_options)
+    samples = list(task.load())
+    if request.limit is not None:
+        samples = stratified_subset(samples, request.limit, request.seed)
+    return task, samples, strategies, adapter_cls, model
+
+
+def run_config(adapter_desc: dict[str, Any], task: Task, strategy: Strategy, budget: Budget, request: CompareRequest, template: str) -> dict[str, Any]:
+    """The whole effective configuration of one run: its hash is the run's key in the store."""
+    from tokenbench import __version__
+
+    return {
+        "model": adapter_desc,
+        "task": task.describe(),
+        "strategy": strategy.name,
+        "params": strategy.params,
+        "budget": budget.label,
+        "seed": request.seed,
+        "dtype": request.dtype,
+        "device_kind": request.device.split(":")[0],
+        "prompt_template": template,
+        "max_new_tokens": task.max_new_tokens,
+        "tokenbench": __version__,
+    }
+
+
+def run_comparison(
+    request: CompareRequest,
+    registry: Registry,
+    *,
+    progress: Callable[[str, int, int], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> Comparison:
+    task, samples, strategies, adapter_cls, model = prepare(request, registry)
+    adapter = adapter_cls.load(model, device=request.device, dtype=request.dtype)
+    desc = adapter.describe()
+    template = adapter.chat_prompt("{question}") if hasattr(adapter, "chat_prompt") else adapter.family
+    store = Store(request.store)
+    runs: list[RunResult] = []
+    try:
+        for strategy in strategies:
+            budgets = [FULL] if strategy.keeps_all else (request.budgets or [Budget("default")])
+            for budget in budgets:
+                config = run_config(desc, task, strategy, budget, request, template)
+                run_id = store.open_run(config)
+                label = f"{strategy.name} @ {budget.label}"
+                done = evaluate(
+                    adapter, task, samples, strategy, budget, store, run_id,
+                    seed=request.seed, batch_size=request.batch_size, on_error=request.on_error,
+                    progress=(lambda d, t, _l=label: progress(_l, d, t)) if progress else None,
+                )
+                if done and log:
+                    log(f"{label}: resumed, {done} of {len(samples)} samples already done (run {run_id})")
+                records = store.samples(run_id, [s.id for s in samples])
+                flops = _run_flops(adapter, store, run_id, records)
+                runs.append(RunResult(strategy.name, dict(strategy.params), budget, run_id, config, records, flops, done, dict(strategy.defaults)))
+    finally:
+        store.close()
+    by_id = {s.id: s for s in samples}
+    metrics = {}
+    for run in runs:
+        ok = [r for r in run.records if r.error is None]
+        metrics[run.run_id] = task.aggregate([by_id[r.sample_id] for r in ok], [float(r.score or 0.0) for r in ok], [r.prediction or "" for r in ok])
+    return Comparison(desc, task.describe(), task.metric_kind, task.metric_name, environment(request.device), runs, [s.id for s in samples], metrics)
+
+
+def _run_flops(adapter: Any, store: Store, run_id: str, records: list[SampleRecord]) -> dict[str, float] | None:
+    """Mean FLOPs per sample over the run's successful samples (stored once per run)."""
+    from tokenbench.adapter import GenerationResult
+
+    ok = [r for r in records if r.error is None and r.record]
+    cached = store.measurement(run_id, "flops")
+    if cached is not None and cached.get("n") == len(ok):
+        return dict(cached["mean"])
+    if not ok:
+        return None
+    totals: dict[str, float] = {}
+    for rec in ok:
+        res = GenerationResult(prediction="", prompt="", num_visual=rec.record["num_visual"], grid=tuple(rec.record["grid"]),
+                               budget=rec.record["budget"], tokens_per_layer=rec.record["tokens_per_layer"], text_tokens=rec.record["text_tokens"])
+        counts = adapter.flops(res)
+        if counts is None:
+            return None
+        for k, v in counts.items():
+            totals[k] = totals.get(k, 0.0) + v
+    mean = {k: v / len(ok) for k, v in totals.items()}
+    store.put_measurement(run_id, "flops", {"n": len(ok), "mean": mean})
+    return mean

@@ -1,0 +1,167 @@
+"""The accuracy loop: one strategy at one budget over a task's samples, into the store.
+
+Samples already in the store for the same run are read back, not recomputed. A
+sample whose strategy raises or breaks the contract, or whose image cannot be read,
+is recorded as an error with its reason; the run goes on.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from tokenbench.adapter import Adapter, GenerationResult
+from tokenbench.budget import Budget
+from tokenbench.store import SampleRecord, Store
+from tokenbench.strategy import Strategy
+from tokenbench.task import Sample, Task, TaskDataError
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """A strategy name with its command-line parameters (``name:key=value,...``)."""
+
+    name: str
+    params: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        args = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
+        return f"{self.name}:{args}" if args else self.name
+
+
+def parse_strategies(text: str) -> list[StrategySpec]:
+    """Parse ``--strategies``; a ``key=value`` item belongs to the strategy before it.
+
+    >>> [s.label for s in parse_strategies("sppruner:context=false,merge=false,fastv")]
+    ['sppruner:context=false,merge=false', 'fastv']
+    """
+    specs: list[StrategySpec] = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        if "=" in item and ":" not in item.split("=")[0]:
+            if not specs:
+                raise ValueError(f"--strategies: parameter {item!r} comes before any strategy name")
+            key, _, value = item.partition("=")
+            specs[-1].params[key.strip()] = value.strip()
+            continue
+        name, _, rest = item.partition(":")
+        spec = StrategySpec(name.strip(), {})
+        if rest:
+            key, eq, value = rest.partition("=")
+            if not eq:
+                raise ValueError(f"--strategies: expected {name}:key=value, got {item!r}")
+            spec.params[key.strip()] = value.strip()
+        specs.append(spec)
+    return specs
+
+
+class Progress:
+    """A one-line progress display on a terminal; silent otherwise."""
+
+    def __init__(self, enabled: bool | None = None) -> None:
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self._last = 0.0
+
+    def update(self, label: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if not self.enabled or (now - self._last < 0.2 and done < total):
+            return
+        self._last = now
+        sys.stderr.write(f"\r{label}: {done}/{total} samples")
+        if done >= total:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def check_counts(result: GenerationResult, labels: Sequence[str]) -> str | None:
+    """Compare what each selection claimed with what the forward pass measured."""
+    for label in labels:
+        claimed = len(result.kept.get(label, [])) + result.merged.get(label, 0)
+        layer = 0 if label == "vision" else int(label.split("@")[1]) + 1
+        if layer < len(result.tokens_per_layer) and result.tokens_per_layer[layer] != claimed:
+            return f"{label}: the selection claimed {claimed} visual tokens but layer {layer} received {result.tokens_per_layer[layer]}"
+    return None
+
+
+def _record(task: Task, sample: Sample, position: int, result: GenerationResult, stage_labels: Sequence[str]) -> SampleRecord:
+    mismatch = check_counts(result, stage_labels)
+    record: dict[str, Any] = {
+        "num_visual": result.num_visual,
+        "grid": list(result.grid),
+        "budget": result.budget,
+        "tokens_per_layer": result.tokens_per_layer,
+        "text_tokens": result.text_tokens,
+        "kept": result.kept,
+        "merged": result.merged,
+        "answer_margin": result.answer_margin,
+        "selection_seconds": result.selection_seconds,
+    }
+    record.update(task.diagnostics(sample, result))
+    score = None if mismatch else task.score(sample, result.prediction)
+    return SampleRecord(sample.id, position, sample.kind, score, result.prediction, result.prompt, mismatch, record)
+
+
+def _error(sample: Sample, position: int, reason: str) -> SampleRecord:
+    return SampleRecord(sample.id, position, sample.kind, None, None, None, reason, {})
+
+
+def evaluate(
+    adapter: Adapter,
+    task: Task,
+    samples: Sequence[Sample],
+    strategy: Strategy,
+    budget: Budget,
+    store: Store,
+    run_id: str,
+    *,
+    seed: int = 0,
+    batch_size: int = 8,
+    on_error: str = "skip",
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Evaluate the samples not yet in the store; returns how many were already done."""
+    done = store.done_ids(run_id)
+    todo = [(i, s) for i, s in enumerate(samples) if s.id not in done]
+    already = len(samples) - len(todo)
+    labels = [s.label for s in strategy.schedule(adapter.info)]
+    finished = already
+    if progress:
+        progress(finished, len(samples))
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start : start + batch_size]
+        for (pos, sample), rec in zip(chunk, _run_chunk(adapter, task, chunk, strategy, budget, seed, labels)):
+            if rec.error and on_error == "fail":
+                store.add_sample(run_id, rec)
+                raise SampleFailure(f"sample {sample.id}: {rec.error}")
+            store.add_sample(run_id, rec)
+        finished += len(chunk)
+        if progress:
+            progress(finished, len(samples))
+    return already
+
+
+class SampleFailure(RuntimeError):
+    """Raised with ``--on-error fail`` at the first failing sample."""
+
+
+def _run_chunk(adapter: Adapter, task: Task, chunk: Sequence[tuple[int, Sample]], strategy: Strategy, budget: Budget, seed: int, labels: Sequence[str]) -> list[SampleRecord]:
+    samples = [s for _, s in chunk]
+    try:
+        prompts = [task.prompt(s, adapter.family) for s in samples]
+        results = adapter.generate(samples, prompts, strategy, budget, seed=seed, max_new_tokens=task.max_new_tokens)
+        return [_record(task, s, pos, r, labels) for (pos, s), r in zip(chunk, results)]
+    except Exception as exc:  # noqa: BLE001 - isolate: retry one by one to find the culprit
+        if len(chunk) == 1:
+            return [_error(chunk[0][1], chunk[0][0], _reason(exc))]
+    return [rec for item in chunk for rec in _run_chunk(adapter, task, [item], strategy, budget, seed, labels)]
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TaskDataError):
+        return str(exc)
+    reason = getattr(exc, "reason", None)
+    return str(reason) if reason else f"{type(exc).__name__}: {exc}"

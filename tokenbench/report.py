@@ -1,0 +1,228 @@
+"""Comparison tables from stored runs: paired statistics against the baseline.
+
+Every row is one strategy at one budget. Differences are paired over the samples both
+the row and the baseline answered; p-values are McNemar's exact test (binary scores)
+or a paired permutation test (continuous), adjusted over the table's family of
+comparisons (Holm by default).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from tokenbench import stats
+from tokenbench.compare import Comparison, RunResult
+
+POWER_MARGIN = 0.02  # the difference (2 points) the power note asks about
+
+
+def _scores(run: RunResult, ids: Sequence[str]) -> dict[str, float]:
+    return {r.sample_id: float(r.score) for r in run.records if r.error is None and r.score is not None and r.sample_id in ids}
+
+
+def _mean_list(rows: list[list[int]]) -> list[float]:
+    if not rows:
+        return []
+    width = min(len(r) for r in rows)
+    return [float(np.mean([r[i] for r in rows])) for i in range(width)]
+
+
+def build_rows(cmp: Comparison, *, adjust: str = "holm", kind: str | None = None) -> list[dict[str, Any]]:
+    """One dict per run, with the keys of ``--format json``'s ``results``."""
+    binary = cmp.metric_kind == "binary"
+    ids = [i for i, k in _kinds(cmp).items() if kind is None or k == kind]
+    base = next(r for r in cmp.runs if r.strategy == "baseline")
+    base_scores = _scores(base, ids)
+    base_flops = (base.flops or {}).get("total_prefill")
+    rows: list[dict[str, Any]] = []
+    for run in cmp.runs:
+        sc = _scores(run, ids)
+        ok = [r for r in run.records if r.error is None and r.sample_id in ids]
+        values = np.array(list(sc.values()), dtype=float)
+        n = len(values)
+        acc = float(values.mean()) if n else float("nan")
+        if n == 0:
+            ci = (float("nan"), float("nan"))
+        elif binary:
+            ci = stats.wilson_interval(int(values.sum()), n)
+        else:
+            ci = stats.bootstrap_interval(values)
+        row: dict[str, Any] = {
+            "strategy": run.strategy,
+            "label": run.label,
+            "params": run.params,
+            "budget": run.budget.label,
+            "run_id": run.run_id,
+            "n": n,
+            "errors": sum(1 for r in run.records if r.error is not None and r.sample_id in ids),
+            "accuracy": acc,
+            "ci95": list(ci),
+            "delta_vs_baseline": None,
+            "delta_ci95": None,
+            "p_value": None,
+            "p_adjusted": None,
+            "power_note": None,
+        }
+        common = [i for i in ids if i in sc and i in base_scores]
+        if run is not base and common:
+            a = np.array([sc[i] for i in common])
+            b = np.array([base_scores[i] for i in common])
+            diff = stats.paired_difference(a, b, binary=binary)
+            row.update(delta_vs_baseline=diff.difference, delta_ci95=[diff.low, diff.high], p_value=diff.p_value, test=diff.test)
+            discord = float(np.mean(a != b))
+            row["power_note"] = stats.power_note(len(common), max(discord, 1.0 / len(common)), POWER_MARGIN) if diff.p_value >= 0.05 else None
+        per_layer = [r.record["tokens_per_layer"] for r in ok]
+        row["visual_tokens_llm_input"] = float(np.mean([p[0] for p in per_layer])) if per_layer else None
+        row["visual_tokens_per_layer"] = _mean_list(per_layer)
+        row["visual_tokens_layer_avg"] = float(np.mean([np.mean(p) for p in per_layer])) if per_layer else None
+        row["merged_tokens"] = float(np.mean([sum(r.record["merged"].values()) for r in ok])) if ok else None
+        if ok and "relevant_token_recall" in ok[0].record:
+            row["relevant_token_recall"] = float(np.mean([r.record["relevant_token_recall"] for r in ok]))
+        row["flops"] = run.flops
+        row["flops_prefill"] = (run.flops or {}).get("total_prefill")
+        row["flops_rel_baseline"] = row["flops_prefill"] / base_flops if row["flops_prefill"] and base_flops else None
+        rows.append(row)
+    tested = [i for i, r in enumerate(rows) if r["p_value"] is not None]
+    adjusted = stats.adjust([rows[i]["p_value"] for i in tested], adjust)  # type: ignore[arg-type]
+    for i, p in zip(tested, adjusted):
+        rows[i]["p_adjusted"] = p
+    return rows
+
+
+def _kinds(cmp: Comparison) -> dict[str, str]:
+    kinds: dict[str, str] = {}
+    for run in cmp.runs:
+        for r in run.records:
+            kinds.setdefault(r.sample_id, r.kind or "")
+    return {i: kinds.get(i, "") for i in cmp.sample_ids}
+
+
+def kinds_of(cmp: Comparison) -> list[str]:
+    return sorted(set(_kinds(cmp).values()))
+
+
+def _pct(x: float | None, digits: int = 1) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.{digits}f}"
+
+
+def _p(x: float | None) -> str:
+    if x is None:
+        return "—"
+    return "<0.001" if x < 0.001 else f"{x:.3f}"
+
+
+def display_rows(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Human-readable cells; every column header says its unit."""
+    out = []
+    for r in rows:
+        lo, hi = r["ci95"]
+        delta = "—" if r["delta_vs_baseline"] is None else f"{100 * r['delta_vs_baseline']:+.1f} [{_pct(r['delta_ci95'][0])}, {_pct(r['delta_ci95'][1])}]"
+        cells = {
+            "strategy": r["label"],
+            "budget": r["budget"],
+            "n": str(r["n"]) + (f" ({r['errors']} err)" if r["errors"] else ""),
+            "acc % [95% CI]": f"{_pct(r['accuracy'])} [{_pct(lo)}, {_pct(hi)}]",
+            "Δ vs base, pts [95% CI]": delta,
+            "p (adj.)": _p(r["p_adjusted"]),
+            "tokens in / layer-avg": "—" if r["visual_tokens_llm_input"] is None else f"{r['visual_tokens_llm_input']:.0f} / {r['visual_tokens_layer_avg']:.1f}",
+            "prefill FLOPs vs base": "—" if r["flops_rel_baseline"] is None else f"{r['flops_rel_baseline']:.3f}×",
+        }
+        if "relevant_token_recall" in r:
+            cells["relevant recall %"] = _pct(r["relevant_token_recall"])
+        out.append(cells)
+    return out
+
+
+def footnotes(cmp: Comparison, rows: list[dict[str, Any]], adjust: str) -> list[str]:
+    test = "McNemar's exact test" if cmp.metric_kind == "binary" else "paired permutation test"
+    env = cmp.environment
+    notes = [
+        f"model {cmp.model.get('model')} ({cmp.model.get('dtype')}, {cmp.model.get('attention')} attention, {env.get('device_name')}, {env.get('threads')} threads); "
+        f"task {cmp.task.get('name')}, {len(cmp.sample_ids)} samples, metric {cmp.metric_name}",
+        f"p: {test} against the baseline on paired samples, {'Holm' if adjust == 'holm' else adjust}-adjusted over {sum(r['p_value'] is not None for r in rows)} comparisons; "
+        "accuracy CI: " + ("Wilson" if cmp.metric_kind == "binary" else "bootstrap") + " 95%",
+        "tokens: visual tokens entering the language model / averaged over decoder layers (measured in the forward pass); "
+        "FLOPs: prefill (vision + projector + LLM), FLOPs = 2 × multiply-adds counted by fvcore, mean per sample",
+        f"torch {env.get('torch')}, transformers {env.get('transformers')}, fvcore {env.get('fvcore')}, tokenbench {env.get('tokenbench')}",
+    ]
+    notes += sorted({f"{r['label']} @ {r['budget']}: {r['power_note']}" for r in rows if r.get("power_note")})[:3]
+    return notes
+
+
+def render(cmp: Comparison, fmt: str = "table", *, adjust: str = "holm", by_kind: bool = False, per_sample: bool = False) -> str:
+    rows = build_rows(cmp, adjust=adjust)
+    if fmt == "json":
+        return to_json(cmp, rows, adjust=adjust, by_kind=by_kind, per_sample=per_sample)
+    if fmt == "csv":
+        return _csv(rows, cmp, by_kind, adjust)
+    from tabulate import tabulate
+
+    tablefmt = "github" if fmt == "md" else "simple"
+    parts = [tabulate(display_rows(rows), headers="keys", tablefmt=tablefmt, disable_numparse=True)]
+    if by_kind:
+        for kind in kinds_of(cmp):
+            krows = build_rows(cmp, adjust=adjust, kind=kind)
+            title = f"kind = {kind}"
+            parts.append(("### " if fmt == "md" else "") + title)
+            parts.append(tabulate(display_rows(krows), headers="keys", tablefmt=tablefmt, disable_numparse=True))
+    prefix = "- " if fmt == "md" else "  "
+    parts.append("\n".join(prefix + n for n in footnotes(cmp, rows, adjust)))
+    return "\n\n".join(parts) + "\n"
+
+
+def to_json(cmp: Comparison, rows: list[dict[str, Any]], *, adjust: str, by_kind: bool, per_sample: bool) -> str:
+    obj: dict[str, Any] = {
+        "model": cmp.model,
+        "task": cmp.task,
+        "device": cmp.environment.get("device"),
+        "environment": cmp.environment,
+        "p_adjustment": adjust,
+        "flops_convention": "FLOPs = 2 x multiply-adds (fvcore), causal attention not discounted",
+        "results": rows,
+    }
+    for row in rows:
+        row["task_metrics"] = cmp.task_metrics.get(row["run_id"], {})
+    if by_kind:
+        obj["by_kind"] = {k: build_rows(cmp, adjust=adjust, kind=k) for k in kinds_of(cmp)}
+    if per_sample:
+        obj["per_sample"] = {
+            run.run_id: [
+                {"id": r.sample_id, "kind": r.kind, "prompt": r.prompt, "prediction": r.prediction, "score": r.score,
+                 "error": r.error, "kept": r.record.get("kept"), "tokens_per_layer": r.record.get("tokens_per_layer")}
+                for r in run.records
+            ]
+            for run in cmp.runs
+        }
+    return json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n"
+
+
+def _clean(x: Any) -> Any:
+    """JSON-safe copy: numpy scalars to Python, NaN and infinities to null."""
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (np.floating, np.integer)):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _csv(rows: list[dict[str, Any]], cmp: Comparison, by_kind: bool, adjust: str) -> str:
+    buf = io.StringIO()
+    cols = ["strategy", "label", "budget", "n", "errors", "accuracy", "ci95_low", "ci95_high", "delta_vs_baseline",
+            "p_value", "p_adjusted", "visual_tokens_llm_input", "visual_tokens_layer_avg", "flops_prefill", "flops_rel_baseline", "kind"]
+    writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+    writer.writeheader()
+    groups = [(None, rows)] + ([(k, build_rows(cmp, adjust=adjust, kind=k)) for k in kinds_of(cmp)] if by_kind else [])
+    for kind, rs in groups:
+        for r in rs:
+            writer.writerow({**r, "ci95_low": r["ci95"][0], "ci95_high": r["ci95"][1], "kind": kind or "all"})
+    return buf.getvalue()
