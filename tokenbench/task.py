@@ -26,7 +26,7 @@ class TaskDataError(ValueError):
 class Sample:
     """One question about one image.
 
-    ``image`` is a path or a ``PIL.Image.Image``; ``kind`` is the question type or
+    ``image`` is a path, a ``PIL.Image.Image``, or a zero-argument callable returning one; ``kind`` is the question type or
     benchmark category (used by ``--by kind`` and stratified ``--limit``); ``meta`` holds
     task-specific extras (for example ``relevant_cells`` on ``shapes``).
     """
@@ -43,6 +43,8 @@ class Sample:
         """The image as an RGB ``PIL.Image.Image``."""
         from PIL import Image
 
+        if callable(self.image) and not hasattr(self.image, "convert"):  # a lazy image
+            return self.image().convert("RGB")
         if isinstance(self.image, (str, Path)):
             try:
                 with Image.open(self.image) as im:

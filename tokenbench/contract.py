@@ -1,0 +1,92 @@
+"""The contract every strategy meets, checked end to end on a real (tiny) model.
+
+:func:`check_strategy_contract` runs a strategy through a real adapter on a tiny
+checkpoint with a batch of two samples, at several budgets, twice, and checks:
+
+- it never errors and every selection passes :func:`tokenbench.strategy.validate_selection`
+  (sorted, unique, in-range indices; finite values);
+- the budget holds, as measured inside the forward pass: exactly ``b`` visual tokens
+  after the last stage (``budget_convention="tokens"``), at most ``b`` for strategies
+  that declare ``exact_budget = False``, a layer-average within one token of ``b``
+  (``"layer_average"``), every token for ``keeps_all``;
+- the recorded kept indices are sorted, unique and in range at every stage;
+- a rerun with the same seed gives the same selections and predictions.
+
+The project's own suite runs it over every registered strategy; a plugin package runs
+it on its own class::
+
+    from tokenbench.testing import check_strategy_contract
+
+    def test_contract(tmp_path):
+        check_strategy_contract(MyStrategy(), workdir=tmp_path)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from tokenbench.adapter import Adapter, GenerationResult
+from tokenbench.budget import Budget
+from tokenbench.strategy import Strategy
+from tokenbench.task import Sample
+
+
+def contract_samples(n: int = 2) -> list[Sample]:
+    """The first ``n`` samples of the embedded ``shapes`` task (images drawn, no files)."""
+    from tokenbench.tasks.shapes.task import ShapesTask
+
+    return list(ShapesTask().load()[:n])
+
+
+def contract_adapter(workdir: str | Path) -> Adapter:
+    """A tiny random LLaVA (6×6 visual tokens, 4 decoder layers) saved to and loaded from ``workdir``."""
+    from tokenbench.adapters.llava import LlavaAdapter
+    from tokenbench.testing import tiny_llava_checkpoint
+
+    path = Path(workdir) / "tiny-llava-contract"
+    if not (path / "config.json").is_file():
+        tiny_llava_checkpoint(path, image_size=48, patch_size=8, layers=4)
+    return LlavaAdapter.load(str(path))
+
+
+def _check_result(strategy: Strategy, r: GenerationResult, b: int) -> None:
+    name = strategy.name
+    final, counts = r.tokens_per_layer[-1], r.tokens_per_layer
+    if strategy.keeps_all:
+        assert final == r.num_visual, f"{name}: keeps_all but {final} of {r.num_visual} tokens reached the last layer"
+    elif strategy.budget_convention == "layer_average":
+        avg = sum(counts) / len(counts)
+        assert abs(avg - b) <= 1.0, f"{name}: layer-averaged tokens {avg:.2f} != budget {b} (per layer {counts})"
+    elif strategy.exact_budget:
+        assert final == b, f"{name}: {final} visual tokens after the last stage, budget {b} (per layer {counts})"
+    else:
+        assert 0 < final <= b, f"{name}: {final} visual tokens after the last stage exceeds budget {b}"
+    for label, kept in r.kept.items():
+        assert kept == sorted(set(kept)), f"{name} {label}: kept indices not sorted and unique: {kept}"
+        assert all(0 <= k < r.num_visual for k in kept), f"{name} {label}: kept index out of range"
+
+
+def check_strategy_contract(
+    strategy: Strategy,
+    *,
+    workdir: str | Path,
+    adapter: Adapter | None = None,
+    samples: Sequence[Sample] | None = None,
+    budgets: Sequence[int] = (4, 12),
+    seed: int = 0,
+) -> list[list[GenerationResult]]:
+    """Raise ``AssertionError`` naming the strategy and the broken rule; returns the results."""
+    adapter = adapter or contract_adapter(workdir)
+    samples = list(samples or contract_samples(2))
+    prompts = [s.question for s in samples]
+    runs = []
+    for b in budgets:
+        first = adapter.generate(samples, prompts, strategy, Budget("count", b), seed=seed, max_new_tokens=2)
+        again = adapter.generate(samples, prompts, strategy, Budget("count", b), seed=seed, max_new_tokens=2)
+        for r, r2 in zip(first, again):
+            _check_result(strategy, r, b)
+            assert r.kept == r2.kept and r.prediction == r2.prediction, f"{strategy.name}: not deterministic under a fixed seed"
+        runs.append(first)
+    return runs
+
