@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--adapter", help="adapter name, overriding the choice by the checkpoint's model_type")
     c.add_argument("--task", help="NAME[:PATH] (default: shapes, the embedded reference task)")
     c.add_argument("--task-option", action="append", metavar="KEY=VALUE", help="task option, repeatable")
-    c.add_argument("--limit", type=int, help="evaluate a fixed, seeded, stratified subset of N samples")
+    c.add_argument("--limit", type=int, help="evaluate a fixed, seeded subset of N items, stratified by kind (a group such as an MMBench question's rotations counts once)")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     c.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])

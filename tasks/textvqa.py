@@ -1,0 +1,103 @@
+"""``textvqa_val``: TextVQA v0.5.1 validation (5,000 questions on 3,166 images).
+
+Data (``--task textvqa_val:PATH``): the official release, ``TextVQA_0.5.1_val.json``
+(``{"data": [{"question_id", "question", "image_id", "answers": [10 strings],
+"ocr_tokens"?, ...}]}``) in ``PATH`` (or ``PATH`` is the file), the images as
+``train_images/{image_id}.jpg`` (validation images ship in ``train_val_images.zip``
+under ``train_images/``; option ``images=DIR`` to point elsewhere), and optionally
+``TextVQA_Rosetta_OCR_v0.2_val.json`` (``{"data": [{"image_id", "ocr_tokens"}]}``),
+whose tokens are used where a question has no ``ocr_tokens`` of its own.
+
+Option ``ocr=true|false`` (default false): add ``"\\nReference OCR token: a, b, c"``
+after the question, as LLaVA-1.5's reported TextVQA numbers do. The two settings
+differ by roughly 12 points for LLaVA-1.5-7B (58.2 is *with* OCR tokens), so the
+option is part of the task's ``describe()`` and of every run key.
+
+Metric (continuous): the official VQA accuracy, ``min(1, matching humans / 3)``
+averaged over the ten leave-one-out subsets of the human answers, after the official
+EvalAI answer processing (:func:`tokenbench.answers.vqa_accuracy`): with 10 answers of
+which k match, k=1 → 0.3, 2 → 0.6, 3 → 0.9, ≥4 → 1. Prompt (every family): question
+[+ OCR line] + ``"\\nAnswer the question using a single word or phrase."``; the adapter
+applies the chat template.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from tokenbench.answers import vqa_accuracy
+from tokenbench.task import Sample, Task
+from tokenbench.tasks.files import as_bool, check_images, data_error, first_file, need_keys, read_json
+
+FILE = "TextVQA_0.5.1_val.json"
+OCR_FILE = "TextVQA_Rosetta_OCR_v0.2_val.json"
+SUFFIX = "\nAnswer the question using a single word or phrase."
+LAYOUT = (
+    f"DIR/{FILE} ({{data: [{{question_id, question, image_id, answers[10]}}]}}) + DIR/train_images/{{image_id}}.jpg "
+    f"(or option images=DIR) [+ DIR/{OCR_FILE}]"
+)
+
+
+class TextVqaTask(Task):
+    name = "textvqa_val"
+    description = "TextVQA v0.5.1 validation; official VQA accuracy (option ocr=true adds OCR tokens)."
+    metric_kind = "continuous"
+    metric_name = "VQA accuracy"
+    max_new_tokens = 16
+    needs_path = True
+    defaults = {"ocr": False, "images": None}
+
+    def __init__(self, path: str | None = None, **options: Any) -> None:
+        super().__init__(path, **options)
+        self.options["ocr"] = as_bool(self.options["ocr"], "ocr")
+
+    def load(self) -> Sequence[Sample]:
+        root = Path(str(self.path))
+        if root.is_file():
+            qfile, root = root, root.parent
+        else:
+            qfile = first_file([root / FILE], LAYOUT)
+        images = Path(self.options["images"]) if self.options["images"] else root / "train_images"
+        doc = read_json(qfile, LAYOUT)
+        if not isinstance(doc, dict) or not isinstance(doc.get("data"), list) or not doc["data"]:
+            raise data_error(qfile, "expected an object with a non-empty 'data' list", LAYOUT)
+        rosetta = self._rosetta(root / OCR_FILE)
+        samples = []
+        for i, q in enumerate(doc["data"]):
+            where = f"{qfile} data[{i}]"
+            need_keys(q, ("question_id", "question", "image_id", "answers"), where, LAYOUT)
+            answers = q["answers"]
+            if not isinstance(answers, list) or not answers:
+                raise data_error(where, "'answers' must be a non-empty list of strings", LAYOUT)
+            tokens = q.get("ocr_tokens") or rosetta.get(str(q["image_id"])) or []
+            samples.append(Sample(id=str(q["question_id"]), image=str(images / f"{q['image_id']}.jpg"),
+                                  question=str(q["question"]), answers=tuple(str(a) for a in answers), kind="textvqa",
+                                  meta={"ocr_tokens": tuple(str(t) for t in tokens)}))
+        if self.options["ocr"] and not any(s.meta["ocr_tokens"] for s in samples):
+            raise data_error(qfile, f"option ocr=true but no question has 'ocr_tokens' and {OCR_FILE} is absent", LAYOUT)
+        check_images((Path(s.image) for s in samples), LAYOUT)
+        return samples
+
+    @staticmethod
+    def _rosetta(path: Path) -> dict[str, list[str]]:
+        if not path.is_file():
+            return {}
+        doc = read_json(path, LAYOUT)
+        rows = doc.get("data") if isinstance(doc, dict) else None
+        if not isinstance(rows, list):
+            raise data_error(path, "expected an object with a 'data' list of {image_id, ocr_tokens}", LAYOUT)
+        return {str(r["image_id"]): list(r.get("ocr_tokens") or []) for r in rows if isinstance(r, dict) and "image_id" in r}
+
+    def prompt(self, sample: Sample, family: str) -> str:
+        text = sample.question
+        tokens = sample.meta.get("ocr_tokens") or ()
+        if self.options["ocr"] and tokens:
+            text += "\nReference OCR token: " + ", ".join(tokens)
+        return text + SUFFIX
+
+    def score(self, sample: Sample, prediction: str) -> float:
+        return vqa_accuracy(prediction, sample.answers)
+
+    def aggregate(self, samples: Sequence[Sample], scores: Sequence[float], predictions: Sequence[str]) -> dict[str, float]:
+        return {"accuracy": 100.0 * sum(scores) / max(len(scores), 1)}
