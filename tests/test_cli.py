@@ -1,0 +1,82 @@
+"""The command line end to end on a saved tiny LLaVA and a jsonl task."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tokenbench.cli import main
+
+JSON_KEYS = {"strategy", "budget", "n", "accuracy", "ci95", "delta_vs_baseline", "p_value", "p_adjusted",
+             "visual_tokens_llm_input", "flops_prefill", "visual_tokens_per_layer", "visual_tokens_layer_avg", "flops", "params"}
+
+
+def test_compare_json_carries_the_documented_keys(tiny_llava: Path, jsonl_task: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["compare", "--model", str(tiny_llava), "--task", f"jsonl:{jsonl_task}", "--strategies", "random,attention-only,pooling",
+                 "--keep", "0.25", "--format", "json", "--store", str(tmp_path / "r.db"), "--quiet"])
+    assert code == 0
+    out = json.loads(capsys.readouterr().out)
+    assert {"model", "task", "device", "environment", "results"} <= set(out)
+    assert {"torch", "transformers", "fvcore", "tokenbench", "threads"} <= set(out["environment"])
+    rows = {r["strategy"]: r for r in out["results"]}
+    assert set(rows) == {"baseline", "random", "attention-only", "pooling"}
+    for r in rows.values():
+        assert JSON_KEYS <= set(r), JSON_KEYS - set(r)
+        assert r["n"] == 6
+    assert rows["baseline"]["visual_tokens_llm_input"] == 36 and rows["baseline"]["p_value"] is None
+    assert rows["random"]["visual_tokens_llm_input"] == 9 and rows["random"]["visual_tokens_per_layer"] == [9, 9, 9, 9]
+    assert rows["random"]["flops_prefill"] < rows["baseline"]["flops_prefill"]
+    assert set(rows["random"]["flops"]) == {"vision", "projector", "llm_prefill", "decode_per_token", "total_prefill"}
+    assert 0.0 <= rows["random"]["p_adjusted"] <= 1.0 and rows["random"]["p_adjusted"] >= rows["random"]["p_value"]
+
+
+def test_compare_table_is_printed(tiny_llava: Path, jsonl_task: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["compare", "--model", str(tiny_llava), "--task", f"jsonl:{jsonl_task}", "--strategies", "random",
+                 "--budget", "4,8", "--store", str(tmp_path / "r.db"), "--quiet", "--by", "kind"]) == 0
+    out = capsys.readouterr().out
+    assert "acc % [95% CI]" in out and "p (adj.)" in out and "kind = colour" in out
+    assert out.count("random") >= 4  # two budgets, overall and per kind
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--strategies", "fastvv"], "unknown strategy 'fastvv'; did you mean 'fastv'?"),
+        (["--strategies", "random", "--keep", "1.5"], "--keep must be in (0, 1], got 1.5"),
+        (["--strategies", "random", "--budget", "0"], "--budget values must be positive integers, got 0"),
+        (["--strategies", "random", "--budget", "64", "--keep", "0.2"], "--budget and --keep are exclusive"),
+        (["--strategies", "random", "--budget", "99999"], "--budget 99999 exceeds the model's 36 visual tokens per image"),
+        (["--strategies", "random:nope=1"], "strategy 'random' has no parameter 'nope' (valid: none)"),
+        (["--strategies", "random", "--task", "popee:/x"], "unknown task 'popee'; did you mean 'pope'?"),
+        (["--strategies", "random", "--limit", "0"], "--limit must be positive, got 0"),
+    ],
+)
+def test_bad_values_fail_in_one_line_before_any_model_loads(args: list[str], message: str, tiny_llava: Path, jsonl_task: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = ["compare", "--model", str(tiny_llava), "--task", f"jsonl:{jsonl_task}", "--store", str(tmp_path / "r.db")]
+    if "--task" in args:
+        base = base[:3] + base[5:]
+    code = main(base + args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and err[0].startswith("tokenbench: error: ") and message in err[0], err
+    assert not (tmp_path / "r.db").exists(), "no run may start on bad input"
+
+
+def test_missing_model_path_is_one_line(tmp_path: Path, jsonl_task: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "tokenbench.cli", "compare", "--model", str(tmp_path / "nowhere"), "--adapter", "llava",
+                           "--task", f"jsonl:{jsonl_task}", "--strategies", "random", "--store", str(tmp_path / "r.db")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("tokenbench: error: cannot load model") and "Traceback" not in proc.stderr
+
+
+def test_flops_command_reproduces_the_fastv_figures(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["flops", "--config", "llava-1.5-7b", "--budget", "576,192", "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    fastv = [r["fastv_formula_units"] / 1e12 for r in rows]
+    assert fastv[0] == pytest.approx(2.99, abs=0.01) and fastv[1] == pytest.approx(0.98, abs=0.01)
