@@ -87,8 +87,18 @@ def check_counts(result: GenerationResult, labels: Sequence[str]) -> str | None:
     return None
 
 
-def _record(task: Task, sample: Sample, position: int, result: GenerationResult, stage_labels: Sequence[str]) -> SampleRecord:
-    mismatch = check_counts(result, stage_labels)
+def check_budget(strategy: Strategy, result: GenerationResult) -> str | None:
+    """A strategy that promises an exact token budget must deliver it."""
+    if strategy.keeps_all or not strategy.exact_budget or strategy.budget_convention != "tokens":
+        return None
+    final = result.tokens_per_layer[-1] if result.tokens_per_layer else result.num_visual
+    if final != result.budget:
+        return f"kept {final} visual tokens after its last stage, but the budget is {result.budget}"
+    return None
+
+
+def _record(task: Task, sample: Sample, position: int, result: GenerationResult, strategy: Strategy, stage_labels: Sequence[str]) -> SampleRecord:
+    mismatch = check_counts(result, stage_labels) or check_budget(strategy, result)
     record: dict[str, Any] = {
         "num_visual": result.num_visual,
         "grid": list(result.grid),
@@ -153,7 +163,7 @@ def _run_chunk(adapter: Adapter, task: Task, chunk: Sequence[tuple[int, Sample]]
     try:
         prompts = [task.prompt(s, adapter.family) for s in samples]
         results = adapter.generate(samples, prompts, strategy, budget, seed=seed, max_new_tokens=task.max_new_tokens)
-        return [_record(task, s, pos, r, labels) for (pos, s), r in zip(chunk, results)]
+        return [_record(task, s, pos, r, strategy, labels) for (pos, s), r in zip(chunk, results)]
     except Exception as exc:  # noqa: BLE001 - isolate: retry one by one to find the culprit
         if len(chunk) == 1:
             return [_error(chunk[0][1], chunk[0][0], _reason(exc))]

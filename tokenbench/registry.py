@@ -129,8 +129,11 @@ class Registry:
         reg.collect()
         return reg
 
-    def add_plugin(self, obj: object, plugin: str, *, distribution: str = "?", version: str = "?") -> None:
-        """Register a plugin object (module or class with hook implementations)."""
+    def add_plugin(self, obj: object, plugin: str, *, distribution: str = "?", version: str = "?", collect: bool = False) -> None:
+        """Register a plugin object (module or class with hook implementations).
+
+        With ``collect=True`` its hooks run at once (for plugins added after loading).
+        """
         try:
             self._pm.register(obj, name=plugin)
         except pluggy.PluginValidationError as exc:
@@ -140,13 +143,17 @@ class Registry:
             self.problems.append(PluginProblem(plugin, None, str(exc).splitlines()[0]))
             return
         self._dists[plugin] = (distribution, version)
+        if collect:
+            self.collect(only=plugin)
 
-    def collect(self) -> None:
-        """Ask every registered plugin to register its entries, one plugin at a time."""
+    def collect(self, only: str | None = None) -> None:
+        """Ask every registered plugin (or just ``only``) to register its entries, one at a time."""
         for family in FAMILIES:
             hook_name = _HOOKS[family]
             for impl in getattr(self._pm.hook, hook_name).get_hookimpls():
                 plugin = impl.plugin_name
+                if only is not None and plugin != only:
+                    continue
                 dist, version = self._dists.get(plugin, ("?", "?"))
                 register = self._make_register(family, plugin, dist, version)
                 try:
