@@ -36,11 +36,11 @@ def pooled_grid(h: int, w: int, budget: int) -> tuple[int, int]:
 
 
 def _centres(n: int, m: int) -> torch.Tensor:
-    """Centre index of each adaptive-pooling window (the same windows as ``adaptive_avg_pool2d``)."""
+    """Centre index of each adaptive-pooling window (the windows of ``adaptive_avg_pool2d``; end exclusive)."""
     i = torch.arange(m)
     start = (i * n) // m
     end = -(-((i + 1) * n) // m)
-    return (start + end - 1) // 2
+    return (start + end) // 2  # odd windows: the middle token; even: the lower of the two middle ones
 
 
 class Pooling(Strategy):

@@ -39,7 +39,7 @@ class Budget:
             values = [float(v) for v in text.split(",") if v.strip()]
         except ValueError:
             raise BudgetError(f"--budget takes integers separated by commas, got {text!r}") from None
-        return [cls("count", v) for v in values]
+        return [cls("count", int(v) if v == int(v) else v) for v in values]
 
     @classmethod
     def parse_fractions(cls, text: str) -> list[Budget]:
