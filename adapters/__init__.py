@@ -13,3 +13,9 @@ def register_adapters(register: Register) -> None:
         description="LLaVA-1.5 family (LlavaForConditionalGeneration), CLIP [CLS] saliency, 1-D RoPE",
         model_types=("llava",),
     )
+    register(
+        "tokenbench.adapters.qwen2_5_vl:Qwen2_5_VLAdapter",
+        name="qwen2_5_vl",
+        description="Qwen2.5-VL (Qwen2_5_VLForConditionalGeneration), last full-attention-block saliency, 3-D M-RoPE",
+        model_types=("qwen2_5_vl",),
+    )

@@ -170,7 +170,7 @@ def prefill_and_decode(
         rope = parts.rotary(h, pos)
         pos_ids = parts.position_ids(pos)
         for idx, layer in enumerate(parts.layers):
-            layer_valid[idx] = torch.cat([layer_valid[idx], torch.ones(batch, 1, dtype=torch.bool)], dim=1)
+            layer_valid[idx] = torch.cat([layer_valid[idx], torch.ones(batch, 1, dtype=torch.bool, device=layer_valid[idx].device)], dim=1)
             mask = None if bool(layer_valid[idx].all()) else layer_valid[idx][:, None, None, :]
             h = layer(h, attention_mask=mask, position_ids=pos_ids, position_embeddings=rope, cache=cache, use_cache=True)
             if isinstance(h, tuple):
@@ -215,11 +215,11 @@ class _LayerSignals:
         cos, sin = (t[b : b + 1, cols] if t.dim() == 3 else t[:, b : b + 1, cols] for t in self.rope)
         visual = self.visual[b, cols]
         if query == "last":
-            rows = torch.tensor([cols.numel() - 1])
+            rows = torch.tensor([cols.numel() - 1], device=cols.device)
         elif query == "text":
             rows = torch.nonzero(~visual).squeeze(1)
         else:
-            rows = torch.arange(cols.numel())
+            rows = torch.arange(cols.numel(), device=cols.device)
         hd = attn.head_dim
         q = attn.q_proj(x[:, rows]).view(1, rows.numel(), -1, hd).transpose(1, 2)
         k = attn.k_proj(x).view(1, cols.numel(), -1, hd).transpose(1, 2)
@@ -227,7 +227,7 @@ class _LayerSignals:
         k = self.parts.apply_rope(k, cos, sin)
         k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
         scores = (q @ k.transpose(-1, -2)).float() * attn.scaling
-        causal = rows[:, None] >= torch.arange(cols.numel())[None, :]
+        causal = rows[:, None] >= torch.arange(cols.numel(), device=cols.device)[None, :]
         scores = scores.masked_fill(~causal, float("-inf"))
         probs = scores.softmax(dim=-1).mean(dim=1)[0]  # [Q, S_b]
         return probs[:, visual]

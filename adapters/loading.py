@@ -21,15 +21,18 @@ def torch_dtype(name: str) -> torch.dtype:
         raise ModelLoadError(f"unknown dtype {name!r}; use one of {', '.join(_DTYPES)}") from None
 
 
-def load_pretrained(model_cls: Any, source: str, *, device: str, dtype: str, processor_options: dict[str, Any] | None = None, **options: Any) -> tuple[Any, Any]:
-    """The model (SDPA attention, eval mode) and its processor, from a path or a hub id."""
+def load_pretrained(model_cls: Any, source: str, *, device: str, dtype: str, processor_options: dict[str, Any] | None = None, processor_loader: Callable[..., Any] | None = None, **options: Any) -> tuple[Any, Any]:
+    """The model (SDPA attention, eval mode) and its processor, from a path or a hub id.
+
+    ``processor_loader(source, **processor_options)`` replaces ``AutoProcessor.from_pretrained``.
+    """
     from transformers import AutoProcessor
 
     local = Path(source).expanduser()
     if local.exists() and not (local / "config.json").is_file():
         raise ModelLoadError(f"{source}: no config.json there; point --model at a saved Hugging Face checkpoint directory")
     try:
-        processor = AutoProcessor.from_pretrained(str(local) if local.exists() else source, **(processor_options or {}))
+        processor = (processor_loader or AutoProcessor.from_pretrained)(str(local) if local.exists() else source, **(processor_options or {}))
         model = model_cls.from_pretrained(
             str(local) if local.exists() else source,
             dtype=torch_dtype(dtype),

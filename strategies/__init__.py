@@ -9,6 +9,9 @@ BUILTINS = (
     ("random", "random_drop:RandomDrop", "Keeps b visual tokens drawn uniformly, seeded per sample (control)."),
     ("pooling", "pooling:Pooling", "2-D average pooling of the token grid to about b cells (control)."),
     ("attention-only", "attention_only:AttentionOnly", "Top-b tokens by encoder [CLS] saliency (FasterVLM/VisPruner)."),
+    ("fastv", "fastv:FastV", "Top-b visual tokens by last-token attention after layer K-1 (FastV, ECCV 2024)."),
+    ("sparsevlm", "sparsevlm:SparseVLM", "Text-rater attention pruning at 3 layers with token recycling (SparseVLM, ICML 2025)."),
+    ("sppruner", "sppruner:SPPruner", "Subject focus + context ring scan + merge (reconstruction of SPpruner, arXiv 2605.20950)."),
 )
 
 

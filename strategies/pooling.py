@@ -40,7 +40,7 @@ def _centres(n: int, m: int) -> torch.Tensor:
     i = torch.arange(m)
     start = (i * n) // m
     end = -(-((i + 1) * n) // m)
-    return (start + end) // 2  # odd windows: the middle token; even: the lower of the two middle ones
+    return (start + end) // 2  # odd windows: the middle token; even: the second of the two middle ones
 
 
 class Pooling(Strategy):
