@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from tokenbench.strategy import Selection, StageContext, StageSpec, Strategy, validate_selection
+from tokenbench.timing import current_timer
 
 RopeFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 ApplyRopeFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -108,8 +109,20 @@ def prefill_and_decode(
     max_new_tokens: int,
     eos_ids: set[int],
     stop: Callable[[list[int]], bool] | None = None,
+    min_new_tokens: int = 0,
+    timer: Any = None,
 ) -> DecodeOutput:
-    """Run the stages, the prefill and greedy decoding; see the module docstring."""
+    """Run the stages, the prefill and greedy decoding; see the module docstring.
+
+    ``min_new_tokens``: generate at least this many tokens, ignoring EOS and ``stop``
+    until then (forced tokens, for timing). ``timer``: a
+    :class:`tokenbench.timing.PhaseTimer` to mark phase boundaries on (default: the one
+    the timed loop activated, if any; it may also force tokens).
+    """
+    timer = timer if timer is not None else current_timer()
+    if timer is not None:
+        min_new_tokens = max(min_new_tokens, timer.force_new_tokens)
+        timer.mark("prefill_start")
     batch = layout.hidden.shape[0]
     n_layers = len(parts.layers)
     kept: list[dict[str, list[int]]] = [{} for _ in range(batch)]
@@ -121,7 +134,7 @@ def prefill_and_decode(
 
     for stage in stages:
         if stage.kind == "vision":
-            layout = _apply_stage(layout, None, stage, strategy, setups, parts, kept, merged, sel_time, n_layers)
+            layout = _apply_stage(layout, None, stage, strategy, setups, parts, kept, merged, sel_time, n_layers, timer=timer)
 
     cache = parts.make_cache()
     per_layer: list[list[int]] = [[] for _ in range(batch)]
@@ -141,7 +154,7 @@ def prefill_and_decode(
         if stage is not None:
             layout.hidden = hidden
             signals = _LayerSignals(layer, layer_in, rope, layout, parts)
-            layout = _apply_stage(layout, signals, stage, strategy, setups, parts, kept, merged, sel_time, n_layers)
+            layout = _apply_stage(layout, signals, stage, strategy, setups, parts, kept, merged, sel_time, n_layers, timer=timer)
             hidden = layout.hidden
             mask, pos_ids, rope = _layer_inputs(parts, layout)
             counts = layout.visual_counts()
@@ -149,6 +162,8 @@ def prefill_and_decode(
     last = parts.norm(hidden[:, -1:, :])
     logits = parts.lm_head(last)[:, -1, :].float()
     first_logits = logits
+    if timer is not None:
+        timer.mark("first_token")
     next_pos = layout.pos[:, -1, :] + 1  # decoding continues from the unpruned length
     out: list[list[int]] = [[] for _ in range(batch)]
     done = [False] * batch
@@ -157,7 +172,9 @@ def prefill_and_decode(
         for b in range(batch):
             if not done[b]:
                 t = int(token[b])
-                if t in eos_ids:
+                if len(out[b]) < min_new_tokens:  # forced: EOS and stop do not end it yet
+                    out[b].append(t)
+                elif t in eos_ids:
                     done[b] = True
                 else:
                     out[b].append(t)
@@ -176,6 +193,8 @@ def prefill_and_decode(
             if isinstance(h, tuple):
                 h = h[0]
         logits = parts.lm_head(parts.norm(h))[:, -1, :].float()
+        if timer is not None:
+            timer.mark("token")
     return DecodeOutput(out, per_layer, kept, merged, first_logits, sel_time)
 
 
@@ -248,6 +267,7 @@ def _apply_stage(
     merged: list[dict[str, int]],
     sel_time: list[float],
     n_layers: int,
+    timer: Any = None,
 ) -> TokenLayout:
     rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     for b, setup in enumerate(setups):
@@ -271,6 +291,8 @@ def _apply_stage(
             attention=signals.attention(b, stage.query) if signals is not None and "attention" in stage.signals else None,
             state=setup.state,
         )
+        if timer is not None:
+            timer.mark("selection_start")
         start = time.perf_counter()
         try:
             with torch.no_grad():
@@ -278,6 +300,8 @@ def _apply_stage(
         except Exception as exc:  # noqa: BLE001 - a plugin's failure is recorded per sample
             raise StrategyFailure(b, f"{stage.label}: {type(exc).__name__}: {exc}") from exc
         sel_time[b] += time.perf_counter() - start
+        if timer is not None:
+            timer.mark("selection_end")
         kept[b][stage.label] = origin[sel.keep].tolist()
         merged[b][stage.label] = 0 if sel.merged is None else int(sel.merged.shape[0])
         rows.append(_rebuild_row(layout, b, valid_idx, v_idx, sel))

@@ -20,6 +20,7 @@ from tokenbench.adapters.loading import load_pretrained, make_stop, model_identi
 from tokenbench.budget import Budget, sample_generator
 from tokenbench.strategy import ModelInfo, Strategy
 from tokenbench.task import Sample
+from tokenbench.timing import mark_phase
 
 DEFAULT_PROMPT = "USER: <image>\n{question} ASSISTANT:"
 
@@ -119,6 +120,7 @@ class LlavaAdapter(Adapter):
         pixels = enc["pixel_values"].to(self.device, torch_dtype(self.dtype))
         stages = strategy.schedule(self.info)
         want_sal = any("saliency" in s.signals for s in stages)
+        mark_phase("vision_start")  # timed loop only: time to first token starts here
         img = self.model.model.get_image_features(
             pixel_values=pixels,
             vision_feature_layer=self.feature_layer,

@@ -82,6 +82,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         task=args.task,
         task_options=_options(args.task_option, "--task-option"),
         adapter=args.adapter,
+        model_options=_options(args.model_option, "--model-option"),
         limit=args.limit,
         seed=args.seed,
         device=args.device,
@@ -89,7 +90,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         store=args.store,
         on_error=args.on_error,
+        timing_samples=args.timing_samples,
+        timing_tokens=args.timing_tokens,
     )
+    if args.plot:  # a missing matplotlib fails now, not after the whole run
+        from tokenbench.plots import require_matplotlib
+
+        require_matplotlib()
     reg = _registry(args)
     bar = Progress(False if args.quiet else None)
     cmp = run_comparison(request, reg, progress=bar.update, log=lambda m: print(f"tokenbench: {m}", file=sys.stderr))
@@ -180,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--keep", help="fraction of visual tokens to keep, comma list (e.g. 0.222)")
     c.add_argument("--model", help="hub id or local checkpoint path (default: the embedded reference model)")
     c.add_argument("--adapter", help="adapter name, overriding the choice by the checkpoint's model_type")
+    c.add_argument("--model-option", action="append", metavar="KEY=VALUE", help="adapter option, repeatable (Qwen2.5-VL: min_pixels, max_pixels)")
     c.add_argument("--task", help="NAME[:PATH] (default: shapes, the embedded reference task)")
     c.add_argument("--task-option", action="append", metavar="KEY=VALUE", help="task option, repeatable")
     c.add_argument("--limit", type=int, help="evaluate a fixed, seeded subset of N items, stratified by kind (a group such as an MMBench question's rotations counts once)")
@@ -190,6 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--threads", type=int, help="torch CPU threads")
     c.add_argument("--store", default="tokenbench-results.db", help="results database (resumes interrupted runs)")
     c.add_argument("--on-error", choices=["skip", "fail"], default="skip", help="a failing sample is recorded (skip) or stops the run (fail)")
+    c.add_argument("--timing-samples", type=int, default=0, metavar="N",
+                   help="time the first N samples in a separate loop (warm-up, strategies interleaved, batch 1): TTFT, decode, memory (default 0: off)")
+    c.add_argument("--timing-tokens", type=int, default=8, metavar="T", help="new tokens forced in every timed call (EOS ignored; default 8)")
     c.add_argument("--format", choices=["table", "md", "csv", "json"], default="table")
     c.add_argument("--by", choices=["kind"], help="add a breakdown per question kind / benchmark category")
     c.add_argument("--adjust", choices=["holm", "bh", "none"], default="holm", help="multiple-comparison correction")

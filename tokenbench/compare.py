@@ -44,6 +44,8 @@ class RunResult:
     records: list[SampleRecord]
     flops: dict[str, float] | None = None
     resumed: int = 0
+    #: the timed loop's summary (``latency_ms``, ``peak_memory_mb``, settings, environment), if timed
+    timing: dict[str, Any] | None = None
 
     @property
     def label(self) -> str:
@@ -73,6 +75,7 @@ class CompareRequest:
     task: str | None = None
     task_options: dict[str, str] = field(default_factory=dict)
     adapter: str | None = None
+    model_options: dict[str, str] = field(default_factory=dict)
     limit: int | None = None
     seed: int = 0
     device: str = "cpu"
@@ -80,6 +83,9 @@ class CompareRequest:
     batch_size: int = 8
     store: str = "tokenbench-results.db"
     on_error: str = "skip"
+    #: samples in the timed loop (0: no timing); new tokens forced in each timed call
+    timing_samples: int = 0
+    timing_tokens: int = 8
 
 
 def _task_from_spec(registry: Registry, spec: str, options: dict[str, str]) -> Task:
@@ -142,6 +148,8 @@ def prepare(request: CompareRequest, registry: Registry) -> tuple[Task, list[Sam
         raise UsageError(unknown_name_message("task", task_name, registry.names("tasks")))
     if request.limit is not None and request.limit <= 0:
         raise UsageError(f"--limit must be positive, got {request.limit}")
+    if request.timing_samples < 0 or request.timing_tokens < 1:
+        raise UsageError(f"--timing-samples must be >= 0 and --timing-tokens >= 1, got {request.timing_samples} and {request.timing_tokens}")
     try:
         strategies = resolve_strategies(registry, request.strategies)
     except ValueError as exc:
@@ -185,11 +193,13 @@ def run_comparison(
     log: Callable[[str], None] | None = None,
 ) -> Comparison:
     task, samples, strategies, adapter_cls, model = prepare(request, registry)
-    adapter = adapter_cls.load(model, device=request.device, dtype=request.dtype)
+    adapter = adapter_cls.load(model, device=request.device, dtype=request.dtype, **request.model_options)
     desc = adapter.describe()
+    env = environment(request.device)
     template = adapter.chat_prompt("{question}") if hasattr(adapter, "chat_prompt") else adapter.family
     store = Store(request.store)
     runs: list[RunResult] = []
+    timed: list[tuple[RunResult, Strategy, Budget]] = []
     try:
         for strategy in strategies:
             budgets = [FULL] if strategy.keeps_all else (request.budgets or [Budget("default")])
@@ -206,7 +216,15 @@ def run_comparison(
                     log(f"{label}: resumed, {done} of {len(samples)} samples already done (run {run_id})")
                 records = store.samples(run_id, [s.id for s in samples])
                 flops = _run_flops(adapter, store, run_id, records)
+                if done < len(samples) or store.measurement(run_id, "environment") is None:
+                    store.put_measurement(run_id, "environment", env)  # provenance for leaderboards
                 runs.append(RunResult(strategy.name, dict(strategy.params), budget, run_id, config, records, flops, done, dict(strategy.defaults)))
+                timed.append((runs[-1], strategy, budget))
+        if request.timing_samples > 0:
+            from tokenbench.timing import TimingSettings, time_runs
+
+            settings = TimingSettings(request.timing_samples, new_tokens=request.timing_tokens)
+            time_runs(adapter, task, samples, timed, store, settings, seed=request.seed, device=request.device, log=log)
     finally:
         store.close()
     by_id = {s.id: s for s in samples}
@@ -214,7 +232,7 @@ def run_comparison(
     for run in runs:
         ok = [r for r in run.records if r.error is None]
         metrics[run.run_id] = task.aggregate([by_id[r.sample_id] for r in ok], [float(r.score or 0.0) for r in ok], [r.prediction or "" for r in ok])
-    return Comparison(desc, task.describe(), task.metric_kind, task.metric_name, environment(request.device), runs, [s.id for s in samples], metrics)
+    return Comparison(desc, task.describe(), task.metric_kind, task.metric_name, env, runs, [s.id for s in samples], metrics)
 
 
 def _run_flops(adapter: Any, store: Store, run_id: str, records: list[SampleRecord]) -> dict[str, float] | None:

@@ -1,0 +1,306 @@
+"""Qwen2.5-VL adapter: any ``Qwen2_5_VLForConditionalGeneration`` checkpoint, stock ``transformers``.
+
+Visual tokens are the merged tokens after the vision tower's patch merger (one per
+``m × m`` patches, ``m = spatial_merge_size``), in the order the language model sees
+them. Each image has its own grid ``(h/m, w/m)`` from its ``image_grid_thw`` and its own
+count ``N``; budgets resolve per image.
+
+Encoder saliency (the tower has no [CLS] token): for every merged token, the mean
+attention its patches receive in the last full-attention block
+(``vision_config.fullatt_block_indexes[-1]``). That block's input, rotary tables and
+per-image boundaries are captured by a forward pre-hook during the normal (SDPA)
+vision forward; q and k are recomputed from its ``norm1`` and ``qkv`` with the
+tower's own rotary application; ``softmax(q·kᵀ·scale)`` over each image's patches is
+averaged over heads and over all query rows of that image (so each image's patch
+saliencies sum to 1), then averaged over the ``m²`` patches of each merged token.
+The tower works in window order; merged tokens are put back into the language
+model's row-major order with ``argsort(window_index)``, exactly as the stock
+forward reorders the merger output.
+
+Positions: the 3-D M-RoPE ids (temporal, height, width) are computed once for the
+whole unpruned, left-padded batch by the stock ``get_rope_index``; kept tokens keep
+theirs, merged tokens take their donor's. Decoding continues at the last prompt
+position + 1 on all three axes, which equals the stock ``generate`` (text position +
+``rope_deltas``): the prompt ends in text, whose position is the largest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from tokenbench.adapter import Adapter, GenerationResult, ModelLoadError
+from tokenbench.adapters.decoding import DecodeOutput, DecoderParts, SampleSetup, TokenLayout, prefill_and_decode
+from tokenbench.adapters.flops_meter import FlopsMeter
+from tokenbench.adapters.loading import load_pretrained, make_stop, model_identity, torch_dtype
+from tokenbench.budget import Budget, sample_generator
+from tokenbench.strategy import ModelInfo, Strategy
+from tokenbench.task import Sample
+
+#: score-matrix entries computed at once by the saliency (bounds its memory)
+_CHUNK = 1 << 26
+
+
+class Qwen2_5_VLAdapter(Adapter):
+    name = "qwen2_5_vl"
+    description = "Qwen2.5-VL (Qwen2_5_VLForConditionalGeneration), last full-attention-block saliency, 3-D M-RoPE"
+    family = "qwen2_5_vl"
+    model_types = ("qwen2_5_vl",)
+
+    def __init__(self, model: Any, processor: Any, source: str, device: str, dtype: str) -> None:
+        from transformers import DynamicCache
+        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
+
+        self.model = model.eval()
+        self.processor = processor
+        self.source = source
+        self.device = device
+        self.dtype = dtype
+        cfg = model.config
+        self.image_token_id = cfg.image_token_id
+        self.merge = cfg.vision_config.spatial_merge_size
+        self.saliency_block = list(cfg.vision_config.fullatt_block_indexes)[-1]
+        text = cfg.text_config
+        if "sliding_attention" in (getattr(text, "layer_types", None) or []):
+            raise ModelLoadError(f"{source}: sliding-window decoder layers (use_sliding_window) are not supported")
+        self.info = ModelInfo(num_layers=text.num_hidden_layers, hidden_size=text.hidden_size, name=source)
+        lm = model.model.language_model
+        # In transformers 5 the rotary embedding already interleaves the three axes by
+        # ``mrope_section`` (cos/sin come out [B,S,head_dim]); applying them is plain RoPE.
+        self.parts = DecoderParts(
+            embed=lm.embed_tokens,
+            layers=list(lm.layers),
+            norm=lm.norm,
+            lm_head=model.lm_head,
+            rotary=lambda h, pos: lm.rotary_emb(h, pos.permute(2, 0, 1)),
+            apply_rope=lambda x, cos, sin: apply_rotary_pos_emb(x, x, cos, sin)[0],
+            position_ids=lambda pos: pos.permute(2, 0, 1),
+            make_cache=lambda: DynamicCache(config=text),
+            position_dims=3,
+        )
+        self.meter = FlopsMeter(self.parts, text, self._vision_macs)
+        tok = processor.tokenizer
+        tok.padding_side = "left"
+        eos = model.generation_config.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if tok.eos_token_id is not None:
+            self.eos_ids.add(tok.eos_token_id)
+
+    @classmethod
+    def load(cls, model: str, *, device: str = "cpu", dtype: str = "float32", min_pixels: int | str | None = None,
+             max_pixels: int | str | None = None, **options: Any) -> Qwen2_5_VLAdapter:
+        """``min_pixels``/``max_pixels`` go to the image processor (they set the visual token counts)."""
+        from transformers import Qwen2_5_VLForConditionalGeneration
+
+        pixels = {k: int(v) for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
+        hf, processor = load_pretrained(Qwen2_5_VLForConditionalGeneration, model, device=device, dtype=dtype,
+                                        processor_options=pixels, processor_loader=load_processor, **options)
+        return cls(hf, processor, model, device, dtype)
+
+    def describe(self) -> dict[str, Any]:
+        size = getattr(self.processor.image_processor, "size", None)
+        return model_identity(self.model, self.source, self.device, self.dtype, family=self.family,
+                              min_pixels=_size(size, "shortest_edge", "min_pixels"), max_pixels=_size(size, "longest_edge", "max_pixels"))
+
+    def flops(self, result: GenerationResult) -> dict[str, int]:
+        return self.meter.measure(result)
+
+    def _vision_macs(self, result: GenerationResult) -> tuple[int, int]:
+        """(vision tower without merger, patch merger) multiply-adds for one image of ``result.grid``, traced once per grid."""
+        visual, vcfg = self.model.model.visual, self.model.config.vision_config
+        h, w = result.grid[0] * self.merge, result.grid[1] * self.merge
+        param = next(visual.parameters())
+        pixels = torch.zeros(h * w, vcfg.in_channels * vcfg.temporal_patch_size * vcfg.patch_size**2, dtype=param.dtype, device=param.device)
+        thw = torch.tensor([[1, h, w]], device=param.device)
+        tower = self.meter.counter.count(("vision", h, w), visual, (pixels,), {"grid_thw": thw})
+        patches = torch.zeros(h * w, vcfg.hidden_size, dtype=param.dtype, device=param.device)
+        merger = self.meter.counter.count(("projector", h, w), visual.merger, (patches,))
+        return tower - merger, merger
+
+    def chat_prompt(self, user_text: str) -> str:
+        """The full prompt for one user turn with one image, by the model's chat template."""
+        conv = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": user_text}]}]
+        return str(self.processor.apply_chat_template(conv, add_generation_prompt=True))
+
+    @torch.no_grad()
+    def generate(self, samples: Sequence[Sample], prompts: Sequence[str], strategy: Strategy, budget: Budget, *,
+                 seed: int = 0, max_new_tokens: int = 8) -> list[GenerationResult]:
+        out, texts, setups, text_tokens = self.run(samples, prompts, strategy, budget, seed=seed, max_new_tokens=max_new_tokens)
+        tok = self.processor.tokenizer
+        top2 = out.first_logits.topk(2, dim=-1).values
+        return [
+            GenerationResult(
+                prediction=tok.decode(out.tokens[b], skip_special_tokens=True).strip(),
+                prompt=texts[b],
+                num_visual=s.num_visual,
+                grid=s.grid,
+                budget=s.budget,
+                tokens_per_layer=out.tokens_per_layer[b],
+                kept=out.kept[b],
+                merged=out.merged[b],
+                answer_margin=float(top2[b, 0] - top2[b, 1]),
+                selection_seconds=out.selection_seconds[b],
+                text_tokens=text_tokens[b],
+            )
+            for b, s in enumerate(setups)
+        ]
+
+    @torch.no_grad()
+    def run(self, samples: Sequence[Sample], prompts: Sequence[str], strategy: Strategy, budget: Budget, *,
+            seed: int = 0, max_new_tokens: int = 8, stop: bool = True) -> tuple[DecodeOutput, list[str], list[SampleSetup], list[int]]:
+        """The reduced forward and greedy decode: (output, prompts, per-sample setups, text-token counts)."""
+        dev = self.device
+        texts = [self.chat_prompt(p) for p in prompts]
+        enc = self.processor(images=[s.load_image() for s in samples], text=texts, return_tensors="pt", padding=True)
+        ids = enc["input_ids"].to(dev)
+        attn = enc["attention_mask"].to(dev).bool()
+        thw = enc["image_grid_thw"].to(dev)
+        is_img = ids == self.image_token_id
+        mm = enc.get("mm_token_type_ids")
+        mm = is_img.int() if mm is None else mm.to(dev)
+        stages = strategy.schedule(self.info)
+        want_sal = any("saliency" in s.signals for s in stages)
+        feats, saliency = self.encode_images(enc["pixel_values"].to(dev), thw, saliency=want_sal)
+        counts = [int(f.shape[0]) for f in feats]
+        if len(counts) != len(samples) or is_img.sum(dim=1).tolist() != counts:
+            raise ValueError("the Qwen2.5-VL adapter takes exactly one image per sample")
+        embeds = self.parts.embed(ids)
+        embeds[is_img] = torch.cat(feats).to(embeds.dtype)
+        origin = torch.full_like(ids, -1)
+        origin[is_img] = torch.cat([torch.arange(n, device=ids.device) for n in counts])
+        pos, _ = self.model.model.get_rope_index(ids, mm, image_grid_thw=thw, attention_mask=attn.long())  # [3,B,S]
+        layout = TokenLayout(embeds, pos.permute(1, 2, 0).contiguous(), attn, origin)
+        setups = []
+        for b, s in enumerate(samples):
+            _, h, w = thw[b].tolist()
+            setups.append(
+                SampleSetup(
+                    sample_id=s.id,
+                    budget=budget.resolve(counts[b], strategy.default_keep),
+                    num_visual=counts[b],
+                    grid=(h // self.merge, w // self.merge),
+                    generator=sample_generator(seed, s.id, strategy.name),
+                    saliency=None if saliency is None else saliency[b],
+                    text_embeddings=embeds[b, attn[b] & ~is_img[b]],
+                )
+            )
+        out = prefill_and_decode(
+            self.parts, layout, setups, strategy, stages, max_new_tokens=max_new_tokens, eos_ids=self.eos_ids,
+            stop=make_stop(self.processor.tokenizer) if stop else None,
+        )
+        return out, texts, setups, (attn & ~is_img).sum(dim=1).tolist()
+
+    @torch.no_grad()
+    def encode_images(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor, *, saliency: bool = False) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+        """Per image: the merged visual tokens [N, d] in the language model's order and, if asked, their saliency [N]."""
+        visual = self.model.model.visual
+        seen: dict[str, Any] = {}
+
+        def grab(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            seen.update(x=args[0] if args else kwargs["hidden_states"], cu=kwargs["cu_seqlens"], rope=kwargs["position_embeddings"])
+
+        hook = visual.blocks[self.saliency_block].register_forward_pre_hook(grab, with_kwargs=True) if saliency else None
+        try:
+            out = self.model.model.get_image_features(pixel_values.to(torch_dtype(self.dtype)), grid_thw, return_dict=True)
+        finally:
+            if hook is not None:
+                hook.remove()
+        feats = list(out.pooler_output)
+        if not saliency:
+            return feats, None
+        sal = self._saliency(seen["x"], seen["cu"], seen["rope"], grid_thw)
+        return feats, list(sal.split([int(f.shape[0]) for f in feats]))
+
+    def _saliency(self, x: torch.Tensor, cu_seqlens: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], grid_thw: torch.Tensor) -> torch.Tensor:
+        """[total merged tokens]: mean attention received in the saliency block, pooled and un-windowed (module docstring)."""
+        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+        from transformers.vision_utils import get_vision_window_index
+
+        visual = self.model.model.visual
+        block = visual.blocks[self.saliency_block]
+        att = block.attn
+        s = x.shape[0]
+        q, k, _ = att.qkv(block.norm1(x)).reshape(s, 3, att.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+        q, k = apply_rotary_pos_emb_vision(q, k, *rope)
+        received = torch.zeros(s, dtype=torch.float32, device=x.device)
+        bounds = [int(v) for v in cu_seqlens.tolist()]
+        for a, b in zip(bounds[:-1], bounds[1:]):  # full attention: one span per image
+            qs, ks = q[a:b].transpose(0, 1).float(), k[a:b].transpose(0, 1).float()  # [H, n, hd]
+            n = b - a
+            step = max(1, _CHUNK // (att.num_heads * n))
+            for r in range(0, n, step):
+                probs = (qs[:, r : r + step] @ ks.transpose(1, 2) * att.scaling).softmax(dim=-1)
+                received[a:b] += probs.sum(dim=(0, 1))
+            received[a:b] /= att.num_heads * n
+        pooled = received.view(-1, visual.spatial_merge_unit).mean(dim=1)  # merged tokens, window order
+        window_index, _ = get_vision_window_index(grid_thw, visual.spatial_merge_size, visual.window_size, visual.patch_size)
+        return pooled[torch.argsort(window_index.to(pooled.device))]
+
+
+class ImageOnlyProcessor:
+    """Qwen2.5-VL's processor for text with images, built from the checkpoint's tokenizer,
+    image processor and chat template, for environments without torchvision (which the
+    stock processor's video processor needs). It expands each ``<|image_pad|>`` to the
+    image's merged-token count and returns ``mm_token_type_ids`` like the stock one."""
+
+    def __init__(self, tokenizer: Any, image_processor: Any, chat_template: str | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.chat_template = chat_template or getattr(tokenizer, "chat_template", None)
+        self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+
+    def apply_chat_template(self, conversation: list[dict[str, Any]], add_generation_prompt: bool = False, **_: Any) -> str:
+        return str(self.tokenizer.apply_chat_template(conversation, chat_template=self.chat_template, tokenize=False,
+                                                      add_generation_prompt=add_generation_prompt))
+
+    def __call__(self, images: Any, text: Sequence[str], return_tensors: str = "pt", padding: bool = True, **_: Any) -> dict[str, Any]:
+        vis = dict(self.image_processor(images=images, return_tensors=return_tensors))
+        per_image = iter((vis["image_grid_thw"].prod(-1) // self.image_processor.merge_size**2).tolist())
+        expanded = []
+        for t in text:
+            head, *rest = t.split(self.image_token)
+            expanded.append(head + "".join(self.image_token * int(next(per_image)) + part for part in rest))
+        enc = dict(self.tokenizer(expanded, return_tensors=return_tensors, padding=padding))
+        return {**enc, **vis, "mm_token_type_ids": (enc["input_ids"] == self.image_token_id).int()}
+
+
+def load_processor(source: str, **options: Any) -> Any:
+    """The checkpoint's ``AutoProcessor``; without torchvision, an :class:`ImageOnlyProcessor`."""
+    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+
+    try:
+        return AutoProcessor.from_pretrained(source, **options)
+    except ImportError as exc:
+        if "torchvision" not in str(exc).lower():
+            raise
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    template = _read_template(source) or getattr(tokenizer, "chat_template", None)  # the processor's first, as AutoProcessor
+    return ImageOnlyProcessor(tokenizer, AutoImageProcessor.from_pretrained(source, **options), template)
+
+
+def _read_template(source: str) -> str | None:
+    """The processor's chat template file (``chat_template.jinja`` or ``.json``), local or cached from the hub."""
+    import json
+
+    from transformers.utils import cached_file
+
+    for name in ("chat_template.jinja", "chat_template.json"):
+        try:
+            path = cached_file(source, name, _raise_exceptions_for_missing_entries=False)
+        except OSError:
+            path = None
+        if path:
+            text = Path(path).read_text()
+            return str(json.loads(text)["chat_template"]) if name.endswith(".json") else text
+    return None
+
+
+def _size(size: Any, *keys: str) -> int | None:
+    for key in keys:
+        value = size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+        if value is not None:
+            return int(value)
+    return None

@@ -1,0 +1,372 @@
+"""Adapter-contract tests for Qwen2.5-VL (DESIGN.md, "The one contract").
+
+A tiny random ``Qwen2_5_VLForConditionalGeneration`` (3 decoder layers, a 4-block vision
+tower with full attention in blocks 1 and 2, 4-pixel patches, 2×2 merge, windows of
+2×2 merged tokens) is saved with its processor and loaded by path. Images of 48×32
+and 24×24 pixels give 4×6 and 3×3 token grids, so a batch of two is left-padded and
+the vision tower's window reordering is not the identity. References are built from
+a separately loaded, unmodified model:
+
+- keep-everything equals ``model(...)`` logits and 20 ``model.generate`` greedy tokens
+  (batch 1 and 2);
+- a vision-stage selection equals the stock model on ``inputs_embeds`` with the
+  dropped image tokens removed and the original 3-D position ids passed explicitly,
+  for prefill and for greedy decoding continued at the last position + 1;
+- grids, token counts and fraction budgets are per image; ``max_pixels`` changes them;
+- encoder saliency equals the same quantity from eager attention probabilities
+  recorded in the vision tower, mapped to the language model's order through the
+  stock merger output;
+- an LLM-stage selection equals the stock decoder layers run without a cache, the
+  unkept visual rows and their positions dropped after the layer;
+- the LLM-stage attention signal equals eager attention probabilities;
+- every registered strategy runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from tokenbench.adapters.qwen2_5_vl import Qwen2_5_VLAdapter
+from tokenbench.budget import FULL, Budget
+from tokenbench.strategies.baseline import Baseline
+from tokenbench.strategy import ModelInfo, Selection, StageContext, StageSpec, Strategy
+from tokenbench.task import Sample
+from tokenbench.testing import tiny_qwen2_5_vl_checkpoint
+
+LAYERS = 3
+SIZES = ((48, 32), (24, 24))  # (width, height) -> grids (4, 6) and (3, 3)
+GRIDS = [(4, 6), (3, 3)]
+PROMPTS = ["what colour is the square ?", "how many red circle are there in this picture ?"]
+ATOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_qwen2_5_vl_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-qwen", layers=LAYERS)
+
+
+@pytest.fixture(scope="module")
+def adapter(ckpt: Path) -> Qwen2_5_VLAdapter:
+    ad = Qwen2_5_VLAdapter.load(str(ckpt))
+    ad.eos_ids = set()  # a random model: decode exactly max_new_tokens
+    return ad
+
+
+@pytest.fixture(scope="module")
+def stock(ckpt: Path) -> Any:
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(ckpt), dtype=torch.float32).eval()
+    model.generation_config.eos_token_id = None
+    return model
+
+
+@pytest.fixture(scope="module")
+def samples() -> list[Sample]:
+    rng = np.random.default_rng(0)
+    from PIL import Image
+
+    return [Sample(id=f"s{i}", image=Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)), question=q, answers=("x",))
+            for i, ((w, h), q) in enumerate(zip(SIZES, PROMPTS))]
+
+
+def _encode(adapter: Qwen2_5_VLAdapter, samples: list[Sample]) -> dict[str, Any]:
+    texts = [adapter.chat_prompt(s.question) for s in samples]
+    return adapter.processor(images=[s.load_image() for s in samples], text=texts, return_tensors="pt", padding=True)
+
+
+class KeepFixed(Strategy):
+    """Vision stage: keeps every third token, plus the last one."""
+
+    name = "keep-fixed"
+
+    def schedule(self, model: ModelInfo) -> tuple[StageSpec, ...]:
+        return (StageSpec.vision(),)
+
+    @staticmethod
+    def indices(n: int) -> torch.Tensor:
+        return torch.tensor(sorted(set(range(0, n, 3)) | {n - 1}))
+
+    def select(self, ctx: StageContext) -> Selection:
+        return Selection(keep=self.indices(ctx.num_tokens))
+
+
+class RecordAttention(Strategy):
+    """LLM stage after layer 0: records the attention signal, keeps everything."""
+
+    name = "record-attention"
+
+    def __init__(self, query: str = "last") -> None:
+        super().__init__()
+        self.query = query
+        self.seen: list[torch.Tensor] = []
+
+    def schedule(self, model: ModelInfo) -> tuple[StageSpec, ...]:
+        return (StageSpec.llm(0, "attention", query=self.query),)  # type: ignore[arg-type]
+
+    def select(self, ctx: StageContext) -> Selection:
+        assert ctx.attention is not None
+        self.seen.append(ctx.attention)
+        return Selection(keep=torch.arange(ctx.num_tokens))
+
+
+def test_registered_and_picked_by_model_type(ckpt: Path) -> None:
+    import tokenbench
+    from tokenbench.compare import adapter_for
+
+    registry = tokenbench.get_registry(refresh=True)
+    assert "qwen2_5_vl" in registry.names("adapters") and "llava" in registry.names("adapters")
+    assert adapter_for(registry, str(ckpt), None) is Qwen2_5_VLAdapter
+    assert Qwen2_5_VLAdapter.visual_token_capacity({"model_type": "qwen2_5_vl"}) is None
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_baseline_equals_unmodified_model(adapter: Qwen2_5_VLAdapter, stock: Any, samples: list[Sample], batch: int) -> None:
+    group = samples[-batch:] if batch == 1 else samples
+    out, _, setups, _ = adapter.run(group, [s.question for s in group], Baseline(), FULL, max_new_tokens=20, stop=False)
+    enc = _encode(adapter, group)
+    with torch.no_grad():
+        ref = stock(**enc).logits[:, -1].float()
+        gen = stock.generate(**enc, max_new_tokens=20, do_sample=False)
+    torch.testing.assert_close(out.first_logits, ref, atol=ATOL, rtol=0)
+    assert out.tokens == gen[:, enc["input_ids"].shape[1]:].tolist()
+    assert all(len(t) == 20 for t in out.tokens)
+    assert [s.num_visual for s in setups] == [h * w for h, w in GRIDS[-batch:]]
+
+
+def _reference(stock: Any, enc: dict[str, Any], b: int, rows: torch.Tensor, steps: int, merged: tuple[int, list[int]] | None = None) -> tuple[torch.Tensor, list[int]]:
+    """Sample b alone through the stock model on ``inputs_embeds``: the text, then the visual tokens ``rows``
+    (original indices) with their original 3-D positions, greedy decoding at the last position + 1.
+    ``merged = (j, sources)``: entry j of ``rows`` is the mean of the visual tokens ``sources``, at the position of ``rows[j]``."""
+    from transformers import DynamicCache
+
+    cfg = stock.config
+    valid = enc["attention_mask"][b].bool()
+    ids = enc["input_ids"][b : b + 1, valid]
+    mm = enc["mm_token_type_ids"][b : b + 1, valid]
+    unit = cfg.vision_config.spatial_merge_size**2
+    start = int(enc["image_grid_thw"][:b].prod(-1).sum())
+    thw = enc["image_grid_thw"][b : b + 1]
+    pixels = enc["pixel_values"][start : start + int(thw.prod())]
+    with torch.no_grad():
+        feats = stock.model.get_image_features(pixels, thw, return_dict=True).pooler_output[0]
+        assert feats.shape[0] == int(thw.prod()) // unit
+        text = stock.model.get_input_embeddings()(ids)[0]
+        pos, _ = stock.model.get_rope_index(ids, mm, image_grid_thw=thw)
+        img = torch.nonzero(ids[0] == cfg.image_token_id).squeeze(1)
+        before, after = torch.arange(int(img[0])), torch.arange(int(img[-1]) + 1, ids.shape[1])
+        vis = feats[rows].clone()
+        if merged is not None:
+            vis[merged[0]] = feats[merged[1]].mean(dim=0)
+        embeds = torch.cat([text[before], vis, text[after]])[None]
+        positions = torch.cat([pos[:, :, before], pos[:, :, img[rows]], pos[:, :, after]], dim=2)
+        length = embeds.shape[1]
+        cache = DynamicCache(config=cfg.text_config)
+        logits = stock(inputs_embeds=embeds, position_ids=positions, attention_mask=torch.ones(1, length, dtype=torch.long), cache=cache, use_cache=True).logits[:, -1]
+        first, tokens = logits[0].float(), []
+        for step in range(steps):
+            tokens.append(int(logits.argmax(-1)))
+            step_pos = (positions[:, 0, -1] + 1 + step).view(3, 1, 1)
+            mask = torch.ones(1, length + step + 1, dtype=torch.long)
+            logits = stock(input_ids=torch.tensor([[tokens[-1]]]), position_ids=step_pos, attention_mask=mask, cache=cache, use_cache=True).logits[:, -1]
+    return first, tokens
+
+
+def test_vision_selection_equals_pruned_inputs_embeds_with_original_positions(adapter: Qwen2_5_VLAdapter, stock: Any, samples: list[Sample]) -> None:
+    out, _, setups, _ = adapter.run(samples, [s.question for s in samples], KeepFixed(), FULL, max_new_tokens=6, stop=False)
+    enc = _encode(adapter, samples)
+    for b, setup in enumerate(setups):
+        keep = KeepFixed.indices(setup.num_visual)
+        assert out.kept[b]["vision"] == keep.tolist()
+        assert out.tokens_per_layer[b] == [keep.numel()] * LAYERS
+        first, tokens = _reference(stock, enc, b, keep, steps=6)
+        torch.testing.assert_close(out.first_logits[b], first, atol=ATOL, rtol=0)
+        assert out.tokens[b] == tokens
+
+
+class KeepAndMerge(Strategy):
+    """Vision stage: keeps every third token (and the last); the mean of the others goes to token 1's position."""
+
+    name = "keep-and-merge"
+
+    def schedule(self, model: ModelInfo) -> tuple[StageSpec, ...]:
+        return (StageSpec.vision(),)
+
+    def select(self, ctx: StageContext) -> Selection:
+        keep = KeepFixed.indices(ctx.num_tokens)
+        dropped = [i for i in range(ctx.num_tokens) if i not in set(keep.tolist())]
+        return Selection(keep=keep, merged=ctx.tokens[dropped].mean(dim=0, keepdim=True), merged_positions=torch.tensor([1]))
+
+
+def test_merged_token_takes_its_donor_position(adapter: Qwen2_5_VLAdapter, stock: Any, samples: list[Sample]) -> None:
+    out, _, setups, _ = adapter.run(samples, [s.question for s in samples], KeepAndMerge(), FULL, max_new_tokens=4, stop=False)
+    enc = _encode(adapter, samples)
+    for b, setup in enumerate(setups):
+        n = setup.num_visual
+        keep = KeepFixed.indices(n).tolist()
+        assert out.merged[b]["vision"] == 1 and out.tokens_per_layer[b] == [len(keep) + 1] * LAYERS
+        rows = torch.tensor([keep[0], 1] + keep[1:])  # the merged token sits right after token 0, at token 1's position
+        first, tokens = _reference(stock, enc, b, rows, steps=4, merged=(1, [i for i in range(n) if i not in keep]))
+        torch.testing.assert_close(out.first_logits[b], first, atol=ATOL, rtol=0)
+        assert out.tokens[b] == tokens
+
+
+class PruneInLLM(Strategy):
+    """LLM stage after layer 0: keeps every third visual token (and the last)."""
+
+    name = "prune-in-llm"
+
+    def schedule(self, model: ModelInfo) -> tuple[StageSpec, ...]:
+        return (StageSpec.llm(0),)
+
+    def select(self, ctx: StageContext) -> Selection:
+        return Selection(keep=KeepFixed.indices(ctx.num_tokens))
+
+
+def test_llm_selection_equals_stock_layers_without_cache(adapter: Qwen2_5_VLAdapter, stock: Any, samples: list[Sample]) -> None:
+    """Reference without any cache: every step reruns the prompt and the generated tokens through the stock
+    layers, dropping the unkept visual rows (and their 3-D positions) after layer 0."""
+    out, _, setups, _ = adapter.run(samples, [s.question for s in samples], PruneInLLM(), FULL, max_new_tokens=4, stop=False)
+    enc = _encode(adapter, samples)
+    lm, cfg = stock.model.language_model, stock.config
+    for b, setup in enumerate(setups):
+        keep = KeepFixed.indices(setup.num_visual)
+        assert out.tokens_per_layer[b] == [setup.num_visual] + [keep.numel()] * (LAYERS - 1)
+        valid = enc["attention_mask"][b].bool()
+        ids = enc["input_ids"][b : b + 1, valid]
+        start = int(enc["image_grid_thw"][:b].prod(-1).sum())
+        thw = enc["image_grid_thw"][b : b + 1]
+        with torch.no_grad():
+            feats = stock.model.get_image_features(enc["pixel_values"][start : start + int(thw.prod())], thw, return_dict=True).pooler_output[0]
+            embeds = lm.embed_tokens(ids)
+            img = torch.nonzero(ids[0] == cfg.image_token_id).squeeze(1)
+            embeds[0, img] = feats
+            pos, _ = stock.model.get_rope_index(ids, enc["mm_token_type_ids"][b : b + 1, valid], image_grid_thw=thw)
+            survivors = torch.ones(ids.shape[1], dtype=torch.bool)
+            survivors[img] = False
+            survivors[img[keep]] = True
+            tokens: list[int] = []
+            for step in range(4):
+                h = torch.cat([embeds, lm.embed_tokens(torch.tensor([tokens], dtype=torch.long))], dim=1)
+                p = torch.cat([pos, pos[:, :, -1:] + 1 + torch.arange(len(tokens)).view(1, 1, -1)], dim=2)
+                rows = torch.cat([survivors, torch.ones(len(tokens), dtype=torch.bool)])
+                for i, layer in enumerate(lm.layers):
+                    h = layer(h, attention_mask=None, position_embeddings=lm.rotary_emb(h, p))
+                    if i == 0:
+                        h, p = h[:, rows], p[:, :, rows]
+                logits = stock.lm_head(lm.norm(h[:, -1])).float()
+                if step == 0:
+                    torch.testing.assert_close(out.first_logits[b], logits[0], atol=ATOL, rtol=0)
+                tokens.append(int(logits.argmax(-1)))
+        assert out.tokens[b] == tokens
+
+
+def test_grids_counts_and_fraction_budgets_are_per_image(adapter: Qwen2_5_VLAdapter, ckpt: Path, samples: list[Sample]) -> None:
+    from tokenbench.strategies.random_drop import RandomDrop
+
+    results = adapter.generate(samples, [s.question for s in samples], RandomDrop(), Budget("fraction", 0.25), max_new_tokens=2)
+    assert [r.grid for r in results] == GRIDS
+    assert [r.num_visual for r in results] == [24, 9]
+    assert [r.budget for r in results] == [6, 2]
+    assert [len(r.kept["vision"]) for r in results] == [6, 2]
+    assert [r.tokens_per_layer for r in results] == [[6] * LAYERS, [2] * LAYERS]
+    assert all(r.text_tokens > 0 for r in results)
+    small = Qwen2_5_VLAdapter.load(str(ckpt), max_pixels=16 * 16)
+    assert small.describe()["max_pixels"] == 256 and adapter.describe()["max_pixels"] == 64 * 64
+    res = small.generate(samples[:1], PROMPTS[:1], RandomDrop(), Budget("fraction", 0.25), max_new_tokens=1)
+    assert res[0].num_visual < 24 and res[0].num_visual == res[0].grid[0] * res[0].grid[1]
+
+
+def test_flops_follow_each_image_grid_and_the_kept_tokens(adapter: Qwen2_5_VLAdapter, samples: list[Sample]) -> None:
+    from tokenbench.strategies.random_drop import RandomDrop
+
+    full = adapter.generate(samples, PROMPTS, Baseline(), FULL, max_new_tokens=1)
+    pruned = adapter.generate(samples, PROMPTS, RandomDrop(), Budget("fraction", 0.25), max_new_tokens=1)
+    f_full, f_small, f_pruned = adapter.flops(full[0]), adapter.flops(full[1]), adapter.flops(pruned[0])
+    assert set(f_full) == {"vision", "projector", "llm_prefill", "decode_per_token", "total_prefill"}
+    merger = adapter.model.model.visual.merger
+    assert f_full["projector"] == 2 * 24 * sum(m.in_features * m.out_features for m in merger.mlp if isinstance(m, torch.nn.Linear))
+    assert f_full["vision"] > f_small["vision"] > 0 and f_full["projector"] > f_small["projector"]
+    assert f_pruned["vision"] == f_full["vision"] and f_pruned["llm_prefill"] < f_full["llm_prefill"]
+
+
+def test_saliency_equals_eager_attention_in_last_full_attention_block(adapter: Qwen2_5_VLAdapter, ckpt: Path, samples: list[Sample]) -> None:
+    from transformers import AttentionInterface, Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import eager_attention_forward
+
+    records: list[tuple[Any, torch.Tensor]] = []
+
+    def recording_eager(module: Any, *args: Any, **kwargs: Any) -> Any:
+        out, weights = eager_attention_forward(module, *args, **kwargs)
+        records.append((module, weights))
+        return out, weights
+
+    AttentionInterface.register("tokenbench_test_record_eager", recording_eager)
+    eager = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(ckpt), dtype=torch.float32, attn_implementation="tokenbench_test_record_eager").eval()
+    enc = _encode(adapter, samples)
+    block = eager.model.visual.blocks[eager.config.vision_config.fullatt_block_indexes[-1]]
+    with torch.no_grad():
+        vis = eager.model.visual(enc["pixel_values"], grid_thw=enc["image_grid_thw"])
+        window_order = eager.model.visual.merger(vis.last_hidden_state)
+    probs = [w for m, w in records if m is block.attn]
+    assert len(probs) == 2  # one full-attention span per image
+    received = torch.cat([p[0].mean(dim=0).mean(dim=0) for p in probs])  # heads, then query rows
+    pooled = received.view(-1, 4).mean(dim=1)  # window order
+    # the language model's order, read off the stock merger output
+    perm = torch.cdist(vis.pooler_output, window_order).argmin(dim=1)
+    assert sorted(perm.tolist()) == list(range(len(perm))) and perm.tolist() != list(range(len(perm)))
+    expected = pooled[perm].split([24, 9])
+    feats, saliency = adapter.encode_images(enc["pixel_values"], enc["image_grid_thw"], saliency=True)
+    assert saliency is not None
+    for b in range(2):
+        torch.testing.assert_close(feats[b], vis.pooler_output.split([24, 9])[b], atol=ATOL, rtol=0)
+        torch.testing.assert_close(saliency[b], expected[b].float(), atol=1e-6, rtol=0)
+        assert abs(float(saliency[b].sum()) - 0.25) < 1e-5  # patch saliencies sum to 1; a token is the mean of 4
+
+
+@pytest.mark.parametrize("query", ["last", "text"])
+def test_attention_signal_equals_eager_probabilities(adapter: Qwen2_5_VLAdapter, ckpt: Path, samples: list[Sample], query: str) -> None:
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    eager = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(ckpt), dtype=torch.float32, attn_implementation="eager").eval()
+    strategy = RecordAttention(query)
+    adapter.run(samples[:1], PROMPTS[:1], strategy, FULL, max_new_tokens=1, stop=False)
+    enc = _encode(adapter, samples[:1])
+    with torch.no_grad():
+        att = eager(**enc, output_attentions=True).attentions[0][0].mean(dim=0)  # layer 0, heads averaged: [S, S]
+    is_img = enc["input_ids"][0] == eager.config.image_token_id
+    rows = torch.tensor([att.shape[0] - 1]) if query == "last" else torch.nonzero(~is_img).squeeze(1)
+    torch.testing.assert_close(strategy.seen[0], att[rows][:, is_img].float(), atol=1e-5, rtol=0)
+
+
+#: strategies that cannot run on this test's samples, for reasons that have nothing to do with Qwen
+UNRELATED = {"oracle": "needs samples of the shapes task (meta['relevant_cells'])"}
+
+
+def _strategy_names() -> list[str]:
+    import tokenbench
+
+    return tokenbench.get_registry(refresh=True).names("strategies")
+
+
+@pytest.mark.parametrize("name", _strategy_names())
+def test_every_registered_strategy_runs(adapter: Qwen2_5_VLAdapter, samples: list[Sample], name: str) -> None:
+    import tokenbench
+
+    if name in UNRELATED:
+        pytest.skip(f"{name}: {UNRELATED[name]}")
+    cls = tokenbench.get_registry().load("strategies", name)
+    strategy = cls()
+    budget = FULL if strategy.keeps_all else Budget("fraction", 0.5)
+    results = adapter.generate(samples, [s.question for s in samples], strategy, budget, max_new_tokens=2)
+    for r, n in zip(results, (24, 9)):
+        assert r.num_visual == n and len(r.tokens_per_layer) == LAYERS
+        assert all(0 <= i < n for kept in r.kept.values() for i in kept)
+        assert 0 < r.tokens_per_layer[-1] <= n and isinstance(r.prediction, str)
+        if strategy.keeps_all:
+            assert r.tokens_per_layer == [n] * LAYERS
