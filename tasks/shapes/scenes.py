@@ -65,7 +65,11 @@ NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five")
 COUNT_RANGE: tuple[int, int] = (1, 3)  # answers one / two / three
 BACKGROUND = (200, 200, 200)
 NOISE = 6  # +- uniform per-pixel background noise
-PROMPT_TEMPLATE = "USER: <image>\n{question} ASSISTANT:"
+# The question comes before the image: with causal attention the visual tokens can then
+# condition on it. Image-first (LLaVA-1.5's own order) did not train from scratch on
+# 2 CPU cores: the answer position must learn question-conditioned retrieval over 144
+# tokens at once, and every run sat at the answer prior (see README, reference model).
+PROMPT_TEMPLATE = "USER: {question}\n<image> ASSISTANT:"
 _SS = 2  # supersampling factor for anti-aliased drawing
 
 
