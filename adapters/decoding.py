@@ -139,6 +139,7 @@ def prefill_and_decode(
     cache = parts.make_cache()
     per_layer: list[list[int]] = [[] for _ in range(batch)]
     layer_valid: list[torch.Tensor] = []
+    layer_full: list[bool] = []  # no padding at this layer: decoding needs no mask there
     hidden = layout.hidden
     mask, pos_ids, rope = _layer_inputs(parts, layout)
     counts = layout.visual_counts()
@@ -150,6 +151,7 @@ def prefill_and_decode(
         if isinstance(hidden, tuple):
             hidden = hidden[0]
         layer_valid.append(layout.valid)
+        layer_full.append(mask is None)
         stage = by_layer.get(idx)
         if stage is not None:
             layout.hidden = hidden
@@ -187,8 +189,11 @@ def prefill_and_decode(
         rope = parts.rotary(h, pos)
         pos_ids = parts.position_ids(pos)
         for idx, layer in enumerate(parts.layers):
-            layer_valid[idx] = torch.cat([layer_valid[idx], torch.ones(batch, 1, dtype=torch.bool, device=layer_valid[idx].device)], dim=1)
-            mask = None if bool(layer_valid[idx].all()) else layer_valid[idx][:, None, None, :]
+            if layer_full[idx]:  # the new tokens are valid: still no padding, no mask (and no device sync)
+                mask = None
+            else:
+                layer_valid[idx] = torch.cat([layer_valid[idx], torch.ones(batch, 1, dtype=torch.bool, device=layer_valid[idx].device)], dim=1)
+                mask = layer_valid[idx][:, None, None, :]
             h = layer(h, attention_mask=mask, position_ids=pos_ids, position_embeddings=rope, cache=cache, use_cache=True)
             if isinstance(h, tuple):
                 h = h[0]

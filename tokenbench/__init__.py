@@ -36,4 +36,14 @@ __all__ = [
     "__version__",
     "get_registry",
     "hookimpl",
+    "results_frame",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """Lazy exports: ``results_frame`` imports pandas only when first used."""
+    if name == "results_frame":
+        from tokenbench.frame import results_frame
+
+        return results_frame
+    raise AttributeError(f"module 'tokenbench' has no attribute {name!r}")

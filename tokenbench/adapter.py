@@ -89,6 +89,16 @@ class Adapter:
         seed: int = 0,
         max_new_tokens: int = 8,
     ) -> list[GenerationResult]:
+        """Greedy generation under ``strategy``; one result per sample.
+
+        Timing (``tokenbench.timing``): an adapter built on
+        :func:`tokenbench.adapters.decoding.prefill_and_decode` is timed phase by phase
+        with no further code (that function marks prefill, selection, first token and
+        decode steps, and forces the number of new tokens while a timed call is active);
+        it should call ``tokenbench.timing.mark_phase("vision_start")`` just before its
+        vision encoder, so that time to first token leaves preprocessing out. Other
+        adapters are timed as a whole call.
+        """
         raise NotImplementedError
 
     def flops(self, result: GenerationResult) -> dict[str, int] | None:

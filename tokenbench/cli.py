@@ -109,7 +109,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.plot:
         from tokenbench.plots import pareto_plot
 
-        pareto_plot(cmp, args.plot)
+        pareto_plot(cmp, args.plot, axis=args.plot_axis)
         print(f"tokenbench: wrote {args.plot}", file=sys.stderr)
     failing = [(run, [r for r in run.records if r.error]) for run in cmp.runs]
     failing = [(run, errs) for run, errs in failing if errs]
@@ -206,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--adjust", choices=["holm", "bh", "none"], default="holm", help="multiple-comparison correction")
     c.add_argument("--per-sample", action="store_true", help="with --format json: per-sample records")
     c.add_argument("--plot", metavar="FILE.png", help="write the accuracy/FLOPs Pareto plot")
+    c.add_argument("--plot-axis", choices=["flops", "ttft"], default="flops", help="x axis of --plot: prefill FLOPs vs baseline, or TTFT (needs --timing-samples)")
     c.add_argument("--output", "-o", help="write the table to a file instead of stdout")
     c.add_argument("--quiet", "-q", action="store_true", help="no progress display")
     c.set_defaults(func=cmd_compare)
@@ -231,6 +232,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: other modules add subcommands here (gate, leaderboard, show)
 _EXTRA_COMMANDS: list[Callable[[Any], None]] = []
+
+
+def _add_output_commands(sub: Any) -> None:
+    """gate, leaderboard and show (their modules import nothing heavy at the top)."""
+    from tokenbench import gate, leaderboard, show
+
+    for module in (gate, leaderboard, show):
+        module.add_parser(sub)
+
+
+_EXTRA_COMMANDS.append(_add_output_commands)
 
 
 def _boundary_errors() -> tuple[type[BaseException], ...]:

@@ -44,8 +44,6 @@ class RunResult:
     records: list[SampleRecord]
     flops: dict[str, float] | None = None
     resumed: int = 0
-    #: the timed loop's summary (``latency_ms``, ``peak_memory_mb``, settings, environment), if timed
-    timing: dict[str, Any] | None = None
 
     @property
     def label(self) -> str:
@@ -53,6 +51,8 @@ class RunResult:
         return f"{self.strategy}:{args}" if args else self.strategy
 
     defaults: dict[str, Any] = field(default_factory=dict)
+    #: the timed loop's summary (``latency_ms``, ``peak_memory_mb``, settings, environment), if timed
+    timing: dict[str, Any] | None = None
 
 
 @dataclass

@@ -40,6 +40,7 @@ def build_rows(cmp: Comparison, *, adjust: str = "holm", kind: str | None = None
     base = next(r for r in cmp.runs if r.strategy == "baseline")
     base_scores = _scores(base, ids)
     base_flops = (base.flops or {}).get("total_prefill")
+    base_ttft = ((base.timing or {}).get("latency_ms") or {}).get("ttft_median")
     rows: list[dict[str, Any]] = []
     for run in cmp.runs:
         sc = _scores(run, ids)
@@ -87,6 +88,13 @@ def build_rows(cmp: Comparison, *, adjust: str = "holm", kind: str | None = None
         row["flops"] = run.flops
         row["flops_prefill"] = (run.flops or {}).get("total_prefill")
         row["flops_rel_baseline"] = row["flops_prefill"] / base_flops if row["flops_prefill"] and base_flops else None
+        if run.timing is not None:  # the timed loop (--timing-samples); see tokenbench.timing
+            lat = run.timing.get("latency_ms") or {}
+            row["latency_ms"] = lat
+            row["peak_memory_mb"] = run.timing.get("peak_memory_mb")
+            row["ttft_speedup"] = base_ttft / lat["ttft_median"] if base_ttft and lat.get("ttft_median") else None
+            if run.timing.get("error"):
+                row["timing_error"] = run.timing["error"]
         rows.append(row)
     tested = [i for i, r in enumerate(rows) if r["p_value"] is not None]
     adjusted = stats.adjust([rows[i]["p_value"] for i in tested], adjust)  # type: ignore[arg-type]
@@ -133,6 +141,8 @@ def display_rows(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
             "tokens in / layer-avg": "—" if r["visual_tokens_llm_input"] is None else f"{r['visual_tokens_llm_input']:.0f} / {r['visual_tokens_layer_avg']:.1f}",
             "prefill FLOPs vs base": "—" if r["flops_rel_baseline"] is None else f"{r['flops_rel_baseline']:.3f}×",
         }
+        if "latency_ms" in r:
+            cells["TTFT vs base"] = "failed" if r.get("timing_error") else "—" if r.get("ttft_speedup") is None else f"{r['ttft_speedup']:.2f}×"
         if "relevant_token_recall" in r:
             cells["relevant recall %"] = _pct(r["relevant_token_recall"])
         out.append(cells)
@@ -151,6 +161,15 @@ def footnotes(cmp: Comparison, rows: list[dict[str, Any]], adjust: str) -> list[
         "FLOPs: prefill (vision + projector + LLM), FLOPs = 2 × multiply-adds counted by fvcore, mean per sample",
         f"torch {env.get('torch')}, transformers {env.get('transformers')}, fvcore {env.get('fvcore')}, tokenbench {env.get('tokenbench')}",
     ]
+    timed = next((run.timing for run in cmp.runs if run.strategy == "baseline" and run.timing), None)
+    if timed and (timed.get("latency_ms") or {}).get("ttft_median") is not None:
+        lat, st, tenv = timed["latency_ms"], timed.get("settings", {}), timed.get("environment", {})
+        notes.append(
+            f"TTFT vs base: baseline median time to first token (vision encoder + selection + prefill; {lat['ttft_median']:.1f} ms, "
+            f"IQR {lat['ttft_iqr']:.1f}) over the row's; {lat['n']} timed calls per row on {len(timed.get('sample_ids', []))} samples, "
+            f"batch 1, {st.get('warmup')} warm-up runs each, strategies interleaved, {st.get('new_tokens')} forced new tokens, "
+            f"{tenv.get('timer')}, {tenv.get('device_name')}, {tenv.get('threads')} threads"
+        )
     notes += sorted({f"{r['label']} @ {r['budget']}: {r['power_note']}" for r in rows if r.get("power_note")})[:3]
     return notes
 
