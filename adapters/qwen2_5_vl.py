@@ -38,6 +38,7 @@ from tokenbench.adapters.loading import load_pretrained, make_stop, model_identi
 from tokenbench.budget import Budget, sample_generator
 from tokenbench.strategy import ModelInfo, Strategy
 from tokenbench.task import Sample
+from tokenbench.timing import mark_phase
 
 #: score-matrix entries computed at once by the saliency (bounds its memory)
 _CHUNK = 1 << 26
@@ -162,6 +163,7 @@ class Qwen2_5_VLAdapter(Adapter):
         mm = is_img.int() if mm is None else mm.to(dev)
         stages = strategy.schedule(self.info)
         want_sal = any("saliency" in s.signals for s in stages)
+        mark_phase("vision_start")  # timed loop only: time to first token starts here
         feats, saliency = self.encode_images(enc["pixel_values"].to(dev), thw, saliency=want_sal)
         counts = [int(f.shape[0]) for f in feats]
         if len(counts) != len(samples) or is_img.sum(dim=1).tolist() != counts:
