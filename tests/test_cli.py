@@ -69,7 +69,7 @@ def test_bad_values_fail_in_one_line_before_any_model_loads(args: list[str], mes
 def test_missing_model_path_is_one_line(tmp_path: Path, jsonl_task: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "tokenbench.cli", "compare", "--model", str(tmp_path / "nowhere"), "--adapter", "llava",
                            "--task", f"jsonl:{jsonl_task}", "--strategies", "random", "--store", str(tmp_path / "r.db")],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("tokenbench: error: cannot load model") and "Traceback" not in proc.stderr

@@ -61,7 +61,7 @@ def test_results_frame_has_one_row_per_run_and_sample(compared: dict[str, Any]) 
 
 def test_import_tokenbench_does_not_import_pandas() -> None:
     code = "import sys, tokenbench; assert 'pandas' not in sys.modules; assert callable(tokenbench.results_frame)"
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=Path(__file__).parent)
 
 
 # -- plots -------------------------------------------------------------------------------

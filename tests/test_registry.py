@@ -103,7 +103,7 @@ def _cli(args: list[str], pythonpath: Path | None = None) -> subprocess.Complete
     env = dict(os.environ)
     if pythonpath:
         env["PYTHONPATH"] = str(pythonpath)
-    return subprocess.run([sys.executable, "-m", "tokenbench.cli", *args], capture_output=True, text=True, env=env, timeout=120)
+    return subprocess.run([sys.executable, "-m", "tokenbench.cli", *args], capture_output=True, text=True, env=env, timeout=120, cwd=Path(__file__).parent)
 
 
 def test_a_plugin_that_fails_to_import_is_reported_and_list_still_works(tmp_path: Path) -> None:
@@ -129,6 +129,6 @@ def test_listing_does_not_import_torch() -> None:
         assert "transformers" not in sys.modules
         """
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=Path(__file__).parent)
     assert proc.returncode == 0, proc.stderr
     assert "attention-only" in proc.stdout and "tokenbench" in proc.stdout

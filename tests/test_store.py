@@ -63,7 +63,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_table_and_recomputes_nothin
     task = write_jsonl_task(tmp_path / "task", n=24, size=48)
     env = {**os.environ, "PYTHONPATH": str(_plugin_path(tmp_path / "plugins"))}
     store = tmp_path / "killed.db"
-    proc = subprocess.Popen(_compare_cmd(tiny_llava, task, store), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(_compare_cmd(tiny_llava, task, store), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).parent)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if store.exists():
@@ -78,14 +78,14 @@ def test_sigkill_then_resume_gives_the_uninterrupted_table_and_recomputes_nothin
     before = _rows(store)
     assert 24 + 3 <= len(before) < 48, f"the kill must land mid-run (rows: {len(before)})"
 
-    resumed = subprocess.run(_compare_cmd(tiny_llava, task, store), env=env, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(_compare_cmd(tiny_llava, task, store), env=env, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent)
     assert resumed.returncode == 0, resumed.stderr
     assert "already done" in resumed.stderr
     after = _rows(store)
     assert len(after) == 48
     assert all(after[k] == v for k, v in before.items()), "a finished sample was recomputed"
 
-    fresh = subprocess.run(_compare_cmd(tiny_llava, task, tmp_path / "fresh.db"), env=env, capture_output=True, text=True, timeout=300)
+    fresh = subprocess.run(_compare_cmd(tiny_llava, task, tmp_path / "fresh.db"), env=env, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent)
     assert json.loads(resumed.stdout)["results"] == json.loads(fresh.stdout)["results"]
 
 
