@@ -68,6 +68,15 @@ def model_identity(model: Any, source: str, device: str, dtype: str, **extra: An
     return ident
 
 
+def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    """Token ids that end generation: the generation config's EOS id(s) and the tokenizer's."""
+    eos = model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
 def make_stop(tokenizer: Any, stop_strings: tuple[str, ...] = ("\n", "</s>", "<|im_end|>")) -> Callable[[list[int]], bool]:
     """A predicate: has the decoded text produced one of the stop strings?"""
 

@@ -34,7 +34,7 @@ import torch
 from tokenbench.adapter import Adapter, GenerationResult, ModelLoadError
 from tokenbench.adapters.decoding import DecodeOutput, DecoderParts, SampleSetup, TokenLayout, prefill_and_decode
 from tokenbench.adapters.flops_meter import FlopsMeter
-from tokenbench.adapters.loading import load_pretrained, make_stop, model_identity, torch_dtype
+from tokenbench.adapters.loading import eos_token_ids, load_pretrained, make_stop, model_identity, torch_dtype
 from tokenbench.budget import Budget, sample_generator
 from tokenbench.strategy import ModelInfo, Strategy
 from tokenbench.task import Sample
@@ -82,12 +82,8 @@ class Qwen2_5_VLAdapter(Adapter):
             position_dims=3,
         )
         self.meter = FlopsMeter(self.parts, text, self._vision_macs)
-        tok = processor.tokenizer
-        tok.padding_side = "left"
-        eos = model.generation_config.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        if tok.eos_token_id is not None:
-            self.eos_ids.add(tok.eos_token_id)
+        processor.tokenizer.padding_side = "left"
+        self.eos_ids = eos_token_ids(model, processor.tokenizer)
 
     @classmethod
     def load(cls, model: str, *, device: str = "cpu", dtype: str = "float32", min_pixels: int | str | None = None,
