@@ -80,3 +80,15 @@ def test_flops_command_reproduces_the_fastv_figures(capsys: pytest.CaptureFixtur
     rows = json.loads(capsys.readouterr().out)
     fastv = [r["fastv_formula_units"] / 1e12 for r in rows]
     assert fastv[0] == pytest.approx(2.99, abs=0.01) and fastv[1] == pytest.approx(0.98, abs=0.01)
+
+
+def test_the_embedded_model_is_named_reference_not_by_its_install_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Its results key, table and leaderboard must not depend on where the package is installed."""
+    db = str(tmp_path / "r.db")
+    common = ["--strategies", "random", "--keep", "0.25", "--limit", "4", "--format", "json", "--store", db, "--quiet"]
+    assert main(["compare", *common]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert first["model"]["model"] == "reference" and len(first["model"]["weights_sha256"]) == 16
+    assert main(["compare", "--model", "reference", *common]) == 0  # the same runs: nothing recomputed
+    again = json.loads(capsys.readouterr().out)
+    assert [r["run_id"] for r in again["results"]] == [r["run_id"] for r in first["results"]]

@@ -21,6 +21,7 @@ from tokenbench.strategy import Strategy
 from tokenbench.task import Sample, Task, stratified_subset
 
 REFERENCE_TASK = "shapes"
+REFERENCE_MODEL = "reference"  # the embedded checkpoint's name in results: the same on every install
 
 
 class UsageError(ValueError):
@@ -32,6 +33,11 @@ def reference_model_path() -> str:
     from importlib import resources
 
     return str(resources.files("tokenbench.reference") / "checkpoint")
+
+
+def is_reference(model: str | None) -> bool:
+    """No ``--model``, or ``--model reference``: the embedded checkpoint."""
+    return model in (None, REFERENCE_MODEL)
 
 
 @dataclass
@@ -138,7 +144,7 @@ def read_config(model: str) -> dict[str, Any] | None:
 
 def prepare(request: CompareRequest, registry: Registry) -> tuple[Task, list[Sample], list[Strategy], type, str]:
     """All checks that need no model: returns task, samples, strategies, adapter class, model."""
-    model = request.model or reference_model_path()
+    model = reference_model_path() if is_reference(request.model) else str(request.model)
     task_spec = request.task or REFERENCE_TASK
     for spec in request.strategies:
         if spec.name not in registry.entries["strategies"]:
@@ -195,6 +201,8 @@ def run_comparison(
     task, samples, strategies, adapter_cls, model = prepare(request, registry)
     adapter = adapter_cls.load(model, device=request.device, dtype=request.dtype, **request.model_options)
     desc = adapter.describe()
+    if is_reference(request.model):  # its install path differs per machine; its weights hash does not
+        desc["model"] = REFERENCE_MODEL
     env = environment(request.device)
     template = adapter.chat_prompt("{question}") if hasattr(adapter, "chat_prompt") else adapter.family
     store = Store(request.store)

@@ -153,12 +153,12 @@ def cannot_compare(env: dict[str, Any], device: str, dtype: str) -> str | None:
 
 def _run(config: dict[str, Any], device: str, dtype: str, store: str | None) -> tuple[Any, list[dict[str, Any]]]:
     from tokenbench.budget import Budget
-    from tokenbench.compare import CompareRequest, reference_model_path, run_comparison
+    from tokenbench.compare import CompareRequest, is_reference, reference_model_path, run_comparison
     from tokenbench.harness import parse_strategies
     from tokenbench.registry import get_registry
     from tokenbench.report import build_rows
 
-    model = None if config.get("model") in (None, "reference") else str(config["model"])
+    model = None if is_reference(config.get("model")) else str(config["model"])
     if model is None and not (Path(reference_model_path()) / "config.json").is_file():
         raise CliError(f"the embedded reference checkpoint is not installed ({reference_model_path()}); pass --model PATH")
     try:

@@ -99,8 +99,6 @@ def model_name(model: dict[str, Any]) -> str:
     """``reference`` for the embedded model, a local folder's name, or the hub id."""
     name = str(model.get("model", "?"))
     path = Path(name)
-    if path.parts[-2:] == ("reference", "checkpoint"):
-        return "reference"
     return path.name if path.is_absolute() or name.startswith(".") else name
 
 

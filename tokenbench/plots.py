@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from tokenbench.compare import Comparison, UsageError
+from tokenbench.compare import REFERENCE_MODEL, Comparison, UsageError
 
 MARKERS = "osD^vP<>Xhp*"
 INSTALL_HINT = "pip install 'tokenbench[plot]'"
@@ -65,10 +65,8 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 
 def model_title(cmp: Comparison) -> str:
-    from tokenbench.compare import reference_model_path
-
     name = str(cmp.model.get("model", "?"))
-    if Path(name).expanduser().resolve() == Path(reference_model_path()).resolve():
+    if name == REFERENCE_MODEL:
         return "reference model"
     return Path(name).name if Path(name).expanduser().is_dir() else name
 
