@@ -210,7 +210,10 @@ def test_statistical_mode_decision_flips_with_delta(reference: Path, compared: d
 
 
 # -- leaderboard -------------------------------------------------------------------------
-def _copy_store(src: Path, dst: Path, rename: dict[str, str]) -> None:
+def _copy_store(src: Path, dst: Path, rename: dict[str, str], kind: Any = None) -> None:
+    """Copy a store, renaming strategies and (with ``kind``: record -> kind) relabelling samples."""
+    import dataclasses
+
     from tokenbench.store import Store
 
     a, b = Store(src), Store(dst)
@@ -218,7 +221,7 @@ def _copy_store(src: Path, dst: Path, rename: dict[str, str]) -> None:
         config = {**run.config, "strategy": rename.get(run.config["strategy"], run.config["strategy"])}
         new_id = b.open_run(config)
         for rec in a.samples(run.run_id):
-            b.add_sample(new_id, rec)
+            b.add_sample(new_id, dataclasses.replace(rec, kind=kind(rec)) if kind else rec)
         for name in ("flops", "environment"):
             if a.measurement(run.run_id, name) is not None:
                 b.put_measurement(new_id, name, a.measurement(run.run_id, name))
@@ -244,6 +247,28 @@ def test_leaderboard_is_reproducible_and_escapes_plugin_names(compared: dict[str
     budget = text.split("## Budget:")[1].split("\n\n")[1].splitlines()
     assert budget[0].startswith("| rank | strategy | n | acc % [95% CI] | Δ vs base, pts [95% CI] | p (Holm) |")
     assert len(budget) == 4  # header, rule, two strategies at 25%
+
+
+def test_leaderboard_breaks_accuracy_down_by_kind(compared: dict[str, Any], tmp_path: Path) -> None:
+    db = tmp_path / "kinds.db"
+    _copy_store(compared["db"], db, {}, kind=lambda rec: "even" if int(rec.sample_id[1:]) % 2 == 0 else "odd")
+    assert main(["leaderboard", "--store", str(db), "--out", str(tmp_path / "lb")]) == 0
+    text = (tmp_path / "lb" / "tiny-llava--jsonl.md").read_text()
+    section = text.split("## Accuracy by kind (%)")[1].split("\n\n")[2].splitlines()
+    assert section[0] == "| strategy | budget | all | even (n=3) | odd (n=3) |"
+    from tokenbench.store import Store
+
+    store = Store(db)
+    for line in section[2:]:
+        label, budget, overall, even, odd = (c.strip() for c in line.strip("|").split("|"))
+        run = next(r for r in store.runs() if r.config["strategy"] == label.split(":")[0] and r.config["budget"] == budget)
+        scores = {rec.kind: [] for rec in store.samples(run.run_id)}
+        for rec in store.samples(run.run_id):
+            scores[rec.kind].append(rec.score)
+        assert float(even) == round(100 * sum(scores["even"]) / 3, 1) and float(odd) == round(100 * sum(scores["odd"]) / 3, 1)
+        assert float(overall) == round(100 * (sum(scores["even"]) + sum(scores["odd"])) / 6, 1)
+    store.close()
+    assert len(section) == 2 + 3  # baseline, then the two strategies at 25%
 
 
 def test_new_reference_defaults_use_registered_strategies() -> None:

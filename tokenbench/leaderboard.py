@@ -162,11 +162,36 @@ def render_leaderboard(cmp: Any, store: Any, runs: list[Any]) -> str:
         kind = _budget_order(budget)[0]
         title = f"keep {md_escape(budget)} of the visual tokens" if kind == 1 else f"{budget} visual tokens" if kind == 0 else md_escape(budget)
         parts += ["", f"## Budget: {title}", ""] + _table(headers, ranked)
+    parts += by_kind_section(cmp, rows, base_idx, budgets)
     notes = sorted({f"{md_escape(r['label'])} @ {md_escape(r['budget'])}: {r['power_note']}" for r in rows if r.get("power_note")})
     if notes:
         parts += ["", "Power: " + notes[0] + (f" ({len(notes) - 1} more row(s) likewise)" if len(notes) > 1 else "")]
     parts += ["", "## Provenance", ""] + provenance(cmp, store, runs, rows)
     return "\n".join(parts) + "\n"
+
+
+def by_kind_section(cmp: Any, rows: list[dict[str, Any]], base_idx: list[int], budgets: list[str]) -> list[str]:
+    """Accuracy per question kind (benchmark category), one row per strategy and budget,
+    in the order of the ranked tables; nothing when the task has a single kind."""
+    from tokenbench.report import build_rows, kinds_of
+
+    kinds = [k for k in kinds_of(cmp) if k]
+    if len(kinds) < 2:
+        return []
+    per_kind = {k: {r["run_id"]: r for r in build_rows(cmp, adjust="holm", kind=k)} for k in kinds}
+    order = list(base_idx)
+    for budget in budgets:
+        idx = [i for i, r in enumerate(rows) if r["budget"] == budget and i not in base_idx]
+        order += sorted(idx, key=lambda i: (-_acc(rows[i]), rows[i]["label"], rows[i]["run_id"]))
+    headers = ["strategy", "budget", "all"] + [f"{md_escape(k)} (n={next(iter(per_kind[k].values()))['n']})" for k in kinds]
+    table = []
+    for i in order:
+        r = rows[i]
+        accs = [_acc(r)] + [_acc(per_kind[k][r["run_id"]]) if r["run_id"] in per_kind[k] else -1.0 for k in kinds]
+        table.append([md_escape(r["label"]), md_escape(r["budget"])] + [f"{100 * a:.1f}" if a >= 0 else "—" for a in accs])
+    return ["", "## Accuracy by kind (%)", "",
+            "Per question kind (the task's categories), same samples; significance per kind: `tokenbench compare --by kind`.",
+            ""] + _table(headers, table)
 
 
 def _acc(row: dict[str, Any]) -> float:
