@@ -152,10 +152,12 @@ def display_rows(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
 def footnotes(cmp: Comparison, rows: list[dict[str, Any]], adjust: str) -> list[str]:
     test = "McNemar's exact test" if cmp.metric_kind == "binary" else "paired permutation test"
     env = cmp.environment
+    weights = cmp.model.get("weights_sha256") or cmp.model.get("revision")
+    tested = sum(r["p_value"] is not None for r in rows)
     notes = [
-        f"model {cmp.model.get('model')} ({cmp.model.get('dtype')}, {cmp.model.get('attention')} attention, {env.get('device_name')}, {env.get('threads')} threads); "
-        f"task {cmp.task.get('name')}, {len(cmp.sample_ids)} samples, metric {cmp.metric_name}",
-        f"p: {test} against the baseline on paired samples, {'Holm' if adjust == 'holm' else adjust}-adjusted over {sum(r['p_value'] is not None for r in rows)} comparisons; "
+        f"model {cmp.model.get('model')} ({f'weights {weights}, ' if weights else ''}{cmp.model.get('dtype')}, {cmp.model.get('attention')} attention, "
+        f"{env.get('device_name')}, {env.get('threads')} threads); task {cmp.task.get('name')}, {len(cmp.sample_ids)} samples, metric {cmp.metric_name}",
+        f"p: {test} against the baseline on paired samples, {'Holm' if adjust == 'holm' else adjust}-adjusted over {tested} comparison{'s' if tested != 1 else ''}; "
         "accuracy CI: " + ("Wilson" if cmp.metric_kind == "binary" else "bootstrap") + " 95%",
         "tokens: visual tokens entering the language model / averaged over decoder layers (measured in the forward pass); "
         "FLOPs: prefill (vision + projector + LLM), FLOPs = 2 × multiply-adds counted by fvcore, mean per sample",
