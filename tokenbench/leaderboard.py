@@ -152,8 +152,7 @@ def render_leaderboard(cmp: Any, store: Any, runs: list[Any]) -> str:
     parts += ["", "## Unreduced model", ""] + _table(headers, [line("—", rows[i], cells[i]) for i in base_idx])
     budgets = sorted({r["budget"] for i, r in enumerate(rows) if i not in base_idx}, key=_budget_order)
     for budget in budgets:
-        idx = [i for i, r in enumerate(rows) if r["budget"] == budget and i not in base_idx]
-        idx.sort(key=lambda i: (-_acc(rows[i]), rows[i]["label"], rows[i]["run_id"]))
+        idx = _ranked(rows, budget, base_idx)
         ranked, prev, rank = [], None, 0
         for pos, i in enumerate(idx, 1):
             if _acc(rows[i]) != prev:
@@ -179,10 +178,7 @@ def by_kind_section(cmp: Any, rows: list[dict[str, Any]], base_idx: list[int], b
     if len(kinds) < 2:
         return []
     per_kind = {k: {r["run_id"]: r for r in build_rows(cmp, adjust="holm", kind=k)} for k in kinds}
-    order = list(base_idx)
-    for budget in budgets:
-        idx = [i for i, r in enumerate(rows) if r["budget"] == budget and i not in base_idx]
-        order += sorted(idx, key=lambda i: (-_acc(rows[i]), rows[i]["label"], rows[i]["run_id"]))
+    order = list(base_idx) + [i for budget in budgets for i in _ranked(rows, budget, base_idx)]
     headers = ["strategy", "budget", "all"] + [f"{md_escape(k)} (n={next(iter(per_kind[k].values()))['n']})" for k in kinds]
     table = []
     for i in order:
@@ -192,6 +188,12 @@ def by_kind_section(cmp: Any, rows: list[dict[str, Any]], base_idx: list[int], b
     return ["", "## Accuracy by kind (%)", "",
             "Per question kind (the task's categories), same samples; significance per kind: `tokenbench compare --by kind`.",
             ""] + _table(headers, table)
+
+
+def _ranked(rows: list[dict[str, Any]], budget: str, base_idx: list[int]) -> list[int]:
+    """Indices of the rows at ``budget``, best accuracy first (ties by label, then run id)."""
+    idx = [i for i, r in enumerate(rows) if r["budget"] == budget and i not in base_idx]
+    return sorted(idx, key=lambda i: (-_acc(rows[i]), rows[i]["label"], rows[i]["run_id"]))
 
 
 def _acc(row: dict[str, Any]) -> float:
