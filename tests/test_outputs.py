@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -276,3 +277,19 @@ def test_new_reference_defaults_use_registered_strategies() -> None:
 
     assert default_strategies("shapes").split(",")[:3] == ["random", "attention-only", "pooling"] and "oracle" in default_strategies("shapes")
     assert "oracle" not in default_strategies("jsonl:/x.jsonl")
+
+
+def test_the_published_leaderboard_regenerates_byte_for_byte(tmp_path: Path) -> None:
+    """leaderboards/*.md are rendered from the committed store, and nothing else."""
+    from tokenbench.leaderboard import write_leaderboards
+
+    repo = Path(__file__).resolve().parents[1]
+    stores = sorted((repo / "leaderboards" / "results").glob("*.db"))
+    assert stores, "no committed results store under leaderboards/results"
+    for store in stores:
+        copy = tmp_path / store.name  # opening a store may write to it (journal, schema): never the committed file
+        shutil.copyfile(store, copy)
+        for path in write_leaderboards(copy, tmp_path / "out"):
+            published = repo / "leaderboards" / path.name
+            assert published.is_file(), f"{path.name} is rendered from {store.name} but not published"
+            assert path.read_bytes() == published.read_bytes(), f"{published} differs from what {store.name} renders"
