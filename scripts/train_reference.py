@@ -709,6 +709,9 @@ def main():
     ap.add_argument("--n-eval", type=int, default=S.EVAL_SIZE)
     ap.add_argument("--fp16", action="store_true", help="save weights in float16")
     args = ap.parse_args()
+    unknown = sorted(set(args.kinds_c.split(",")) - set(S.KINDS))
+    if unknown:  # fail before an hour of stages A and B, not at the start of C
+        ap.error(f"--kinds-c: unknown kind(s) {', '.join(unknown)}; kinds: {', '.join(S.KINDS)}")
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
