@@ -232,6 +232,27 @@ class Encoder:
             r[i, list(q.relevant_cells)] = 1
         return r
 
+    def keep_mask(self, qs, frac: float, gen: torch.Generator, lo: int = 16, hi: int | None = None):
+        """(B, 144) bool: which image tokens each sample keeps.  A share ``frac`` of the
+        samples keeps only k ~ U{lo..hi} tokens (hi defaults to 144): its relevant cells,
+        then random others (what a pruning strategy leaves); the rest keep all 144.
+        None when frac is 0."""
+        n = S.GRID * S.GRID
+        hi = n if hi is None else hi
+        if frac <= 0:
+            return None
+        keep = torch.ones(len(qs), n, dtype=torch.bool)
+        drop = torch.rand(len(qs), generator=gen) < frac
+        for i, q in enumerate(qs):
+            if not drop[i]:
+                continue
+            k = int(torch.randint(lo, hi + 1, (1,), generator=gen))
+            score = torch.rand(n, generator=gen)
+            score[list(q.relevant_cells)] = 2.0  # relevant cells first
+            keep[i] = False
+            keep[i, score.topk(max(k, len(q.relevant_cells))).indices] = True
+        return keep
+
     def batch(self, qs):
         """Right-padded ids (B, L), index of last prompt token (B,), answer ids (B,)."""
         seqs, last, ans = [], [], []
@@ -283,17 +304,25 @@ def vision(model, pix):
     return out.hidden_states[-1], out.pooler_output  # (B,145,128), (B,128)
 
 
-def lm_answer_logits(model, ids, last, vis_hidden, att_heads=None):
+def lm_answer_logits(model, ids, last, vis_hidden, att_heads=None, keep=None):
     """Logits at the answer position and at the EOS position: (B, 2, V).
     With att_heads [(layer, head), ...] also returns those heads' attention from the
-    answer position onto the 144 image tokens: (B, n_heads, 144)."""
+    answer position onto the 144 image tokens: (B, n_heads, 144).
+    keep (B, 144) bool masks the dropped image tokens out of every attention, with the
+    position ids left as they are: the same computation as the adapter's input-level
+    pruning (which removes them and keeps the survivors' original position ids)."""
     m = model.model
     emb = m.get_input_embeddings()(ids)
     feats = m.multi_modal_projector(vis_hidden[:, 1:])
-    mask = (ids == model.config.image_token_index)[..., None]
-    emb = emb.masked_scatter(mask, feats.to(emb.dtype))
+    img = ids == model.config.image_token_index
+    emb = emb.masked_scatter(img[..., None], feats.to(emb.dtype))
+    attention_mask = None
+    if keep is not None:
+        attention_mask = torch.ones(ids.shape, dtype=torch.long)
+        attention_mask[img] = keep.reshape(-1).long()
     # right padding + causal attention: padded tail never influences real tokens
-    o = m.language_model(inputs_embeds=emb, use_cache=False, output_attentions=bool(att_heads))
+    o = m.language_model(inputs_embeds=emb, attention_mask=attention_mask, use_cache=False,
+                         output_attentions=bool(att_heads))
     h = o.last_hidden_state
     idx = torch.stack([last, last + 1], 1)  # (B,2)
     hs = h.gather(1, idx[..., None].expand(-1, -1, h.shape[-1]))
@@ -305,7 +334,7 @@ def lm_answer_logits(model, ids, last, vis_hidden, att_heads=None):
     return logits, torch.stack(rows, 1)  # (B, n_heads, L)
 
 
-def vqa_loss(model, ids, last, ans, eos, vis_hidden, rel=None, att_heads=None, att_w=0.0, key_ids=None):
+def vqa_loss(model, ids, last, ans, eos, vis_hidden, rel=None, att_heads=None, att_w=0.0, key_ids=None, keep=None):
     """Answer(+EOS) cross-entropy; optionally plus att_w * attention supervision:
     -log(attention mass on the relevant cells) for the given (layer, head)s at the
     answer position (a training-only auxiliary loss; the model stays stock).
@@ -315,9 +344,9 @@ def vqa_loss(model, ids, last, ans, eos, vis_hidden, rel=None, att_heads=None, a
     cell_heads, q_heads = att_heads if att_heads else ([], [])
     heads = list(cell_heads) + list(q_heads)
     if heads and att_w > 0:
-        logits, att = lm_answer_logits(model, ids, last, vis_hidden, heads)
+        logits, att = lm_answer_logits(model, ids, last, vis_hidden, heads, keep=keep)
     else:
-        logits, att = lm_answer_logits(model, ids, last, vis_hidden), None
+        logits, att = lm_answer_logits(model, ids, last, vis_hidden, keep=keep), None
     tgt = torch.stack([ans, torch.full_like(ans, eos)], 1)
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1))
     if att is not None:
@@ -392,14 +421,19 @@ class HeldOut:
         self.enc = enc
 
     @torch.no_grad()
-    def accuracy(self, model, bs=100):
+    def accuracy(self, model, bs=100, budget=None):
+        """Teacher-forced accuracy by kind; with ``budget``, each sample keeps only its
+        relevant cells plus random others up to ``budget`` image tokens (a check that
+        pruning to what the answer needs costs nothing)."""
         model.eval()
         hits = {}
+        gen = torch.Generator().manual_seed(1234)
         for i in range(0, len(self.qs), bs):
             qs = self.qs[i: i + bs]
             vh, _ = vision(model, self.pix[i: i + bs])
             ids, last, ans = self.enc.batch(qs)
-            pred = lm_answer_logits(model, ids, last, vh)[:, 0].argmax(-1)
+            keep = None if budget is None else self.enc.keep_mask(qs, 1.0, gen, lo=budget, hi=budget)
+            pred = lm_answer_logits(model, ids, last, vh, keep=keep)[:, 0].argmax(-1)
             for q, p, a in zip(qs, pred.tolist(), ans.tolist()):
                 hits.setdefault(q.kind, []).append(p == a)
         model.train()
@@ -482,6 +516,12 @@ def set_rng_state(st):
 
 
 STAGES = ("A", "B", "C")
+
+
+def drop_gen(stream: int, step: int) -> torch.Generator:
+    """The token-drop draws of one training step: a pure function of (stage, step), so a
+    resumed run draws the same ones."""
+    return torch.Generator().manual_seed(1_000_003 * (stream + 1) + step)
 
 
 def stage_params(model, head, stage):
@@ -568,12 +608,16 @@ def run_stage(stage, args, model, head, enc, tok, heldout, ckpt_path, resume_sta
                 vh, _ = vision(model, pix)
             qs = [q for _, q in batch]
             ids, last, ans = enc.batch(qs)
-            loss, acc = vqa_loss(model, ids, last, ans, enc.eos, vh, enc.relevance(qs), att_heads, args.att_sup, key_ids)
+            keep = enc.keep_mask(qs, args.drop_frac, drop_gen(stream, step))
+            loss, acc = vqa_loss(model, ids, last, ans, enc.eos, vh, enc.relevance(qs), att_heads, args.att_sup, key_ids,
+                                 keep=keep)
         else:
             vh, pooled = vision(model, pix)
             qs = [q for _, q in batch]
             ids, last, ans = enc.batch(qs)
-            loss, acc = vqa_loss(model, ids, last, ans, enc.eos, vh, enc.relevance(qs), att_heads, args.att_sup, key_ids)
+            keep = enc.keep_mask(qs, args.drop_frac, drop_gen(stream, step))
+            loss, acc = vqa_loss(model, ids, last, ans, enc.eos, vh, enc.relevance(qs), att_heads, args.att_sup, key_ids,
+                                 keep=keep)
             bce = F.binary_cross_entropy_with_logits(head(pooled), pair_multihot(scenes_))
             loss = loss + args.cls_aux * bce
         opt.zero_grad(set_to_none=True)
@@ -597,6 +641,8 @@ def run_stage(stage, args, model, head, enc, tok, heldout, ckpt_path, resume_sta
                 res = heldout.accuracy(model)
                 log(f"stage {stage} heldout acc " + " ".join(f"{k}={v:.3f}" for k, v in res.items())
                     + " | residual norm at answer pos per layer " + " ".join(f"{x:.1f}" for x in heldout.residual_norms(model)))
+                res = heldout.accuracy(model, budget=32)
+                log(f"stage {stage} heldout acc @32 tokens (relevant + random) " + " ".join(f"{k}={v:.3f}" for k, v in res.items()))
         if time.time() - last_ckpt > args.ckpt_every and done < steps:
             checkpoint(done)
             last_ckpt = time.time()
@@ -701,6 +747,9 @@ def main():
                     help="layer.head pairs supervised to attend (from the answer position) to the question's content words")
     ap.add_argument("--kinds-c", default=RELATION_HEAVY,
                     help="stage-C question kinds, comma list; a kind listed twice is drawn twice as often")
+    ap.add_argument("--drop-frac", type=float, default=0.5,
+                    help="stages B/C: share of samples whose image tokens are pruned at random to 16-144, "
+                         "relevant cells always kept (so the model answers from what the answer needs)")
     ap.add_argument("--cls-aux", type=float, default=0.5)
     ap.add_argument("--heldout", type=int, default=240)
     ap.add_argument("--log-every", type=int, default=25)
