@@ -1,0 +1,320 @@
+"""The reference model's pieces, shared by training and its checks.
+
+The word-level tokenizer and processor saved with the model, the stock
+``LlavaForConditionalGeneration`` config, and the training-time forward: prompt ids
+with ``<image>`` expanded to the 144 patch tokens, stage-A patch targets, the answer
+logits and the VQA loss (with attention supervision and token dropping).  Used by
+``train_reference.py``; nothing here is imported by the package.
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parents[1]
+
+def _load_scenes():
+    try:
+        from tasks.shapes import scenes  # type: ignore
+
+        return scenes
+    except Exception:
+        spec = importlib.util.spec_from_file_location("tokenbench_shapes_scenes", REPO / "tasks/shapes/scenes.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod
+        spec.loader.exec_module(mod)
+        return mod
+
+
+S = _load_scenes()
+
+SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
+MARKERS = ["<bg>"] + [f"<r{i}>" for i in range(S.GRID)] + [f"<c{i}>" for i in range(S.GRID)]
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}USER: "
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for c in message['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "{{ '\\n' }}"  # an expression: chat templates trim the newline after a block tag
+    "{% for c in message['content'] %}{% if c['type'] == 'image' %}<image>{% endif %}{% endfor %}"
+    "{% endif %}"
+    "{% elif message['role'] == 'assistant' %} ASSISTANT: "
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for c in message['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
+    "{% endif %}</s>"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %} ASSISTANT:{% endif %}"
+)
+N_PAIRS = len(S.COLOUR_NAMES) * len(S.SHAPES)
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ----------------------------------------------------------------------------
+# tokenizer / processor / model
+
+
+def build_tokenizer():
+    from tokenizers import Tokenizer, pre_tokenizers, processors
+    from tokenizers.models import WordLevel
+    from transformers import PreTrainedTokenizerFast
+
+    words = SPECIALS + S.vocabulary() + MARKERS
+    vocab = {w: i for i, w in enumerate(words)}
+    tk = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+    tk.add_special_tokens(SPECIALS + MARKERS)
+    tk.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        padding_side="left",
+        model_max_length=512,
+    )
+    return tok
+
+
+def build_processor(tok):
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    ip = CLIPImageProcessor(
+        do_resize=True,
+        size={"shortest_edge": S.IMAGE_SIZE},
+        resample=3,
+        do_center_crop=True,
+        crop_size={"height": S.IMAGE_SIZE, "width": S.IMAGE_SIZE},
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
+        do_convert_rgb=True,
+    )
+    return LlavaProcessor(
+        image_processor=ip,
+        tokenizer=tok,
+        patch_size=S.CELL,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def build_model(tok):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    vc = CLIPVisionConfig(
+        image_size=S.IMAGE_SIZE, patch_size=S.CELL, hidden_size=128, intermediate_size=512,
+        num_hidden_layers=4, num_attention_heads=4, projection_dim=128,
+    )
+    tc = LlamaConfig(
+        hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, vocab_size=len(tok),
+        tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    cfg = LlavaConfig(
+        vision_config=vc, text_config=tc, image_token_index=tok.convert_tokens_to_ids("<image>"),
+        image_seq_length=S.GRID * S.GRID, projector_hidden_act="gelu",
+        vision_feature_select_strategy="default", vision_feature_layer=-1,
+    )
+    model = LlavaForConditionalGeneration(cfg)
+    gc = model.generation_config
+    gc.bos_token_id, gc.eos_token_id, gc.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+    gc.do_sample = False
+    gc.max_new_tokens = 4
+    return model
+
+
+# ----------------------------------------------------------------------------
+# data
+
+
+def pixels(images) -> torch.Tensor:
+    """Same as the CLIPImageProcessor path for 144x144 RGB inputs (verified in check_pipeline)."""
+    arr = np.stack([np.asarray(im, dtype=np.float32) for im in images]) / 255.0
+    arr = (arr - np.array(CLIP_MEAN, np.float32)) / np.array(CLIP_STD, np.float32)
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+class Encoder:
+    """Token ids of (prompt [+ answer + EOS]) with <image> expanded to 144 tokens."""
+
+    def __init__(self, tok):
+        self.tok = tok
+        self.image_id = tok.convert_tokens_to_ids("<image>")
+        self.eos = tok.eos_token_id
+        self.pad = tok.pad_token_id
+        self.cache: dict[str, list[int]] = {}
+
+    def prompt_ids(self, question: str) -> list[int]:
+        ids = self.cache.get(question)
+        if ids is None:
+            raw = self.tok(S.prompt(question))["input_ids"]
+            ids = []
+            for t in raw:
+                ids.extend([t] * (S.GRID * S.GRID) if t == self.image_id else [t])
+            self.cache[question] = ids
+        return ids
+
+    def answer_id(self, answer: str) -> int:
+        return self.tok.convert_tokens_to_ids(answer)
+
+    def relevance(self, qs) -> torch.Tensor:
+        """(B, 144) 0/1 mask of the relevant cells of each question."""
+        r = torch.zeros(len(qs), S.GRID * S.GRID)
+        for i, q in enumerate(qs):
+            r[i, list(q.relevant_cells)] = 1
+        return r
+
+    def keep_mask(self, qs, frac: float, gen: torch.Generator, lo: int = 16, hi: int | None = None):
+        """(B, 144) bool: which image tokens each sample keeps.  A share ``frac`` of the
+        samples keeps only k ~ U{lo..hi} tokens (hi defaults to 144): its relevant cells,
+        then random others (what a pruning strategy leaves); the rest keep all 144.
+        None when frac is 0."""
+        n = S.GRID * S.GRID
+        hi = n if hi is None else hi
+        if frac <= 0:
+            return None
+        keep = torch.ones(len(qs), n, dtype=torch.bool)
+        drop = torch.rand(len(qs), generator=gen) < frac
+        for i, q in enumerate(qs):
+            if not drop[i]:
+                continue
+            k = int(torch.randint(lo, hi + 1, (1,), generator=gen))
+            score = torch.rand(n, generator=gen)
+            score[list(q.relevant_cells)] = 2.0  # relevant cells first
+            keep[i] = False
+            keep[i, score.topk(max(k, len(q.relevant_cells))).indices] = True
+        return keep
+
+    def batch(self, qs):
+        """Right-padded ids (B, L), index of last prompt token (B,), answer ids (B,)."""
+        seqs, last, ans = [], [], []
+        for q in qs:
+            p = self.prompt_ids(q.question)
+            a = self.answer_id(q.answer)
+            seqs.append(p + [a, self.eos])
+            last.append(len(p) - 1)
+            ans.append(a)
+        L = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), L), self.pad, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            ids[i, : len(s)] = torch.tensor(s)
+        return ids, torch.tensor(last), torch.tensor(ans)
+
+
+def patch_targets(scenes_, wte: torch.Tensor, ids: dict[str, int]) -> torch.Tensor:
+    """(B, 144, D) regression targets for stage A."""
+    B = len(scenes_)
+    G = S.GRID
+    rows = torch.tensor([ids[f"<r{i // G}>"] for i in range(G * G)])
+    cols = torch.tensor([ids[f"<c{i % G}>"] for i in range(G * G)])
+    base = wte[rows] + wte[cols]  # (144, D)
+    a = torch.full((B, G * G), ids["<bg>"], dtype=torch.long)
+    b = torch.full((B, G * G), -1, dtype=torch.long)
+    for i, sc in enumerate(scenes_):
+        for o in sc.objects:
+            a[i, o.cell] = ids[o.colour]
+            b[i, o.cell] = ids[o.shape]
+    t = wte[a] + base
+    t = t + torch.where((b >= 0)[..., None], wte[b.clamp(min=0)], torch.zeros(()))
+    return t
+
+
+def pair_multihot(scenes_) -> torch.Tensor:
+    y = torch.zeros(len(scenes_), N_PAIRS)
+    for i, sc in enumerate(scenes_):
+        for o in sc.objects:
+            y[i, S.COLOUR_NAMES.index(o.colour) * len(S.SHAPES) + S.SHAPES.index(o.shape)] = 1
+    return y
+
+
+# ----------------------------------------------------------------------------
+# model pieces
+
+
+def vision(model, pix):
+    out = model.model.vision_tower(pix, output_hidden_states=True, return_dict=True)
+    return out.hidden_states[-1], out.pooler_output  # (B,145,128), (B,128)
+
+
+def lm_answer_logits(model, ids, last, vis_hidden, att_heads=None, keep=None):
+    """Logits at the answer position and at the EOS position: (B, 2, V).
+    With att_heads [(layer, head), ...] also returns those heads' attention from the
+    answer position onto the 144 image tokens: (B, n_heads, 144).
+    keep (B, 144) bool masks the dropped image tokens out of every attention, with the
+    position ids left as they are: the same computation as the adapter's input-level
+    pruning (which removes them and keeps the survivors' original position ids)."""
+    m = model.model
+    emb = m.get_input_embeddings()(ids)
+    feats = m.multi_modal_projector(vis_hidden[:, 1:])
+    img = ids == model.config.image_token_index
+    emb = emb.masked_scatter(img[..., None], feats.to(emb.dtype))
+    attention_mask = None
+    if keep is not None:
+        attention_mask = torch.ones(ids.shape, dtype=torch.long)
+        attention_mask[img] = keep.reshape(-1).long()
+    # right padding + causal attention: padded tail never influences real tokens
+    o = m.language_model(inputs_embeds=emb, attention_mask=attention_mask, use_cache=False,
+                         output_attentions=bool(att_heads))
+    h = o.last_hidden_state
+    idx = torch.stack([last, last + 1], 1)  # (B,2)
+    hs = h.gather(1, idx[..., None].expand(-1, -1, h.shape[-1]))
+    logits = model.lm_head(hs)
+    if not att_heads:
+        return logits
+    B = ids.shape[0]
+    rows = [o.attentions[layer][torch.arange(B), head, last] for layer, head in att_heads]  # (B, L) each
+    return logits, torch.stack(rows, 1)  # (B, n_heads, L)
+
+
+def vqa_loss(model, ids, last, ans, eos, vis_hidden, rel=None, att_heads=None, att_w=0.0, key_ids=None, keep=None):
+    """Answer(+EOS) cross-entropy; optionally plus att_w * attention supervision:
+    -log(attention mass on the relevant cells) for the given (layer, head)s at the
+    answer position (a training-only auxiliary loss; the model stays stock).
+    att_heads: (cell_heads, question_heads): cell heads are pushed onto the relevant image
+    cells, question heads onto the question's words (this breaks the chicken-and-egg
+    plateau where the answer position neither knows the question nor looks at the image)."""
+    cell_heads, q_heads = att_heads if att_heads else ([], [])
+    heads = list(cell_heads) + list(q_heads)
+    if heads and att_w > 0:
+        logits, att = lm_answer_logits(model, ids, last, vis_hidden, heads, keep=keep)
+    else:
+        logits, att = lm_answer_logits(model, ids, last, vis_hidden, keep=keep), None
+    tgt = torch.stack([ans, torch.full_like(ans, eos)], 1)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1))
+    if att is not None:
+        B, L = ids.shape
+        img = ids == model.config.image_token_index
+        target = torch.zeros(B, L)
+        target[img] = rel.reshape(-1)
+        nc = len(cell_heads)
+        masses = [(att[:, :nc] * target[:, None]).sum(-1)]
+        if q_heads:
+            pos = torch.arange(L)[None]
+            img_end = (img * pos).max(1).values  # last image position
+            qmask = (pos > img_end[:, None]) & (pos < (last - 1)[:, None])  # question words
+            if key_ids is not None:  # only its content words (colours, shapes, directions)
+                qmask = qmask & torch.isin(ids, key_ids)
+            qmask = qmask.float()
+            masses.append((att[:, nc:] * qmask[:, None]).sum(-1))
+        mass = torch.cat(masses, 1)
+        loss = loss + att_w * (-torch.log(mass + 1e-4)).mean()
+    acc = (logits[:, 0].argmax(-1) == ans).float().mean()
+    return loss, acc
