@@ -1,0 +1,94 @@
+"""The reference model's training pieces (scripts/reference_model.py), fast checks only.
+
+The full training run is hours of CPU; these pin down the parts whose silent failure
+would make the shipped checkpoint disagree with its script: which image tokens a
+pruned training sample keeps, that masking them out equals removing them (what the
+adapter's pruning does), and that the shipped processor feeds the model exactly the
+ids and pixels the script trained on.
+"""
+
+from __future__ import annotations
+
+import sys
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+@pytest.fixture(scope="module")
+def rm():  # the script's module, imported from the source tree
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        import reference_model
+
+        yield reference_model
+    finally:
+        sys.path.remove(str(SCRIPTS))
+
+
+@pytest.fixture(scope="module")
+def questions(rm):
+    return [q for _, q in rm.S.eval_split(40)]
+
+
+def test_a_pruned_sample_keeps_its_relevant_cells_and_exactly_its_budget(rm, questions):
+    enc = rm.Encoder(rm.build_tokenizer())
+    keep = enc.keep_mask(questions, 1.0, torch.Generator().manual_seed(0), lo=16, hi=16)
+    assert keep.shape == (len(questions), 144)
+    for q, row in zip(questions, keep):
+        assert int(row.sum()) == max(16, len(q.relevant_cells))
+        assert row[list(q.relevant_cells)].all(), q.id
+
+
+def test_token_drops_are_a_pure_function_of_the_generator_seed(rm, questions):
+    enc = rm.Encoder(rm.build_tokenizer())
+    a = enc.keep_mask(questions, 0.5, torch.Generator().manual_seed(7))
+    b = enc.keep_mask(questions, 0.5, torch.Generator().manual_seed(7))
+    assert torch.equal(a, b)
+    dropped = (~a).any(1)
+    assert 0 < int(dropped.sum()) < len(questions)  # about half the samples are pruned
+    assert enc.keep_mask(questions, 0.0, torch.Generator().manual_seed(7)) is None
+
+
+def test_masking_dropped_tokens_equals_removing_them_with_their_position_ids(rm, questions):
+    torch.manual_seed(0)
+    tok = rm.build_tokenizer()
+    enc = rm.Encoder(tok)
+    model = rm.build_model(tok).eval()
+    qs = questions[:4]
+    items = rm.S.eval_split(4)
+    with torch.no_grad():
+        vh, _ = rm.vision(model, rm.pixels([rm.S.render(s) for s, _ in items]))
+        ids, last, _ = enc.batch(qs)
+        keep = enc.keep_mask(qs, 1.0, torch.Generator().manual_seed(1), lo=32, hi=32)
+        masked = rm.lm_answer_logits(model, ids, last, vh, keep=keep)[:, 0]
+        unmasked = rm.lm_answer_logits(model, ids, last, vh)[:, 0]
+        m = model.model
+        for i in range(len(qs)):
+            n = int(last[i]) + 1
+            img = ids[i, :n] == model.config.image_token_index
+            emb = m.get_input_embeddings()(ids[i : i + 1, :n])
+            emb = emb.masked_scatter(img[None, :, None], m.multi_modal_projector(vh[i : i + 1, 1:]))
+            kept = torch.ones(n, dtype=torch.bool)
+            kept[img] = keep[i]
+            # an explicit all-ones mask: without one, transformers reads the gaps in
+            # position_ids as packed-sequence boundaries and blocks attention across them
+            out = m.language_model(inputs_embeds=emb[:, kept], position_ids=torch.arange(n)[kept][None],
+                                   attention_mask=torch.ones(1, int(kept.sum()), dtype=torch.long), use_cache=False)
+            removed = model.lm_head(out.last_hidden_state[:, -1])[0]
+            torch.testing.assert_close(masked[i], removed, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(masked, unmasked, atol=1e-3)  # the mask does drop something
+
+
+def test_the_shipped_processor_gives_the_ids_and_pixels_the_script_trained_on(rm):
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        import reference_eval
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    checkpoint = Path(str(resources.files("tokenbench.reference") / "checkpoint"))
+    reference_eval.check_pipeline(checkpoint, rm.Encoder(rm.build_tokenizer()))  # raises on any difference
