@@ -182,10 +182,13 @@ class Encoder:
             r[i, list(q.relevant_cells)] = 1
         return r
 
-    def keep_mask(self, qs, frac: float, gen: torch.Generator, lo: int = 16, hi: int | None = None):
+    def keep_mask(self, qs, frac: float, gen: torch.Generator, lo: int = 16, hi: int | None = None,
+                  scenes=None):
         """(B, 144) bool: which image tokens each sample keeps.  A share ``frac`` of the
         samples keeps only k ~ U{lo..hi} tokens (hi defaults to 144): its relevant cells,
         then random others (what a pruning strategy leaves); the rest keep all 144.
+        With ``scenes``, the objects next to a relevant cell (8-neighbourhood) are kept
+        too, so a pruned relation sample keeps the distractor beside its subject.
         None when frac is 0."""
         n = S.GRID * S.GRID
         hi = n if hi is None else hi
@@ -198,9 +201,15 @@ class Encoder:
                 continue
             k = int(torch.randint(lo, hi + 1, (1,), generator=gen))
             score = torch.rand(n, generator=gen)
-            score[list(q.relevant_cells)] = 2.0  # relevant cells first
+            protected = set(q.relevant_cells)
+            if scenes is not None:
+                near = {(r + dr) * S.GRID + c + dc for r, c in (divmod(x, S.GRID) for x in q.relevant_cells)
+                        for dr in (-1, 0, 1) for dc in (-1, 0, 1)
+                        if 0 <= r + dr < S.GRID and 0 <= c + dc < S.GRID}
+                protected |= {o.cell for o in scenes[i].objects if o.cell in near}
+            score[list(protected)] = 2.0  # protected cells first
             keep[i] = False
-            keep[i, score.topk(max(k, len(q.relevant_cells))).indices] = True
+            keep[i, score.topk(max(k, len(protected))).indices] = True
         return keep
 
     def batch(self, qs):

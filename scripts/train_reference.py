@@ -228,14 +228,16 @@ def run_stage(stage, args, model, head, enc, tok, heldout, ckpt_path, resume_sta
                 vh, _ = vision(model, pix)
             qs = [q for _, q in batch]
             ids, last, ans = enc.batch(qs)
-            keep = enc.keep_mask(qs, args.drop_frac, drop_gen(stream, step))
+            keep = enc.keep_mask(qs, args.drop_frac, drop_gen(stream, step),
+                                 scenes=scenes_ if args.drop_keep_adjacent else None)
             loss, acc = vqa_loss(model, ids, last, ans, enc.eos, vh, enc.relevance(qs), att_heads, args.att_sup, key_ids,
                                  keep=keep)
         else:
             vh, pooled = vision(model, pix)
             qs = [q for _, q in batch]
             ids, last, ans = enc.batch(qs)
-            keep = enc.keep_mask(qs, args.drop_frac, drop_gen(stream, step))
+            keep = enc.keep_mask(qs, args.drop_frac, drop_gen(stream, step),
+                                 scenes=scenes_ if args.drop_keep_adjacent else None)
             loss, acc = vqa_loss(model, ids, last, ans, enc.eos, vh, enc.relevance(qs), att_heads, args.att_sup, key_ids,
                                  keep=keep)
             bce = F.binary_cross_entropy_with_logits(head(pooled), pair_multihot(scenes_))
@@ -305,6 +307,8 @@ def main():
     ap.add_argument("--drop-frac", type=float, default=0.5,
                     help="stages B/C: share of samples whose image tokens are pruned at random to 16-144, "
                          "relevant cells always kept (so the model answers from what the answer needs)")
+    ap.add_argument("--drop-keep-adjacent", action=argparse.BooleanOptionalAction, default=False,
+                    help="pruned samples also keep the objects next to a relevant cell (the relation's distractor)")
     ap.add_argument("--cls-aux", type=float, default=0.5)
     ap.add_argument("--heldout", type=int, default=240)
     ap.add_argument("--log-every", type=int, default=25)

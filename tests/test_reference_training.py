@@ -92,3 +92,19 @@ def test_the_shipped_processor_gives_the_ids_and_pixels_the_script_trained_on(rm
         sys.path.remove(str(SCRIPTS))
     checkpoint = Path(str(resources.files("tokenbench.reference") / "checkpoint"))
     reference_eval.check_pipeline(checkpoint, rm.Encoder(rm.build_tokenizer()))  # raises on any difference
+
+
+def test_with_scenes_a_pruned_sample_also_keeps_the_objects_beside_its_relevant_cells(rm):
+    items = rm.S.eval_split(40)
+    qs, scenes = [q for _, q in items], [s for s, _ in items]
+    enc = rm.Encoder(rm.build_tokenizer())
+    keep = enc.keep_mask(qs, 1.0, torch.Generator().manual_seed(0), lo=16, hi=16, scenes=scenes)
+    beside = 0
+    for q, sc, row in zip(qs, scenes, keep):
+        cells = [divmod(c, rm.S.GRID) for c in q.relevant_cells]
+        for o in sc.objects:
+            if any(max(abs(o.row - r), abs(o.col - c)) <= 1 for r, c in cells):
+                assert row[o.cell], (q.id, o)
+                beside += o.cell not in q.relevant_cells
+        assert int(row.sum()) >= 16
+    assert beside > 0  # the relation distractors exist and were kept
