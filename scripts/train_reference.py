@@ -17,7 +17,11 @@ is trained from scratch on CPU in three stages:
      answer depends on.  Curriculum: 2-5 objects, then 3-6, then 4-8.
   C  joint fine-tune of everything at a low LR (the [CLS] multi-hot loss is kept as
      an auxiliary loss).  Late in B and throughout C, relations are drawn twice as
-     often as each other kind (they train slowest).
+     often as each other kind (they train slowest).  In B and C half the samples
+     (--drop-frac) see a pruned image: 16-144 of its tokens, the relevant cells always
+     among them, the dropped ones masked out of attention with position ids unchanged
+     (what the adapter's input-level pruning computes), so that the model answers from
+     the tokens an answer needs and not from how many tokens there are.
 
 Seeded and resumable: every training batch is a pure function of (stage, step)
 (see ``tasks/shapes/scenes.py: train_batch``), and a checkpoint with model,
@@ -38,14 +42,22 @@ Status (2026-12-01): this command does NOT reproduce the shipped checkpoint
 (reference/checkpoint), which took a less direct path with an earlier version of
 this script (stage A shortened from 700 to 480 steps at step 374, its projector
 refitted for 200 steps after stage-B checkpoints overwrote it, then stage B with
-2,200 and C with 300 steps, every kind drawn equally).  A clean run of the current
-defaults, once from scratch on 2 CPU cores (A 786 s, B 3538 s, C 952 s, 89 min in
-all with other jobs sharing the cores part of the time; docs/reference-model/train.log),
-reached 85.25% on the 1,200-question split (attribute 98.3, existence 98.7, count
-93.3, relation 50.7; [CLS] top-k object recall 75%) and was not shipped: its counting
-depends on tokens the answer does not need (the shapes oracle keeping 32 of 144
-tokens scores 44.3% on count against 93.3% unreduced), so every pruning strategy
-would be charged for a model artefact.  README.md has the comparison.
+2,200 and C with 300 steps, every kind drawn equally, no token drops).  Two clean
+runs on 2 CPU cores, both from the same stage A (786 s; rerun from scratch it gave
+bit-identical weights), measured on the 1,200-question split, neither shipped:
+
+  --drop-frac 0     B 3538 s, C 952 s (docs/reference-model/train.log): 85.25%
+                    (attribute 98.3, existence 98.7, count 93.3, relation 50.7), but
+                    the shapes oracle at 32 of 144 tokens scores 44.3% on count:
+                    its counting depends on tokens the answer does not need.
+  defaults (0.5)    B 4164 s, C 966 s (docs/reference-model/train-drops.log): 83.9%
+                    (99.3, 98.3, 97.0, relation 41.0); the oracle at 32 tokens keeps
+                    count (95.3%) but scores 50.3% on relations, above the unreduced
+                    41.0%: the model is distracted by what surrounds the subject.
+
+--drop-keep-adjacent (keep the objects beside the relevant cells in pruned samples,
+i.e. the relation's distractor) is the next thing to measure.  README.md has the
+comparison.
 """
 from __future__ import annotations
 
