@@ -175,21 +175,30 @@ class Encoder:
     def answer_id(self, answer: str) -> int:
         return self.tok.convert_tokens_to_ids(answer)
 
-    def relevance(self, qs) -> torch.Tensor:
-        """(B, 144) 0/1 mask of the relevant cells of each question."""
+    def relevance(self, qs, relation_later_cell: bool = False) -> torch.Tensor:
+        """(B, 144) 0/1 mask of the relevant cells of each question; with
+        ``relation_later_cell``, a relation's mask is only the later of its two cells in
+        token order (the one that can see the other under causal attention)."""
         r = torch.zeros(len(qs), S.GRID * S.GRID)
         for i, q in enumerate(qs):
-            r[i, list(q.relevant_cells)] = 1
+            cells = [max(q.relevant_cells)] if relation_later_cell and q.kind == "relation" else list(q.relevant_cells)
+            r[i, cells] = 1
         return r
 
+    def relation_pairs(self, qs) -> torch.Tensor:
+        """(B, 2) image cells (later, earlier) of each relation's subject and neighbour in
+        token order; (-1, -1) for the other kinds."""
+        return torch.tensor([[max(q.relevant_cells), min(q.relevant_cells)] if q.kind == "relation" else [-1, -1]
+                             for q in qs])
+
     def keep_mask(self, qs, frac: float, gen: torch.Generator, lo: int = 16, hi: int | None = None,
-                  scenes=None):
+                  scenes=None, kinds=None):
         """(B, 144) bool: which image tokens each sample keeps.  A share ``frac`` of the
         samples keeps only k ~ U{lo..hi} tokens (hi defaults to 144): its relevant cells,
         then random others (what a pruning strategy leaves); the rest keep all 144.
         With ``scenes``, the objects next to a relevant cell (8-neighbourhood) are kept
         too, so a pruned relation sample keeps the distractor beside its subject.
-        None when frac is 0."""
+        With ``kinds``, only questions of those kinds are pruned.  None when frac is 0."""
         n = S.GRID * S.GRID
         hi = n if hi is None else hi
         if frac <= 0:
@@ -197,7 +206,7 @@ class Encoder:
         keep = torch.ones(len(qs), n, dtype=torch.bool)
         drop = torch.rand(len(qs), generator=gen) < frac
         for i, q in enumerate(qs):
-            if not drop[i]:
+            if not drop[i] or (kinds is not None and q.kind not in kinds):
                 continue
             k = int(torch.randint(lo, hi + 1, (1,), generator=gen))
             score = torch.rand(n, generator=gen)
@@ -263,10 +272,12 @@ def vision(model, pix):
     return out.hidden_states[-1], out.pooler_output  # (B,145,128), (B,128)
 
 
-def lm_answer_logits(model, ids, last, vis_hidden, att_heads=None, keep=None):
+def lm_answer_logits(model, ids, last, vis_hidden, att_heads=None, keep=None, local=None):
     """Logits at the answer position and at the EOS position: (B, 2, V).
     With att_heads [(layer, head), ...] also returns those heads' attention from the
     answer position onto the 144 image tokens: (B, n_heads, 144).
+    With local ([(layer, head), ...], pairs (B, 2) of image cells (query, key)) also
+    returns each head's attention from the query cell onto the key cell: (B, n_local).
     keep (B, 144) bool masks the dropped image tokens out of every attention, with the
     position ids left as they are: the same computation as the adapter's input-level
     pruning (which removes them and keeps the survivors' original position ids)."""
@@ -281,31 +292,47 @@ def lm_answer_logits(model, ids, last, vis_hidden, att_heads=None, keep=None):
         attention_mask[img] = keep.reshape(-1).long()
     # right padding + causal attention: padded tail never influences real tokens
     o = m.language_model(inputs_embeds=emb, attention_mask=attention_mask, use_cache=False,
-                         output_attentions=bool(att_heads))
+                         output_attentions=bool(att_heads) or bool(local))
     h = o.last_hidden_state
     idx = torch.stack([last, last + 1], 1)  # (B,2)
     hs = h.gather(1, idx[..., None].expand(-1, -1, h.shape[-1]))
     logits = model.lm_head(hs)
-    if not att_heads:
+    if not att_heads and not local:
         return logits
     B = ids.shape[0]
-    rows = [o.attentions[layer][torch.arange(B), head, last] for layer, head in att_heads]  # (B, L) each
-    return logits, torch.stack(rows, 1)  # (B, n_heads, L)
+    out = [logits]
+    if att_heads:
+        rows = [o.attentions[layer][torch.arange(B), head, last] for layer, head in att_heads]  # (B, L) each
+        out.append(torch.stack(rows, 1))  # (B, n_heads, L)
+    if local:
+        heads, pairs = local
+        start = img.long().argmax(1)  # first image position
+        q, k = start + pairs[:, 0].clamp(min=0), start + pairs[:, 1].clamp(min=0)
+        out.append(torch.stack([o.attentions[layer][torch.arange(B), head, q, k] for layer, head in heads], 1))
+    return tuple(out)
 
 
-def vqa_loss(model, ids, last, ans, eos, vis_hidden, rel=None, att_heads=None, att_w=0.0, key_ids=None, keep=None):
+def vqa_loss(model, ids, last, ans, eos, vis_hidden, rel=None, att_heads=None, att_w=0.0, key_ids=None, keep=None,
+             local=None):
     """Answer(+EOS) cross-entropy; optionally plus att_w * attention supervision:
     -log(attention mass on the relevant cells) for the given (layer, head)s at the
     answer position (a training-only auxiliary loss; the model stays stock).
     att_heads: (cell_heads, question_heads): cell heads are pushed onto the relevant image
     cells, question heads onto the question's words (this breaks the chicken-and-egg
-    plateau where the answer position neither knows the question nor looks at the image)."""
+    plateau where the answer position neither knows the question nor looks at the image).
+    local: ([(layer, head), ...], pairs (B, 2) of (query cell, key cell), -1 where a
+    sample has none): those heads are pushed, at the query cell, onto the key cell."""
     cell_heads, q_heads = att_heads if att_heads else ([], [])
     heads = list(cell_heads) + list(q_heads)
+    local = local if (local and att_w > 0 and bool((local[1][:, 0] >= 0).any())) else None
+    att = loc = None
     if heads and att_w > 0:
-        logits, att = lm_answer_logits(model, ids, last, vis_hidden, heads, keep=keep)
+        logits, att, *rest = lm_answer_logits(model, ids, last, vis_hidden, heads, keep=keep, local=local)
+        loc = rest[0] if rest else None
+    elif local:
+        logits, loc = lm_answer_logits(model, ids, last, vis_hidden, keep=keep, local=local)
     else:
-        logits, att = lm_answer_logits(model, ids, last, vis_hidden, keep=keep), None
+        logits = lm_answer_logits(model, ids, last, vis_hidden, keep=keep)
     tgt = torch.stack([ans, torch.full_like(ans, eos)], 1)
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1))
     if att is not None:
@@ -325,5 +352,8 @@ def vqa_loss(model, ids, last, ans, eos, vis_hidden, rel=None, att_heads=None, a
             masses.append((att[:, nc:] * qmask[:, None]).sum(-1))
         mass = torch.cat(masses, 1)
         loss = loss + att_w * (-torch.log(mass + 1e-4)).mean()
+    if loc is not None:
+        has = local[1][:, 0] >= 0
+        loss = loss + att_w * (-torch.log(loc[has] + 1e-4)).mean()
     acc = (logits[:, 0].argmax(-1) == ans).float().mean()
     return loss, acc

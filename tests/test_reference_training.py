@@ -108,3 +108,49 @@ def test_with_scenes_a_pruned_sample_also_keeps_the_objects_beside_its_relevant_
                 beside += o.cell not in q.relevant_cells
         assert int(row.sum()) >= 16
     assert beside > 0  # the relation distractors exist and were kept
+
+
+def test_relation_supervision_targets_follow_token_order(rm, questions):
+    enc = rm.Encoder(rm.build_tokenizer())
+    pairs = enc.relation_pairs(questions)
+    full, later = enc.relevance(questions), enc.relevance(questions, relation_later_cell=True)
+    n_relation = 0
+    for q, (q_cell, k_cell), f, lt in zip(questions, pairs.tolist(), full, later):
+        if q.kind != "relation":
+            assert (q_cell, k_cell) == (-1, -1) and torch.equal(f, lt)
+            continue
+        n_relation += 1
+        subject, neighbour = q.relevant_cells
+        assert {q_cell, k_cell} == {subject, neighbour} and q_cell > k_cell  # query is the later token
+        assert lt.nonzero().flatten().tolist() == [q_cell] and int(f.sum()) == 2
+    assert n_relation > 0
+
+
+def test_keep_mask_prunes_only_the_kinds_it_is_given(rm, questions):
+    enc = rm.Encoder(rm.build_tokenizer())
+    keep = enc.keep_mask(questions, 1.0, torch.Generator().manual_seed(0), kinds=("count",))
+    for q, row in zip(questions, keep):
+        assert bool(row.all()) == (q.kind != "count"), q.id
+
+
+def test_local_attention_is_the_probability_from_the_query_cell_to_the_key_cell(rm, questions):
+    torch.manual_seed(0)
+    tok = rm.build_tokenizer()
+    enc = rm.Encoder(tok)
+    model = rm.build_model(tok).eval()
+    model.model.language_model.set_attn_implementation("eager")
+    items = rm.S.eval_split(4)
+    qs = [q for _, q in items]
+    pairs = torch.tensor([[100, 99], [20, 8], [143, 0], [5, 5]])
+    with torch.no_grad():
+        vh, _ = rm.vision(model, rm.pixels([rm.S.render(s) for s, _ in items]))
+        ids, last, _ = enc.batch(qs)
+        _, local = rm.lm_answer_logits(model, ids, last, vh, local=([(1, 0), (0, 1)], pairs))
+        emb = model.model.get_input_embeddings()(ids)
+        img = ids == model.config.image_token_index
+        emb = emb.masked_scatter(img[..., None], model.model.multi_modal_projector(vh[:, 1:]))
+        att = model.model.language_model(inputs_embeds=emb, use_cache=False, output_attentions=True).attentions
+    for b, (qc, kc) in enumerate(pairs.tolist()):
+        start = int(img[b].long().argmax())  # the question comes first: its length varies
+        assert local[b, 0] == att[1][b, 0, start + qc, start + kc]
+        assert local[b, 1] == att[0][b, 1, start + qc, start + kc]
