@@ -313,7 +313,7 @@ def lm_answer_logits(model, ids, last, vis_hidden, att_heads=None, keep=None, lo
 
 
 def vqa_loss(model, ids, last, ans, eos, vis_hidden, rel=None, att_heads=None, att_w=0.0, key_ids=None, keep=None,
-             local=None):
+             local=None, local_w=1.0):
     """Answer(+EOS) cross-entropy; optionally plus att_w * attention supervision:
     -log(attention mass on the relevant cells) for the given (layer, head)s at the
     answer position (a training-only auxiliary loss; the model stays stock).
@@ -321,7 +321,8 @@ def vqa_loss(model, ids, last, ans, eos, vis_hidden, rel=None, att_heads=None, a
     cells, question heads onto the question's words (this breaks the chicken-and-egg
     plateau where the answer position neither knows the question nor looks at the image).
     local: ([(layer, head), ...], pairs (B, 2) of (query cell, key cell), -1 where a
-    sample has none): those heads are pushed, at the query cell, onto the key cell."""
+    sample has none): those heads are pushed, at the query cell, onto the key cell, with
+    weight local_w (when att_w > 0)."""
     cell_heads, q_heads = att_heads if att_heads else ([], [])
     heads = list(cell_heads) + list(q_heads)
     local = local if (local and att_w > 0 and bool((local[1][:, 0] >= 0).any())) else None
@@ -354,6 +355,6 @@ def vqa_loss(model, ids, last, ans, eos, vis_hidden, rel=None, att_heads=None, a
         loss = loss + att_w * (-torch.log(mass + 1e-4)).mean()
     if loc is not None:
         has = local[1][:, 0] >= 0
-        loss = loss + att_w * (-torch.log(loc[has] + 1e-4)).mean()
+        loss = loss + local_w * (-torch.log(loc[has] + 1e-4)).mean()
     acc = (logits[:, 0].argmax(-1) == ans).float().mean()
     return loss, acc
