@@ -345,8 +345,8 @@ def vqa_loss(model, ids, last, ans, eos, vis_hidden, rel=None, att_heads=None, a
         masses = [(att[:, :nc] * target[:, None]).sum(-1)]
         if q_heads:
             pos = torch.arange(L)[None]
-            img_end = (img * pos).max(1).values  # last image position
-            qmask = (pos > img_end[:, None]) & (pos < (last - 1)[:, None])  # question words
+            img_start = img.long().argmax(1)  # the question comes before the image
+            qmask = pos < img_start[:, None]  # question words (and the "USER:" prefix)
             if key_ids is not None:  # only its content words (colours, shapes, directions)
                 qmask = qmask & torch.isin(ids, key_ids)
             qmask = qmask.float()
