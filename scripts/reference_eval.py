@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from reference_model import S, lm_answer_logits, log, pixels, vision
+from reference_model import S, input_embeds, lm_answer_logits, log, pixels, vision
 
 
 class HeldOut:
@@ -53,8 +53,7 @@ class HeldOut:
         m = model.model
         vh, _ = vision(model, self.pix[:n])
         ids, last, _ = self.enc.batch(self.qs[:n])
-        emb = m.get_input_embeddings()(ids)
-        emb = emb.masked_scatter((ids == model.config.image_token_index)[..., None], m.multi_modal_projector(vh[:, 1:]))
+        emb, _ = input_embeds(model, ids, vh)
         o = m.language_model(inputs_embeds=emb, use_cache=False, output_hidden_states=True)
         return [float(h[torch.arange(len(last)), last].norm(dim=-1).mean()) for h in o.hidden_states]
 

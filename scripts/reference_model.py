@@ -272,6 +272,16 @@ def vision(model, pix):
     return out.hidden_states[-1], out.pooler_output  # (B,145,128), (B,128)
 
 
+def input_embeds(model, ids, vis_hidden):
+    """The language model's input: word embeddings with the projected patch tokens
+    scattered into the <image> positions, and the (B, L) mask of those positions."""
+    m = model.model
+    emb = m.get_input_embeddings()(ids)
+    img = ids == model.config.image_token_index
+    emb = emb.masked_scatter(img[..., None], m.multi_modal_projector(vis_hidden[:, 1:]).to(emb.dtype))
+    return emb, img
+
+
 def lm_answer_logits(model, ids, last, vis_hidden, att_heads=None, keep=None, local=None):
     """Logits at the answer position and at the EOS position: (B, 2, V).
     With att_heads [(layer, head), ...] also returns those heads' attention from the
@@ -282,10 +292,7 @@ def lm_answer_logits(model, ids, last, vis_hidden, att_heads=None, keep=None, lo
     position ids left as they are: the same computation as the adapter's input-level
     pruning (which removes them and keeps the survivors' original position ids)."""
     m = model.model
-    emb = m.get_input_embeddings()(ids)
-    feats = m.multi_modal_projector(vis_hidden[:, 1:])
-    img = ids == model.config.image_token_index
-    emb = emb.masked_scatter(img[..., None], feats.to(emb.dtype))
+    emb, img = input_embeds(model, ids, vis_hidden)
     attention_mask = None
     if keep is not None:
         attention_mask = torch.ones(ids.shape, dtype=torch.long)

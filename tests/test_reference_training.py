@@ -70,9 +70,8 @@ def test_masking_dropped_tokens_equals_removing_them_with_their_position_ids(rm,
         m = model.model
         for i in range(len(qs)):
             n = int(last[i]) + 1
-            img = ids[i, :n] == model.config.image_token_index
-            emb = m.get_input_embeddings()(ids[i : i + 1, :n])
-            emb = emb.masked_scatter(img[None, :, None], m.multi_modal_projector(vh[i : i + 1, 1:]))
+            emb, img = rm.input_embeds(model, ids[i : i + 1, :n], vh[i : i + 1])
+            img = img[0]
             kept = torch.ones(n, dtype=torch.bool)
             kept[img] = keep[i]
             # an explicit all-ones mask: without one, transformers reads the gaps in
@@ -146,9 +145,7 @@ def test_local_attention_is_the_probability_from_the_query_cell_to_the_key_cell(
         vh, _ = rm.vision(model, rm.pixels([rm.S.render(s) for s, _ in items]))
         ids, last, _ = enc.batch(qs)
         _, local = rm.lm_answer_logits(model, ids, last, vh, local=([(1, 0), (0, 1)], pairs))
-        emb = model.model.get_input_embeddings()(ids)
-        img = ids == model.config.image_token_index
-        emb = emb.masked_scatter(img[..., None], model.model.multi_modal_projector(vh[:, 1:]))
+        emb, img = rm.input_embeds(model, ids, vh)
         att = model.model.language_model(inputs_embeds=emb, use_cache=False, output_attentions=True).attentions
     for b, (qc, kc) in enumerate(pairs.tolist()):
         start = int(img[b].long().argmax())  # the question comes first: its length varies
