@@ -192,13 +192,16 @@ class Encoder:
                              for q in qs])
 
     def keep_mask(self, qs, frac: float, gen: torch.Generator, lo: int = 16, hi: int | None = None,
-                  scenes=None, kinds=None):
+                  scenes=None, kinds=None, near_frac: float = 0.0):
         """(B, 144) bool: which image tokens each sample keeps.  A share ``frac`` of the
         samples keeps only k ~ U{lo..hi} tokens (hi defaults to 144): its relevant cells,
         then random others (what a pruning strategy leaves); the rest keep all 144.
         With ``scenes``, the objects next to a relevant cell (8-neighbourhood) are kept
         too, so a pruned relation sample keeps the distractor beside its subject.
-        With ``kinds``, only questions of those kinds are pruned.  None when frac is 0."""
+        With ``kinds``, only questions of those kinds are pruned.  A share ``near_frac`` of
+        the pruned samples keeps, instead of random others, the cells nearest its relevant
+        ones (Chebyshev distance, random ties), as the shapes oracle does.  None when frac
+        is 0."""
         n = S.GRID * S.GRID
         hi = n if hi is None else hi
         if frac <= 0:
@@ -210,16 +213,26 @@ class Encoder:
                 continue
             k = int(torch.randint(lo, hi + 1, (1,), generator=gen))
             score = torch.rand(n, generator=gen)
+            if near_frac > 0 and float(torch.rand((), generator=gen)) < near_frac:
+                score = score + (S.GRID - self._distance_to(q.relevant_cells))  # nearest first
             protected = set(q.relevant_cells)
             if scenes is not None:
                 near = {(r + dr) * S.GRID + c + dc for r, c in (divmod(x, S.GRID) for x in q.relevant_cells)
                         for dr in (-1, 0, 1) for dc in (-1, 0, 1)
                         if 0 <= r + dr < S.GRID and 0 <= c + dc < S.GRID}
                 protected |= {o.cell for o in scenes[i].objects if o.cell in near}
-            score[list(protected)] = 2.0  # protected cells first
+            score[list(protected)] = S.GRID + 2.0  # protected cells first
             keep[i] = False
             keep[i, score.topk(max(k, len(protected))).indices] = True
         return keep
+
+    @staticmethod
+    def _distance_to(cells) -> torch.Tensor:
+        """(144,) Chebyshev distance on the grid from every cell to the nearest of ``cells``."""
+        idx = torch.arange(S.GRID * S.GRID)
+        c = torch.tensor(list(cells))
+        d = torch.maximum((idx[:, None] // S.GRID - c // S.GRID).abs(), (idx[:, None] % S.GRID - c % S.GRID).abs())
+        return d.min(1).values.float()
 
     def batch(self, qs):
         """Right-padded ids (B, L), index of last prompt token (B,), answer ids (B,)."""

@@ -14,14 +14,18 @@ is trained from scratch on CPU in three stages:
   B  vision tower frozen; projector + whole LM (incl. word embeddings) trained
      on VQA with answer-only loss (answer word + EOS), plus an auxiliary loss that
      pulls the answer position's attention in heads 2.0, 2.1, 3.0 onto the cells the
-     answer depends on.  Curriculum: 2-5 objects, then 3-6, then 4-8.
+     answer depends on.  Curriculum: 2-5 objects, then 3-6, then 4-8.  For
+     relations, from step 900 (--relation-order-sup), those heads are pulled onto the
+     later of subject and neighbour in token order, and head 1.0 at that cell onto
+     the earlier one: under causal attention only the later cell can see the other.
   C  joint fine-tune of everything at a low LR (the [CLS] multi-hot loss is kept as
      an auxiliary loss).  Late in B and throughout C, relations are drawn twice as
      often as each other kind (they train slowest).  In B and C half the samples
-     (--drop-frac) see a pruned image: 16-144 of its tokens, the relevant cells always
-     among them, the dropped ones masked out of attention with position ids unchanged
-     (what the adapter's input-level pruning computes), so that the model answers from
-     the tokens an answer needs and not from how many tokens there are.
+     (--drop-frac) of the kinds in --drop-kinds (all but relation) see a pruned
+     image: 16-144 of its tokens, the relevant cells always among them, the dropped
+     ones masked out of attention with position ids unchanged (what the adapter's
+     input-level pruning computes), so that the model answers from the tokens an
+     answer needs and not from how many tokens there are.
 
 Seeded and resumable: every training batch is a pure function of (stage, step)
 (see ``tasks/shapes/scenes.py: train_batch``), and a checkpoint with model,
@@ -35,37 +39,28 @@ sat at the answer prior, because the answer position had to learn
 question-conditioned retrieval over 144 tokens from scratch; with the question first,
 each visual token can condition on it and B learns within a few hundred steps.
 
-Run (from an empty --workdir):
-    python scripts/train_reference.py --device cpu --threads 2 --workdir DIR
+Run (from an empty --workdir; the defaults are the shipped recipe):
+    python scripts/train_reference.py --device cpu --threads 2 --workdir DIR --out OUT
 
-Status (2026-12-01): this command does NOT reproduce the shipped checkpoint
-(reference/checkpoint), which took a less direct path with an earlier version of
-this script (stage A shortened from 700 to 480 steps at step 374, its projector
-refitted for 200 steps after stage-B checkpoints overwrote it, then stage B with
-2,200 and C with 300 steps, every kind drawn equally, no token drops).  Two clean
-runs on 2 CPU cores, both from the same stage A (786 s; rerun from scratch it gave
-bit-identical weights), measured on the 1,200-question split, neither shipped:
+Status (2026-12-01): reference/checkpoint (weights ecca84bb8f6fc8bf) is the output of
+this command: stage A 786 s (rerun from scratch: bit-identical weights), B 4,240 s,
+C 1,121 s on 2 CPU cores, resumed from checkpoints across sessions.  On the
+1,200-question split: 98.0% (attribute 99.0, existence 98.7, count 94.3, relation
+100.0); the shapes oracle at 16/32/48 of 144 tokens: 96.8/97.2/97.5 (count
+90.0/91.3/92.7).  With --drop-near-frac 0 (same A and B): 98.75%, but the oracle
+lost 10 points on count (two objects kept with their nearest cells were counted as
+three); its stage C, rerun from B's end state and interrupted and resumed once, gave
+bit-identical weights.
 
-  --drop-frac 0     B 3538 s, C 952 s (docs/reference-model/train.log): 85.25%
-                    (attribute 98.3, existence 98.7, count 93.3, relation 50.7), but
-                    the shapes oracle at 32 of 144 tokens scores 44.3% on count:
-                    its counting depends on tokens the answer does not need.
-  defaults (0.5)    B 4164 s, C 966 s (docs/reference-model/train-drops.log): 83.9%
-                    (99.3, 98.3, 97.0, relation 41.0); the oracle at 32 tokens keeps
-                    count (95.3%) but scores 50.3% on relations, above the unreduced
-                    41.0%: the model is distracted by what surrounds the subject.
-
-Where relations fail (per direction, full split): the shipped checkpoint answers
-"left of" 77/78 and "above" 70/72 but "right of" 32/78 and "below" 27/72.  Under
-causal attention only the later of subject and neighbour can see the other; for
-left/above that is the subject, which can copy its neighbour's colour, and for
-right/below it is the neighbour, which would have to recognise the subject before
-it.  The pruned-input run fails all four alike (28-38 of 72-78), mostly naming
-another object's colour.  Next to measure: --relation-order-sup (answer heads onto the
-later cell, head 1.0 at the later cell onto the earlier one, from B step 900) with
---drop-kinds attribute,existence,count; also --drop-keep-adjacent.  (Started at step 0
-with weight 1, the order supervision kept B at the answer prior for 600 steps: its
-large early loss took over the clipped gradient.)  README.md has the comparison.
+Earlier recipes (docs/reference-model/*.log), all from the same stage A:
+  --drop-frac 0 --no-relation-order-sup --drop-kinds all --drop-near-frac 0: 85.25%, relation 50.7,
+                    and the oracle at 32 tokens scores 44.3% on count.
+  --no-relation-order-sup --drop-kinds all --drop-near-frac 0: 83.9%, relation 41.0; the oracle at
+                    32 tokens scores 50.3% on relations, above the unreduced model.
+Without the order supervision, relations were learned only where the later token
+is the subject ("left of" 77/78, "right of" 32/78 for the checkpoint shipped before);
+started at step 0 with weight 1, it kept B at the answer prior for 600 steps (its
+large early loss took over the clipped gradient), hence --relation-order-from 900.
 """
 from __future__ import annotations
 
@@ -211,14 +206,15 @@ def run_stage(stage, args, model, head, enc, tok, heldout, ckpt_path, resume_sta
     att_heads = (_heads(args.att_heads), _heads(args.att_q_heads))
     key_ids = torch.tensor([vocab[w] for w in list(S.COLOUR_NAMES) + list(S.SHAPES) + ["left", "right", "above", "below"]])
     local_heads = _heads(args.relation_local_heads) if args.relation_order_sup else []
-    drop_kinds = tuple(args.drop_kinds.split(",")) if args.drop_kinds else None
+    drop_kinds = tuple(args.drop_kinds.split(",")) if args.drop_kinds not in ("", "all") else None
     if (att_heads[0] or att_heads[1] or local_heads) and args.att_sup > 0:
         model.model.language_model.set_attn_implementation("eager")  # to get attention probabilities
 
     def answer_loss(vh, qs, scenes_, step):
         ids, last, ans = enc.batch(qs)
         keep = enc.keep_mask(qs, args.drop_frac, drop_gen(stream, step),
-                             scenes=scenes_ if args.drop_keep_adjacent else None, kinds=drop_kinds)
+                             scenes=scenes_ if args.drop_keep_adjacent else None, kinds=drop_kinds,
+                             near_frac=args.drop_near_frac if stage == "C" else 0.0)
         # the token-order supervision starts once the model reads the image at all: from
         # the start, its large early loss took over the clipped gradient and stage B sat
         # at the answer prior for 600+ steps
@@ -303,10 +299,20 @@ def run_stage(stage, args, model, head, enc, tok, heldout, ckpt_path, resume_sta
     log(f"stage {stage} finished in {time.time() - t0:.0f}s")
 
 
+# flags that do not change the weights
+_NOT_RECIPE = {"out", "workdir", "resume", "log_every", "eval_every", "heldout", "ckpt_every", "n_eval", "fp16"}
+
+
+def flags_changed(saved: dict, now: dict) -> list[str]:
+    """'--flag: checkpoint X, now Y' for every recipe flag whose value differs."""
+    return [f"--{k.replace('_', '-')}: checkpoint {saved[k]!r}, now {now[k]!r}"
+            for k in sorted(now) if k not in _NOT_RECIPE and k in saved and saved[k] != now[k]]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(REPO / "reference" / "checkpoint"))
-    ap.add_argument("--workdir", default="/work/ckpt")
+    ap.add_argument("--workdir", default="runs/train-reference", help="checkpoints and logs (resumed from if present)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
@@ -335,8 +341,13 @@ def main():
                          "relevant cells always kept (so the model answers from what the answer needs)")
     ap.add_argument("--drop-keep-adjacent", action=argparse.BooleanOptionalAction, default=False,
                     help="pruned samples also keep the objects next to a relevant cell (the relation's distractor)")
-    ap.add_argument("--drop-kinds", default="", help="stages B/C: prune only questions of these kinds (comma list; default all)")
-    ap.add_argument("--relation-order-sup", action=argparse.BooleanOptionalAction, default=False,
+    ap.add_argument("--drop-kinds", default="attribute,existence,count",
+                    help="stages B/C: prune only questions of these kinds (comma list, or 'all'); relations are "
+                         "not pruned by default: pruned, the model learned to look past the subject's neighbour")
+    ap.add_argument("--drop-near-frac", type=float, default=0.5,
+                    help="stage C: share of pruned samples that keep the cells nearest their relevant ones "
+                         "(as the shapes oracle does) instead of random others")
+    ap.add_argument("--relation-order-sup", action=argparse.BooleanOptionalAction, default=True,
                     help="relations: supervise the answer heads onto the later of subject and neighbour in token "
                          "order, and --relation-local-heads at that cell onto the earlier one")
     ap.add_argument("--relation-local-heads", default="1.0",
@@ -352,7 +363,7 @@ def main():
     ap.add_argument("--fp16", action="store_true", help="save weights in float16")
     args = ap.parse_args()
     for flag, spec in (("--kinds-c", args.kinds_c), ("--drop-kinds", args.drop_kinds)):
-        unknown = sorted(set(spec.split(",")) - set(S.KINDS)) if spec else []
+        unknown = sorted(set(spec.split(",")) - set(S.KINDS)) if spec not in ("", "all") else []
         if unknown:  # fail before an hour of stages A and B, not at the start of C
             ap.error(f"{flag}: unknown kind(s) {', '.join(unknown)}; kinds: {', '.join(S.KINDS)}")
 
@@ -381,6 +392,9 @@ def main():
         model.load_state_dict(state["model"])
         head.load_state_dict(state["head"])
         log(f"resuming from {ckpt_path}: stage {state['stage']} step {state['step']}")
+        changed = flags_changed(state.get("args", {}), vars(args))
+        if changed:  # allowed (a stage may start from another run's end state), never silent
+            log("WARNING: resuming with flags that differ from the checkpoint's: " + "; ".join(changed))
     heldout = HeldOut(enc, args.heldout)
 
     cur = state["stage"] if state is not None else "A"

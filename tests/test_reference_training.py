@@ -44,6 +44,20 @@ def test_a_pruned_sample_keeps_its_relevant_cells_and_exactly_its_budget(rm, que
         assert row[list(q.relevant_cells)].all(), q.id
 
 
+def test_a_near_filled_sample_keeps_the_cells_nearest_its_relevant_ones(rm, questions):
+    enc = rm.Encoder(rm.build_tokenizer())
+    keep = enc.keep_mask(questions, 1.0, torch.Generator().manual_seed(0), lo=24, hi=24, near_frac=1.0)
+    for q, row in zip(questions, keep):
+        dist = enc._distance_to(q.relevant_cells)
+        assert int(row.sum()) == max(24, len(q.relevant_cells)) and row[list(q.relevant_cells)].all()
+        if not row.all():  # nothing dropped is nearer than anything kept
+            assert dist[row].max() <= dist[~row].min(), q.id
+    # without near fills the kept others are random: some dropped cell is nearer than a kept one
+    rand = enc.keep_mask(questions, 1.0, torch.Generator().manual_seed(0), lo=24, hi=24)
+    assert any(enc._distance_to(q.relevant_cells)[r].max() > enc._distance_to(q.relevant_cells)[~r].min()
+               for q, r in zip(questions, rand))
+
+
 def test_token_drops_are_a_pure_function_of_the_generator_seed(rm, questions):
     enc = rm.Encoder(rm.build_tokenizer())
     a = enc.keep_mask(questions, 0.5, torch.Generator().manual_seed(7))
@@ -151,3 +165,15 @@ def test_local_attention_is_the_probability_from_the_query_cell_to_the_key_cell(
         start = int(img[b].long().argmax())  # the question comes first: its length varies
         assert local[b, 0] == att[1][b, 0, start + qc, start + kc]
         assert local[b, 1] == att[0][b, 1, start + qc, start + kc]
+
+
+def test_a_resume_names_every_recipe_flag_that_differs_from_the_checkpoint(rm):
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        import train_reference
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    saved = {"drop_frac": 0.5, "drop_kinds": "all", "workdir": "/a", "threads": 2, "seed": 0}
+    now = {"drop_frac": 0.0, "drop_kinds": "all", "workdir": "/b", "threads": 4, "seed": 0, "steps_c": 600}
+    changed = train_reference.flags_changed(saved, now)
+    assert changed == ["--drop-frac: checkpoint 0.5, now 0.0", "--threads: checkpoint 2, now 4"]
