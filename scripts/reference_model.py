@@ -346,14 +346,11 @@ def vqa_loss(model, ids, last, ans, eos, vis_hidden, rel=None, att_heads=None, a
     cell_heads, q_heads = att_heads if att_heads else ([], [])
     heads = list(cell_heads) + list(q_heads)
     local = local if (local and att_w > 0 and bool((local[1][:, 0] >= 0).any())) else None
-    att = loc = None
-    if heads and att_w > 0:
-        logits, att, *rest = lm_answer_logits(model, ids, last, vis_hidden, heads, keep=keep, local=local)
-        loc = rest[0] if rest else None
-    elif local:
-        logits, loc = lm_answer_logits(model, ids, last, vis_hidden, keep=keep, local=local)
-    else:
-        logits = lm_answer_logits(model, ids, last, vis_hidden, keep=keep)
+    want_att = bool(heads) and att_w > 0
+    out = lm_answer_logits(model, ids, last, vis_hidden, heads if want_att else None, keep=keep, local=local)
+    logits, *parts = out if isinstance(out, tuple) else (out,)  # then att (if asked), then local (if asked)
+    att = parts.pop(0) if want_att else None
+    loc = parts.pop(0) if local else None
     tgt = torch.stack([ans, torch.full_like(ans, eos)], 1)
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1))
     if att is not None:

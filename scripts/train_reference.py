@@ -102,6 +102,11 @@ def parse_phases(spec: str):
     return sorted(out)
 
 
+def kinds_of(spec: str) -> tuple[str, ...] | None:
+    """'attribute,count' -> ('attribute', 'count'); '' or 'all' -> None (every kind)."""
+    return None if spec in ("", "all") else tuple(spec.split(","))
+
+
 def phase_at(spec: str, step: int):
     cur = None
     for start, ks, nobj in parse_phases(spec):
@@ -207,7 +212,7 @@ def run_stage(stage, args, model, head, enc, tok, heldout, ckpt_path, resume_sta
     att_heads = (_heads(args.att_heads), _heads(args.att_q_heads))
     key_ids = torch.tensor([vocab[w] for w in list(S.COLOUR_NAMES) + list(S.SHAPES) + ["left", "right", "above", "below"]])
     local_heads = _heads(args.relation_local_heads) if args.relation_order_sup else []
-    drop_kinds = tuple(args.drop_kinds.split(",")) if args.drop_kinds not in ("", "all") else None
+    drop_kinds = kinds_of(args.drop_kinds)
     if (att_heads[0] or att_heads[1] or local_heads) and args.att_sup > 0:
         model.model.language_model.set_attn_implementation("eager")  # to get attention probabilities
 
@@ -364,7 +369,7 @@ def main():
     ap.add_argument("--fp16", action="store_true", help="save weights in float16")
     args = ap.parse_args()
     for flag, spec in (("--kinds-c", args.kinds_c), ("--drop-kinds", args.drop_kinds)):
-        unknown = sorted(set(spec.split(",")) - set(S.KINDS)) if spec not in ("", "all") else []
+        unknown = sorted(set(kinds_of(spec) or ()) - set(S.KINDS))
         if unknown:  # fail before an hour of stages A and B, not at the start of C
             ap.error(f"{flag}: unknown kind(s) {', '.join(unknown)}; kinds: {', '.join(S.KINDS)}")
 
