@@ -19,20 +19,12 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from tokenbench.errors import StrategyFailure
 from tokenbench.strategy import Selection, StageContext, StageSpec, Strategy, validate_selection
 from tokenbench.timing import current_timer
 
 RopeFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 ApplyRopeFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-
-
-class StrategyFailure(RuntimeError):
-    """The strategy raised or broke the contract for one sample of a batch."""
-
-    def __init__(self, index: int, reason: str) -> None:
-        super().__init__(reason)
-        self.index = index
-        self.reason = reason
 
 
 @dataclass

@@ -6,12 +6,26 @@ Heavy modules (torch, transformers) load only when a model runs.
 
 from __future__ import annotations
 
-from tokenbench.adapter import Adapter, GenerationResult, ModelLoadError
-from tokenbench.budget import Budget, BudgetError
+from tokenbench.adapter import Adapter, GenerationResult
+from tokenbench.budget import Budget
+from tokenbench.errors import (
+    BudgetError,
+    MeasurementError,
+    ModelLoadError,
+    PluginError,
+    SampleFailure,
+    SelectionError,
+    StoreError,
+    StrategyFailure,
+    TaskDataError,
+    TokenbenchError,
+    UnknownNameError,
+    UsageError,
+)
 from tokenbench.hookspecs import Register, hookimpl
-from tokenbench.registry import PluginError, UnknownNameError, get_registry
-from tokenbench.strategy import ModelInfo, Selection, SelectionError, StageContext, StageSpec, Strategy
-from tokenbench.task import Sample, Task, TaskDataError
+from tokenbench.registry import get_registry
+from tokenbench.strategy import ModelInfo, Selection, StageContext, StageSpec, Strategy
+from tokenbench.task import Sample, Task
 
 __version__ = "0.1.0"
 
@@ -20,19 +34,25 @@ __all__ = [
     "Budget",
     "BudgetError",
     "GenerationResult",
+    "MeasurementError",
     "ModelInfo",
     "ModelLoadError",
     "PluginError",
     "Register",
     "Sample",
+    "SampleFailure",
     "Selection",
     "SelectionError",
     "StageContext",
     "StageSpec",
+    "StoreError",
     "Strategy",
+    "StrategyFailure",
     "Task",
     "TaskDataError",
+    "TokenbenchError",
     "UnknownNameError",
+    "UsageError",
     "__version__",
     "get_registry",
     "hookimpl",

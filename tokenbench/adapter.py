@@ -13,15 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
+from tokenbench.errors import ModelLoadError
 from tokenbench.strategy import ModelInfo, Strategy
 
 if TYPE_CHECKING:
     from tokenbench.budget import Budget
     from tokenbench.task import Sample
-
-
-class ModelLoadError(RuntimeError):
-    """A model could not be loaded; the message says which and how to fix it."""
 
 
 @dataclass

@@ -14,12 +14,10 @@ import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from tokenbench.errors import BudgetError
+
 if TYPE_CHECKING:
     import torch
-
-
-class BudgetError(ValueError):
-    """A budget that cannot apply (≤ 0, above the token count, fraction outside (0, 1])."""
 
 
 @dataclass(frozen=True)

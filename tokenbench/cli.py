@@ -13,13 +13,10 @@ import os
 import sys
 from typing import Any, Callable, Sequence
 
+from tokenbench.errors import TokenbenchError, UsageError
 from tokenbench.registry import FAMILIES, get_registry
 
 EXIT_USAGE = 2
-
-
-class CliError(Exception):
-    """Printed as one line, exit status 2."""
 
 
 def _registry(args: argparse.Namespace) -> Any:
@@ -27,7 +24,7 @@ def _registry(args: argparse.Namespace) -> Any:
     for problem in reg.problems:
         print(f"tokenbench: warning: {problem}", file=sys.stderr)
     if getattr(args, "strict_plugins", False) and reg.problems:
-        raise CliError(f"{len(reg.problems)} plugin problem(s) above and --strict-plugins is set")
+        raise UsageError(f"{len(reg.problems)} plugin problem(s) above and --strict-plugins is set")
     return reg
 
 
@@ -50,7 +47,7 @@ def _options(items: Sequence[str] | None, flag: str) -> dict[str, str]:
     for item in items or ():
         key, eq, value = item.partition("=")
         if not eq:
-            raise CliError(f"{flag} takes key=value, got {item!r}")
+            raise UsageError(f"{flag} takes key=value, got {item!r}")
         out[key] = value
     return out
 
@@ -59,7 +56,7 @@ def _parse(fn: Callable[[str], Any], text: str) -> Any:
     try:
         return fn(text)
     except ValueError as exc:
-        raise CliError(str(exc)) from None
+        raise UsageError(str(exc)) from None
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -69,7 +66,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from tokenbench.report import render
 
     if args.budget and args.keep:
-        raise CliError("--budget and --keep are exclusive: give token counts or keep fractions, not both")
+        raise UsageError("--budget and --keep are exclusive: give token counts or keep fractions, not both")
     budgets = Budget.parse_counts(args.budget) if args.budget else Budget.parse_fractions(args.keep) if args.keep else []
     if args.threads:
         import torch
@@ -125,7 +122,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from tokenbench.store import Store
 
     if not os.path.exists(args.store):
-        raise CliError(f"{args.store}: no results store there; run 'tokenbench compare' first or pass --store PATH")
+        raise UsageError(f"{args.store}: no results store there; run 'tokenbench compare' first or pass --store PATH")
     store = Store(args.store)
     if args.export:
         return _export(store, args.export)
@@ -168,9 +165,9 @@ def cmd_flops(args: argparse.Namespace) -> int:
         budgets = [int(b) for b in args.budget.split(",") if b.strip()]
         text = json.dumps(flops_rows(args.config, budgets), indent=2) if args.format == "json" else flops_table(args.config, budgets)
     except KeyError as exc:
-        raise CliError(str(exc.args[0])) from None
+        raise UsageError(str(exc.args[0])) from None
     except ValueError as exc:
-        raise CliError(f"--budget: {exc}") from None
+        raise UsageError(f"--budget: {exc}") from None
     print(text)
     return 0
 
@@ -245,22 +242,6 @@ def _add_output_commands(sub: Any) -> None:
 _EXTRA_COMMANDS.append(_add_output_commands)
 
 
-def _boundary_errors() -> tuple[type[BaseException], ...]:
-    from tokenbench.adapter import ModelLoadError
-    from tokenbench.budget import BudgetError
-    from tokenbench.registry import PluginError, UnknownNameError
-    from tokenbench.task import TaskDataError
-
-    errors: list[type[BaseException]] = [CliError, BudgetError, UnknownNameError, PluginError, TaskDataError, ModelLoadError]
-    if "tokenbench.compare" in sys.modules:
-        errors.append(sys.modules["tokenbench.compare"].UsageError)
-    if "tokenbench.store" in sys.modules:
-        errors.append(sys.modules["tokenbench.store"].StoreError)
-    if "tokenbench.harness" in sys.modules:
-        errors.append(sys.modules["tokenbench.harness"].SampleFailure)
-    return tuple(errors)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -271,11 +252,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" in {store}" if store else ""
         print(f"\ntokenbench: interrupted; every finished sample is saved{where}. Run the same command again to resume.", file=sys.stderr)
         return 130
-    except Exception as exc:
-        if isinstance(exc, _boundary_errors()):
-            print(f"tokenbench: error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        raise
+    except TokenbenchError as exc:
+        print(f"tokenbench: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 
 from tokenbench.budget import FULL, Budget
 from tokenbench.environment import environment
+from tokenbench.errors import UsageError
 from tokenbench.harness import StrategySpec, evaluate
 from tokenbench.registry import Registry, unknown_name_message
 from tokenbench.store import SampleRecord, Store
@@ -22,10 +23,6 @@ from tokenbench.task import Sample, Task, stratified_subset
 
 REFERENCE_TASK = "shapes"
 REFERENCE_MODEL = "reference"  # the embedded checkpoint's name in results: the same on every install
-
-
-class UsageError(ValueError):
-    """A bad command-line value, reported in one line with exit status 2."""
 
 
 def reference_model_path() -> str:

@@ -34,6 +34,8 @@ from typing import Any
 
 import torch
 
+from tokenbench.errors import MeasurementError
+
 with warnings.catch_warnings():  # fvcore's import calls torch.jit.script, deprecated in torch >= 2.10
     warnings.simplefilter("ignore", DeprecationWarning)
     from fvcore.nn import FlopCountAnalysis
@@ -103,7 +105,7 @@ def flops_from_macs(macs: int) -> int:
     return 2 * int(macs)
 
 
-class UncountedOperatorError(RuntimeError):
+class UncountedOperatorError(MeasurementError):
     """A matrix-multiplying operator appeared in the trace with no counting handle."""
 
     def __init__(self, operators: Mapping[str, int]) -> None:

@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tokenbench.cli import CliError
+from tokenbench.errors import UsageError
 
 VERSION = 1
 MODES = ("deterministic", "statistical")
@@ -68,10 +68,10 @@ def cmd_gate(args: argparse.Namespace) -> int:
     flags = {k: getattr(args, k) for k in _CONFIG_FLAGS if getattr(args, k) is not None}
     if not args.update:
         if old is None:
-            raise CliError(f"{ref_path}: no reference file; create it with 'tokenbench gate --update --reference {ref_path}' "
+            raise UsageError(f"{ref_path}: no reference file; create it with 'tokenbench gate --update --reference {ref_path}' "
                            "(options --strategies, --keep/--budget, --limit, --model, --task, --mode)")
         if flags or args.mode:
-            raise CliError(f"--{next(iter(flags), 'mode').replace('_', '-')} applies only with --update; the gate runs the configuration in {ref_path}")
+            raise UsageError(f"--{next(iter(flags), 'mode').replace('_', '-')} applies only with --update; the gate runs the configuration in {ref_path}")
     config = new_config(old, flags, args)
     mode = args.mode or (old or {}).get("mode", "deterministic")
     device, dtype = args.device or config["device"], args.dtype or config["dtype"]
@@ -113,9 +113,9 @@ def _load(path: Path, text: str) -> dict[str, Any]:
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise CliError(f"{path}: not a gate reference (invalid JSON: {exc})") from None
+        raise UsageError(f"{path}: not a gate reference (invalid JSON: {exc})") from None
     if not isinstance(obj, dict) or obj.get("version") != VERSION or obj.get("mode") not in MODES:
-        raise CliError(f"{path}: not a version-{VERSION} gate reference (needs 'version': 1 and 'mode' one of {', '.join(MODES)})")
+        raise UsageError(f"{path}: not a version-{VERSION} gate reference (needs 'version': 1 and 'mode' one of {', '.join(MODES)})")
     return obj
 
 
@@ -130,7 +130,7 @@ def new_config(old: dict[str, Any] | None, flags: dict[str, Any], args: argparse
     if not config.get("strategies"):
         config["strategies"] = default_strategies(str(config.get("task", "shapes")))
     if config.get("budget") and config.get("keep"):
-        raise CliError("--budget and --keep are exclusive: give token counts or keep fractions, not both")
+        raise UsageError("--budget and --keep are exclusive: give token counts or keep fractions, not both")
     return config
 
 
@@ -160,11 +160,11 @@ def _run(config: dict[str, Any], device: str, dtype: str, store: str | None) -> 
 
     model = None if is_reference(config.get("model")) else str(config["model"])
     if model is None and not (Path(reference_model_path()) / "config.json").is_file():
-        raise CliError(f"the embedded reference checkpoint is not installed ({reference_model_path()}); pass --model PATH")
+        raise UsageError(f"the embedded reference checkpoint is not installed ({reference_model_path()}); pass --model PATH")
     try:
         specs = parse_strategies(str(config["strategies"]))
     except ValueError as exc:
-        raise CliError(str(exc)) from None
+        raise UsageError(str(exc)) from None
     budgets = Budget.parse_counts(str(config["budget"])) if config.get("budget") else Budget.parse_fractions(str(config["keep"])) if config.get("keep") else []
     with tempfile.TemporaryDirectory(prefix="tokenbench-gate-") as tmp:
         request = CompareRequest(strategies=specs, budgets=budgets, model=model, task=config.get("task"), limit=config.get("limit"),

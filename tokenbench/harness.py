@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 
 from tokenbench.adapter import Adapter, GenerationResult
 from tokenbench.budget import Budget
+from tokenbench.errors import SampleFailure, StrategyFailure
 from tokenbench.store import SampleRecord, Store
 from tokenbench.strategy import Strategy
 from tokenbench.task import Sample, Task, TaskDataError
@@ -154,16 +155,26 @@ def evaluate(
     return already
 
 
-class SampleFailure(RuntimeError):
-    """Raised with ``--on-error fail`` at the first failing sample."""
-
-
 def _run_chunk(adapter: Adapter, task: Task, chunk: Sequence[tuple[int, Sample]], strategy: Strategy, budget: Budget, seed: int, labels: Sequence[str]) -> list[SampleRecord]:
+    """One batch; a failing sample is recorded alone and never costs the others.
+
+    A :class:`~tokenbench.errors.StrategyFailure` names the sample that broke (its index
+    in the batch): that sample is recorded as an error and the rest rerun as one batch.
+    Any other exception (an unreadable image, an adapter error) gives no index, so the
+    batch is rerun one sample at a time to find the culprit.
+    """
     samples = [s for _, s in chunk]
     try:
         prompts = [task.prompt(s, adapter.family) for s in samples]
         results = adapter.generate(samples, prompts, strategy, budget, seed=seed, max_new_tokens=task.max_new_tokens)
         return [_record(task, s, pos, r, strategy, labels) for (pos, s), r in zip(chunk, results)]
+    except StrategyFailure as exc:
+        if not 0 <= exc.index < len(chunk):
+            raise
+        bad = chunk[exc.index]
+        rest = [item for i, item in enumerate(chunk) if i != exc.index]
+        done = _run_chunk(adapter, task, rest, strategy, budget, seed, labels) if rest else []
+        return sorted([*done, _error(bad[1], bad[0], _reason(exc))], key=lambda r: r.position)
     except Exception as exc:  # noqa: BLE001 - isolate: retry one by one to find the culprit
         if len(chunk) == 1:
             return [_error(chunk[0][1], chunk[0][0], _reason(exc))]

@@ -20,7 +20,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any
 
-from tokenbench.cli import CliError
+from tokenbench.errors import UsageError
 
 _ESCAPES = {"\\": "\\\\", "|": "\\|", "`": "\\`", "*": "\\*", "_": "\\_", "[": "\\[", "]": "\\]", "#": "\\#",
             "<": "&lt;", ">": "&gt;", "&": "&amp;"}
@@ -52,7 +52,7 @@ def add_parser(sub: Any) -> None:
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     if not Path(args.store).is_file():
-        raise CliError(f"{args.store}: no results store there; run 'tokenbench compare' first or pass --store PATH")
+        raise UsageError(f"{args.store}: no results store there; run 'tokenbench compare' first or pass --store PATH")
     run_ids = [r.strip() for r in args.runs.split(",") if r.strip()] if args.runs else None
     for path in write_leaderboards(args.store, args.out, run_ids):
         print(f"tokenbench: wrote {path}", file=sys.stderr)
@@ -71,7 +71,7 @@ def write_leaderboards(store_path: str | Path, out_dir: str | Path, run_ids: lis
     try:
         groups = group_runs(store, run_ids)
         if not groups:
-            raise CliError(f"{store_path}: no runs to publish")
+            raise UsageError(f"{store_path}: no runs to publish")
         reg = get_registry()
         names: dict[str, int] = {}
         for runs in groups:

@@ -11,7 +11,8 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from tokenbench.compare import REFERENCE_MODEL, Comparison, UsageError
+from tokenbench.compare import REFERENCE_MODEL, Comparison
+from tokenbench.errors import UsageError
 
 MARKERS = "osD^vP<>Xhp*"
 INSTALL_HINT = "pip install 'tokenbench[plot]'"

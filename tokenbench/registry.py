@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterable, Literal
 import pluggy
 
 from tokenbench import hookspecs
+from tokenbench.errors import PluginError, UnknownNameError
 
 Family = Literal["strategies", "adapters", "tasks"]
 FAMILIES: tuple[Family, ...] = ("strategies", "adapters", "tasks")
@@ -36,14 +37,6 @@ _BASES: dict[Family, str] = {
 }
 _SINGULAR = {"strategies": "strategy", "adapters": "adapter", "tasks": "task"}
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
-
-
-class PluginError(Exception):
-    """A plugin or an entry could not be loaded; the message names it."""
-
-
-class UnknownNameError(LookupError):
-    """A name that no plugin registered; the message suggests close matches."""
 
 
 @dataclass(frozen=True)

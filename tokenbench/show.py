@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from tokenbench.cli import CliError
+from tokenbench.errors import UsageError
 
 KEPT_COLOUR = "#00d5ff"
 RELEVANT_COLOUR = "#ff2d8a"
@@ -49,7 +49,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     require_matplotlib("tokenbench show")
     if args.budget and args.keep:
-        raise CliError("--budget and --keep are exclusive: give token counts or keep fractions, not both")
+        raise UsageError("--budget and --keep are exclusive: give token counts or keep fractions, not both")
     budgets = Budget.parse_counts(args.budget) if args.budget else Budget.parse_fractions(args.keep) if args.keep else []
     request = CompareRequest(strategies=_parse(parse_strategies, args.strategies), budgets=budgets, model=args.model, task=args.task,
                              task_options=_options(args.task_option, "--task-option"), adapter=args.adapter, seed=args.seed,
@@ -62,7 +62,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def show(request: Any, sample_id: str, out: str | Path) -> Path:
     """Run ``request``'s strategies on one sample and write the figure to ``out``."""
     from tokenbench.budget import FULL, Budget
-    from tokenbench.compare import UsageError, prepare
+    from tokenbench.compare import prepare
     from tokenbench.registry import get_registry, unknown_name_message
 
     task, samples, strategies, adapter_cls, model = prepare(request, get_registry())
@@ -132,7 +132,7 @@ def draw(sample: Any, panels: Sequence[tuple[str, str, Any, float]], out: str | 
 
     cells = [(label, budget, res, score, stage, kept) for label, budget, res, score in panels for stage, kept in stages(res)]
     if not cells:
-        raise CliError("no panels to draw: none of the strategies ran")
+        raise UsageError("no panels to draw: none of the strategies ran")
     ncols = min(4, len(cells))
     nrows = math.ceil(len(cells) / ncols)
     fig = new_figure(3.6 * ncols, 4.1 * nrows + 0.9)

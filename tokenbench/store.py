@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from tokenbench.errors import StoreError
+
 SCHEMA_VERSION = 1
 DEFAULT_STORE = "tokenbench-results.db"
 
@@ -54,10 +56,6 @@ CREATE TABLE IF NOT EXISTS measurements (
     PRIMARY KEY (run_id, name)
 );
 """
-
-
-class StoreError(RuntimeError):
-    """The store cannot be used as it is (newer schema, unreadable file)."""
 
 
 @dataclass(frozen=True)

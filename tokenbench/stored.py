@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 from tokenbench.budget import FULL, Budget
 from tokenbench.compare import Comparison, RunResult
+from tokenbench.errors import UsageError
 from tokenbench.store import RunInfo, Store
 
 #: the configuration keys that vary inside one comparison
@@ -108,7 +109,6 @@ def comparison_from_store(store: Store, run_ids: Sequence[str] | None = None, re
     The samples are the baseline run's, in stored order; rows are paired with the
     baseline on the samples both answered, as in the live table.
     """
-    from tokenbench.compare import UsageError
     from tokenbench.registry import get_registry
 
     groups = group_runs(store, run_ids)

@@ -28,6 +28,8 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping
 
+from tokenbench.errors import SelectionError
+
 if TYPE_CHECKING:  # torch is imported lazily so that listing plugins stays torch-free
     import torch
 
@@ -190,10 +192,6 @@ class Selection:
         return int(self.keep.numel()) + extra
 
 
-class SelectionError(ValueError):
-    """A strategy returned a selection that breaks the contract."""
-
-
 def validate_selection(selection: object, ctx: StageContext) -> Selection:
     """Check a plugin's output against the contract; raise :class:`SelectionError`.
 
@@ -202,7 +200,7 @@ def validate_selection(selection: object, ctx: StageContext) -> Selection:
     >>> validate_selection(Selection(keep=torch.tensor([2, 1])), ctx)
     Traceback (most recent call last):
     ...
-    tokenbench.strategy.SelectionError: keep indices are not sorted ascending
+    tokenbench.errors.SelectionError: keep indices are not sorted ascending
     """
     import torch
 

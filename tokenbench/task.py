@@ -15,11 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Mapping, Sequence
 
+from tokenbench.errors import TaskDataError
+
 MetricKind = Literal["binary", "continuous"]
-
-
-class TaskDataError(ValueError):
-    """A task's input file is missing or malformed; the message names file and line."""
 
 
 @dataclass(frozen=True)
