@@ -95,7 +95,9 @@ class HeldOut:
                     position=pos_ok / (len(self.scenes) * G * G))
 
 
-def final_eval(out_dir: Path, n_eval: int, bs: int = 60):
+def final_eval(out_dir: Path, n_eval: int, bs: int = 60, order: str = "question-first"):
+    """Accuracy by kind of the exported checkpoint through processor + ``generate``; its
+    chat template must render the prompts of ``order`` (the script's --prompt-order)."""
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     proc = AutoProcessor.from_pretrained(out_dir)
@@ -108,7 +110,7 @@ def final_eval(out_dir: Path, n_eval: int, bs: int = 60):
         texts = [proc.apply_chat_template(
             [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q.question}]}],
             add_generation_prompt=True) for _, q in chunk]
-        assert texts[0] == S.prompt(chunk[0][1].question), texts[0]
+        assert texts[0] == S.prompt(chunk[0][1].question, order), texts[0]
         inputs = proc(images=[S.render(s) for s, _ in chunk], text=texts, return_tensors="pt", padding=True)
         out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
         dec = proc.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
@@ -139,7 +141,7 @@ def final_eval(out_dir: Path, n_eval: int, bs: int = 60):
 
 
 def check_pipeline(out_dir: Path, enc):
-    """Processor output == training-time ids/pixels for one example."""
+    """Processor output == training-time ids/pixels (of ``enc``'s prompt order) for one example."""
     from transformers import AutoProcessor
 
     proc = AutoProcessor.from_pretrained(out_dir)
@@ -147,7 +149,7 @@ def check_pipeline(out_dir: Path, enc):
     text = proc.apply_chat_template(
         [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q.question}]}],
         add_generation_prompt=True)
-    assert text == S.prompt(q.question), repr(text)
+    assert text == S.prompt(q.question, enc.order), repr(text)
     inp = proc(images=[S.render(s)], text=[text], return_tensors="pt")
     assert inp["input_ids"][0].tolist() == enc.prompt_ids(q.question), "token ids differ"
     diff = (inp["pixel_values"] - pixels([S.render(s)])).abs().max().item()

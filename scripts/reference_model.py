@@ -9,6 +9,7 @@ logits and the VQA loss (with attention supervision and token dropping).  Used b
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 import time
 from pathlib import Path
@@ -38,21 +39,36 @@ SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
 MARKERS = ["<bg>"] + [f"<r{i}>" for i in range(S.GRID)] + [f"<c{i}>" for i in range(S.GRID)]
 CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}USER: "
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for c in message['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
-    "{{ '\\n' }}"  # an expression: chat templates trim the newline after a block tag
-    "{% for c in message['content'] %}{% if c['type'] == 'image' %}<image>{% endif %}{% endfor %}"
-    "{% endif %}"
-    "{% elif message['role'] == 'assistant' %} ASSISTANT: "
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for c in message['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
-    "{% endif %}</s>"
-    "{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %} ASSISTANT:{% endif %}"
-)
+_TEXT = "{% for c in message['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
+_IMAGE = "{% for c in message['content'] %}{% if c['type'] == 'image' %}<image>{% endif %}{% endfor %}"
+_NL = "{{ '\\n' }}"  # an expression: chat templates trim the newline after a block tag
+
+
+def _chat_template(user: str) -> str:
+    return (
+        "{% for message in messages %}"
+        "{% if message['role'] == 'user' %}USER: "
+        "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+        + user +
+        "{% endif %}"
+        "{% elif message['role'] == 'assistant' %} ASSISTANT: "
+        "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+        + _TEXT +
+        "{% endif %}</s>"
+        "{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %} ASSISTANT:{% endif %}"
+    )
+
+
+# the processor's chat template for each prompt order: it renders S.prompt(question, order)
+# for a user turn of one image and one text, whatever the order of the two in the content list
+CHAT_TEMPLATES = {
+    "question-first": _chat_template(_TEXT + _NL + _IMAGE),
+    "image-first": _chat_template(_IMAGE + _NL + _TEXT),
+    "both": _chat_template(_TEXT + _NL + _IMAGE + _NL + _TEXT),
+}
+assert set(CHAT_TEMPLATES) == set(S.PROMPT_ORDERS)
+CHAT_TEMPLATE = CHAT_TEMPLATES["question-first"]  # the shipped reference's
 N_PAIRS = len(S.COLOUR_NAMES) * len(S.SHAPES)
 
 
@@ -89,7 +105,9 @@ def build_tokenizer():
     return tok
 
 
-def build_processor(tok):
+def build_processor(tok, order: str = "question-first"):
+    """The processor saved with the model; its chat template puts the question and the
+    image in ``order`` (one of S.PROMPT_ORDERS), as the training prompts do."""
     from transformers import CLIPImageProcessor, LlavaProcessor
 
     ip = CLIPImageProcessor(
@@ -111,7 +129,7 @@ def build_processor(tok):
         patch_size=S.CELL,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
-        chat_template=CHAT_TEMPLATE,
+        chat_template=CHAT_TEMPLATES[order],
     )
 
 
@@ -153,24 +171,60 @@ def pixels(images) -> torch.Tensor:
 
 
 class Encoder:
-    """Token ids of (prompt [+ answer + EOS]) with <image> expanded to 144 tokens."""
+    """Token ids of (prompt [+ answer + EOS]) with <image> expanded to 144 tokens, for
+    the prompt order ``order`` (one of S.PROMPT_ORDERS: where the question goes relative
+    to the image)."""
 
-    def __init__(self, tok):
+    def __init__(self, tok, order: str = "question-first"):
+        if order not in S.PROMPT_ORDERS:
+            raise ValueError(f"prompt order {order!r}; one of {', '.join(S.PROMPT_ORDERS)}")
         self.tok = tok
+        self.order = order
         self.image_id = tok.convert_tokens_to_ids("<image>")
         self.eos = tok.eos_token_id
         self.pad = tok.pad_token_id
         self.cache: dict[str, list[int]] = {}
+        self.qcache: dict[str, list[int]] = {}
+
+    def _expand(self, raw: list[int]) -> list[int]:
+        ids = []
+        for t in raw:
+            ids.extend([t] * (S.GRID * S.GRID) if t == self.image_id else [t])
+        return ids
 
     def prompt_ids(self, question: str) -> list[int]:
         ids = self.cache.get(question)
         if ids is None:
-            raw = self.tok(S.prompt(question))["input_ids"]
-            ids = []
-            for t in raw:
-                ids.extend([t] * (S.GRID * S.GRID) if t == self.image_id else [t])
+            ids = self._expand(self.tok(S.prompt(question, self.order))["input_ids"])
             self.cache[question] = ids
         return ids
+
+    def question_positions(self, question: str) -> list[int]:
+        """Indices in ``prompt_ids(question)`` of the question's own tokens (every copy of
+        it, wherever the prompt order puts it; not the template's "USER:", the image, or
+        " ASSISTANT:")."""
+        pos = self.qcache.get(question)
+        if pos is None:
+            # the template, piece by piece: the word-level tokenizer splits on whitespace and
+            # punctuation, so the pieces' tokens concatenate to the whole prompt's
+            ids, pos = [self.tok.bos_token_id], []
+            for piece in re.split(r"(\{question\})", S.PROMPT_TEMPLATES[self.order]):
+                text = question if piece == "{question}" else piece
+                toks = self._expand(self.tok(text, add_special_tokens=False)["input_ids"]) if text else []
+                if piece == "{question}":
+                    pos.extend(range(len(ids), len(ids) + len(toks)))
+                ids.extend(toks)
+            assert ids == self.prompt_ids(question), (question, self.order)
+            self.qcache[question] = pos
+        return pos
+
+    def question_mask(self, qs, length: int) -> torch.Tensor:
+        """(B, length) bool: the positions of each question's own tokens (see
+        ``question_positions``) in the ids of ``batch(qs)``."""
+        m = torch.zeros(len(qs), length, dtype=torch.bool)
+        for i, q in enumerate(qs):
+            m[i, self.question_positions(q.question)] = True
+        return m
 
     def answer_id(self, answer: str) -> int:
         return self.tok.convert_tokens_to_ids(answer)
@@ -333,13 +387,15 @@ def lm_answer_logits(model, ids, last, vis_hidden, att_heads=None, keep=None, lo
 
 
 def vqa_loss(model, ids, last, ans, eos, vis_hidden, rel=None, att_heads=None, att_w=0.0, key_ids=None, keep=None,
-             local=None, local_w=1.0):
+             local=None, local_w=1.0, question_mask=None):
     """Answer(+EOS) cross-entropy; optionally plus att_w * attention supervision:
     -log(attention mass on the relevant cells) for the given (layer, head)s at the
     answer position (a training-only auxiliary loss; the model stays stock).
     att_heads: (cell_heads, question_heads): cell heads are pushed onto the relevant image
     cells, question heads onto the question's words (this breaks the chicken-and-egg
-    plateau where the answer position neither knows the question nor looks at the image).
+    plateau where the answer position neither knows the question nor looks at the image);
+    question_mask (B, L) bool (``Encoder.question_mask``) marks the question's words wherever
+    the prompt order puts them, and key_ids narrows them to its content words.
     local: ([(layer, head), ...], pairs (B, 2) of (query cell, key cell), -1 where a
     sample has none): those heads are pushed, at the query cell, onto the key cell, with
     weight local_w (when att_w > 0)."""
@@ -361,9 +417,9 @@ def vqa_loss(model, ids, last, ans, eos, vis_hidden, rel=None, att_heads=None, a
         nc = len(cell_heads)
         masses = [(att[:, :nc] * target[:, None]).sum(-1)]
         if q_heads:
-            pos = torch.arange(L)[None]
-            img_start = img.long().argmax(1)  # the question comes before the image
-            qmask = pos < img_start[:, None]  # question words (and the "USER:" prefix)
+            if question_mask is None:
+                raise ValueError("question heads need the question's positions (Encoder.question_mask)")
+            qmask = question_mask
             if key_ids is not None:  # only its content words (colours, shapes, directions)
                 qmask = qmask & torch.isin(ids, key_ids)
             qmask = qmask.float()

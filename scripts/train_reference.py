@@ -33,11 +33,18 @@ optimizer, rng states and (stage, step) is written to --workdir every
 --ckpt-every seconds; rerunning the same command resumes exactly.  Results depend
 on --threads (CPU reduction order): the documented setting is 2.
 
-The prompt puts the question before the image ("USER: {question}\n<image>
-ASSISTANT:", the processor's chat template): with the image first, every stage-B run
-sat at the answer prior, because the answer position had to learn
-question-conditioned retrieval over 144 tokens from scratch; with the question first,
-each visual token can condition on it and B learns within a few hundred steps.
+--prompt-order sets where the question goes (the training prompts and the chat
+template exported with the model, so that the harness prompts the model as it was
+trained; stage A does not read a prompt):
+  question-first  "USER: {question}\n<image> ASSISTANT:" (the default, the shipped one)
+  image-first     "USER: <image>\n{question} ASSISTANT:" (LLaVA's own order, the one
+                  text-side pruning methods assume)
+  both            "USER: {question}\n<image>\n{question} ASSISTANT:"
+With the image first, every stage-B run before attention supervision, order supervision,
+the curriculum and pruned-input batches existed sat at the answer prior, because the
+answer position had to learn question-conditioned retrieval over 144 tokens from
+scratch; with the question first, each visual token can condition on it and B learns
+within a few hundred steps.
 
 Run (from an empty --workdir; the defaults are the shipped recipe):
     python scripts/train_reference.py --device cpu --threads 2 --workdir DIR --out OUT
@@ -227,8 +234,9 @@ def run_stage(stage, args, model, head, enc, tok, heldout, ckpt_path, resume_sta
         order = bool(local_heads) and (stage == "C" or step >= args.relation_order_from)
         rel = enc.relevance(qs, relation_later_cell=order)
         local = (local_heads, enc.relation_pairs(qs)) if order else None
+        qmask = enc.question_mask(qs, ids.shape[1]) if att_heads[1] else None
         return vqa_loss(model, ids, last, ans, enc.eos, vh, rel, att_heads, args.att_sup, key_ids, keep=keep,
-                        local=local, local_w=args.relation_local_w)
+                        local=local, local_w=args.relation_local_w, question_mask=qmask)
     last_ckpt = time.time()
     t0 = time.time()
     run_loss, run_acc, run_n = 0.0, 0.0, 0
@@ -309,8 +317,13 @@ def run_stage(stage, args, model, head, enc, tok, heldout, ckpt_path, resume_sta
 _NOT_RECIPE = {"out", "workdir", "resume", "log_every", "eval_every", "heldout", "ckpt_every", "n_eval", "fp16"}
 
 
+# recipe flags added later, with the value every checkpoint saved before them was trained with
+_ADDED_FLAGS = {"prompt_order": "question-first"}
+
+
 def flags_changed(saved: dict, now: dict) -> list[str]:
     """'--flag: checkpoint X, now Y' for every recipe flag whose value differs."""
+    saved = {**_ADDED_FLAGS, **saved}
     return [f"--{k.replace('_', '-')}: checkpoint {saved[k]!r}, now {now[k]!r}"
             for k in sorted(now) if k not in _NOT_RECIPE and k in saved and saved[k] != now[k]]
 
@@ -323,6 +336,9 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--prompt-order", default="question-first", choices=list(S.PROMPT_ORDERS),
+                    help="where the question goes relative to the image, in the training prompts and in the "
+                         "chat template exported with the model")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--steps-a", type=int, default=480)
     ap.add_argument("--steps-b", type=int, default=2800)
@@ -386,7 +402,7 @@ def main():
     out = Path(args.out)
 
     tok = build_tokenizer()
-    enc = Encoder(tok)
+    enc = Encoder(tok, args.prompt_order)
     model = build_model(tok)
     head = torch.nn.Linear(model.config.vision_config.hidden_size, N_PAIRS)
     n_params = sum(p.numel() for p in model.parameters())
@@ -420,11 +436,11 @@ def main():
     if args.fp16:
         model.half()
     model.save_pretrained(out, safe_serialization=True)
-    build_processor(tok).save_pretrained(out)
+    build_processor(tok, args.prompt_order).save_pretrained(out)
     size_mb = sum(f.stat().st_size for f in out.iterdir()) / 1e6
     log(f"saved {out} ({size_mb:.1f} MB)")
     check_pipeline(out, enc)
-    res, sizes, cov, wrong = final_eval(out, args.n_eval)
+    res, sizes, cov, wrong = final_eval(out, args.n_eval, order=args.prompt_order)
     log(f"FINAL eval (HF generate, n={sum(sizes.values())}, per kind {sizes}): "
         + " ".join(f"{k}={v:.4f}" for k, v in res.items()))
     log(f"[CLS]-attention object coverage (last vision layer): {cov}")

@@ -105,6 +105,48 @@ def test_the_shipped_processor_gives_the_ids_and_pixels_the_script_trained_on(rm
         sys.path.remove(str(SCRIPTS))
     checkpoint = Path(str(resources.files("tokenbench.reference") / "checkpoint"))
     reference_eval.check_pipeline(checkpoint, rm.Encoder(rm.build_tokenizer()))  # raises on any difference
+    # the shipped model reads the question first: the script's default order
+    assert (checkpoint / "chat_template.jinja").read_text() == rm.CHAT_TEMPLATES["question-first"]
+
+
+@pytest.mark.parametrize("order", ["question-first", "image-first", "both"])
+def test_each_prompt_order_puts_the_144_image_tokens_in_place_and_exports_its_own_template(rm, order, tmp_path):
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        import reference_eval
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    tok = rm.build_tokenizer()
+    enc = rm.Encoder(tok, order)
+    image_id = tok.convert_tokens_to_ids("<image>")
+    prefix = tok("USER:", add_special_tokens=False)["input_ids"]
+    suffix = tok(" ASSISTANT:", add_special_tokens=False)["input_ids"]
+    for _, q in rm.S.eval_split(12):
+        ids = enc.prompt_ids(q.question)
+        words = tok(q.question, add_special_tokens=False)["input_ids"]
+        image = [image_id] * 144
+        expected = {"question-first": words + image, "image-first": image + words, "both": words + image + words}[order]
+        assert ids == [tok.bos_token_id] + prefix + expected + suffix, (order, q.id)
+        assert ids.count(image_id) == 144
+        pos = enc.question_positions(q.question)
+        assert [ids[i] for i in pos] == words * (2 if order == "both" else 1)
+    # the exported processor renders and tokenizes the training prompt (raises on any difference)
+    rm.build_processor(tok, order).save_pretrained(tmp_path)
+    reference_eval.check_pipeline(tmp_path, enc)
+
+
+def test_with_the_question_first_its_mask_is_the_one_before_the_image(rm, questions):
+    """The question heads' target (content words of the question) is unchanged for the
+    shipped order: before --prompt-order it was every content word before the image."""
+    tok = rm.build_tokenizer()
+    enc = rm.Encoder(tok)
+    ids, _, _ = enc.batch(questions)
+    key_ids = torch.tensor([tok.get_vocab()[w] for w in list(rm.S.COLOUR_NAMES) + list(rm.S.SHAPES)
+                            + ["left", "right", "above", "below"]])
+    img = ids == tok.convert_tokens_to_ids("<image>")
+    before_image = torch.arange(ids.shape[1])[None] < img.long().argmax(1)[:, None]
+    assert torch.equal(enc.question_mask(questions, ids.shape[1]) & torch.isin(ids, key_ids),
+                       before_image & torch.isin(ids, key_ids))
 
 
 def test_with_scenes_a_pruned_sample_also_keeps_the_objects_beside_its_relevant_cells(rm):

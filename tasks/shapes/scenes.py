@@ -65,11 +65,20 @@ NUMBER_WORDS: tuple[str, ...] = ("zero", "one", "two", "three", "four", "five")
 COUNT_RANGE: tuple[int, int] = (1, 3)  # answers one / two / three
 BACKGROUND = (200, 200, 200)
 NOISE = 6  # +- uniform per-pixel background noise
-# The question comes before the image: with causal attention the visual tokens can then
-# condition on it. Image-first (LLaVA-1.5's own order) did not train from scratch on
-# 2 CPU cores: the answer position must learn question-conditioned retrieval over 144
-# tokens at once, and every run sat at the answer prior (see README, reference model).
-PROMPT_TEMPLATE = "USER: {question}\n<image> ASSISTANT:"
+# Where the question goes relative to the image, by prompt order.  The shipped reference
+# reads the question before the image: with causal attention the visual tokens can then
+# condition on it.  Image-first is LLaVA-1.5's own order (the one text-side pruning
+# methods assume); before the answer position's attention was supervised onto the answer
+# cells, every image-first run sat at the answer prior, because that position had to learn
+# question-conditioned retrieval over 144 tokens at once (docs/reference-model/README.md).
+# "both" is the fallback: the question before the image and again after it.
+PROMPT_TEMPLATES: dict[str, str] = {
+    "question-first": "USER: {question}\n<image> ASSISTANT:",
+    "image-first": "USER: <image>\n{question} ASSISTANT:",
+    "both": "USER: {question}\n<image>\n{question} ASSISTANT:",
+}
+PROMPT_ORDERS: tuple[str, ...] = tuple(PROMPT_TEMPLATES)
+PROMPT_TEMPLATE = PROMPT_TEMPLATES["question-first"]  # the shipped reference's
 _SS = 2  # supersampling factor for anti-aliased drawing
 
 
@@ -320,9 +329,10 @@ def _make(rng, kind, n_objects, qid=None, **kw) -> tuple[Scene, ShapesQuestion]:
 # public API
 
 
-def prompt(question: str) -> str:
-    """The LLaVA-1.5 style prompt for ``question`` (answer follows as ' {answer}' + EOS)."""
-    return PROMPT_TEMPLATE.format(question=question)
+def prompt(question: str, order: str = "question-first") -> str:
+    """The LLaVA-1.5 style prompt for ``question`` with the question and the image in
+    ``order`` (one of PROMPT_ORDERS); the answer follows as ' {answer}' + EOS."""
+    return PROMPT_TEMPLATES[order].format(question=question)
 
 
 def sample(
