@@ -42,5 +42,5 @@ class AttentionOnly(Strategy):
         return (StageSpec.vision("saliency"),)
 
     def select(self, ctx: StageContext) -> Selection:
-        assert ctx.saliency is not None
-        return Selection(keep=top_k_sorted(ctx.saliency, min(ctx.budget, ctx.num_tokens)), scores=ctx.saliency)
+        saliency = ctx.require("saliency")
+        return Selection(keep=top_k_sorted(saliency, min(ctx.budget, ctx.num_tokens)), scores=saliency)

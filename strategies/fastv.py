@@ -92,7 +92,6 @@ class FastV(Strategy):
         b = min(ctx.budget, n)
         if ctx.stage.kind == "vision":  # K = 0: the official code's random fallback
             return Selection(keep=random_keep(n, b, ctx.generator))
-        assert ctx.attention is not None, "fastv needs the attention signal"
-        att = ctx.attention.float()
+        att = ctx.require("attention").float()
         scores = att[-1] if ctx.stage.query == "last" else att.mean(dim=0)
         return Selection(keep=top_k_sorted(scores, b), scores=scores)

@@ -149,7 +149,7 @@ def layer_average(num_visual: int, num_layers: int, layers: tuple[int, ...], cou
     >>> layer_average(576, 32, (2, 6, 15), (300, 200, 110))
     188.1875
     """
-    total = layers[0] * num_visual
+    total: float = layers[0] * num_visual
     bounds = list(layers[1:]) + [num_layers]
     for start, end, k in zip(layers, bounds, counts):
         total += (end - start) * k
@@ -284,12 +284,10 @@ class SparseVLM(Strategy):
     def select(self, ctx: StageContext) -> Selection:
         state = ctx.state.setdefault(_STATE, {})
         if ctx.stage.kind == "vision":
-            assert ctx.text_embeddings is not None, "sparsevlm needs the text embeddings at the vision stage"
             state["visual"] = ctx.tokens.detach().float().clone()
-            state["text"] = ctx.text_embeddings.detach().float().clone()
+            state["text"] = ctx.require("text_embeddings").detach().float().clone()
             return Selection(keep=torch.arange(ctx.num_tokens, device=ctx.tokens.device))
-        assert ctx.attention is not None, "sparsevlm needs the text-row attention"
-        att = ctx.attention.float()
+        att = ctx.require("attention").float()
         if "raters" not in state:
             state["raters"] = self._raters(state, att)
         raters = state["raters"]

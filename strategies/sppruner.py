@@ -170,7 +170,6 @@ class SPPruner(Strategy):
         "ring_keep": 0.5,
         "progressive_ratio": 0.75,
     }
-    budget_convention = "tokens"
     default_keep = 128 / 576
 
     def __init__(self, **params: object) -> None:
@@ -191,10 +190,10 @@ class SPPruner(Strategy):
         if int(p["max_subjects"]) < 1:
             raise ValueError(f"sppruner: max_subjects must be >= 1, got {p['max_subjects']}")
         if p["progressive"]:
-            self.budget_convention = "layer_average"  # type: ignore[misc]
+            self.budget_convention = "layer_average"
 
     def schedule(self, model: ModelInfo) -> tuple[StageSpec, ...]:
-        stages = (StageSpec.vision("saliency", "text_embeddings"),)
+        stages: tuple[StageSpec, ...] = (StageSpec.vision("saliency", "text_embeddings"),)
         if self.params["progressive"]:
             p = progressive_split(1, 1, model.num_layers, float(self.params["progressive_ratio"]))[0]
             stages += (StageSpec.llm(p - 1, "attention", query="text"),)
@@ -345,7 +344,6 @@ class SPPruner(Strategy):
         return num / den[:, None]
 
     def _progressive(self, ctx: StageContext) -> Selection:
-        assert ctx.attention is not None, "sppruner's progressive stage needs the text-row attention"
         _, _, b2 = progressive_split(ctx.budget, ctx.num_visual, ctx.num_layers, float(self.params["progressive_ratio"]))
-        scores = ctx.attention.float().mean(dim=0)
+        scores = ctx.require("attention").float().mean(dim=0)
         return Selection(keep=top_k_sorted(scores, min(b2, ctx.num_tokens)), scores=scores)

@@ -48,7 +48,7 @@ def test_compare_table_is_printed(tiny_llava: Path, jsonl_task: Path, tmp_path: 
         (["--strategies", "fastvv"], "unknown strategy 'fastvv'; did you mean 'fastv'?"),
         (["--strategies", "random", "--keep", "1.5"], "--keep must be in (0, 1], got 1.5"),
         (["--strategies", "random", "--budget", "0"], "--budget values must be positive integers, got 0"),
-        (["--strategies", "random", "--budget", "64", "--keep", "0.2"], "--budget and --keep are exclusive"),
+        (["--strategies", "random", "--budget", "64", "--keep", "0.2"], "argument --keep: not allowed with argument --budget"),
         (["--strategies", "random", "--budget", "99999"], "--budget 99999 exceeds the model's 36 visual tokens per image"),
         (["--strategies", "random:nope=1"], "strategy 'random' has no parameter 'nope' (valid: none)"),
         (["--strategies", "random", "--task", "popee:/x"], "unknown task 'popee'; did you mean 'pope'?"),

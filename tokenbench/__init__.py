@@ -23,6 +23,7 @@ from tokenbench.errors import (
     UsageError,
 )
 from tokenbench.hookspecs import Register, hookimpl
+from tokenbench.named_model import NamedModel
 from tokenbench.registry import get_registry
 from tokenbench.strategy import ModelInfo, Selection, StageContext, StageSpec, Strategy
 from tokenbench.task import Sample, Task
@@ -37,6 +38,7 @@ __all__ = [
     "MeasurementError",
     "ModelInfo",
     "ModelLoadError",
+    "NamedModel",
     "PluginError",
     "Register",
     "Sample",

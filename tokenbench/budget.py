@@ -47,6 +47,23 @@ class Budget:
             raise BudgetError(f"--keep takes fractions separated by commas, got {text!r}") from None
         return [cls("fraction", v) for v in values]
 
+    @classmethod
+    def parse_option(cls, counts: str | None, fractions: str | None) -> list[Budget]:
+        """The budgets of ``--budget`` or ``--keep`` (exclusive); none given: ``[]`` (each strategy's default).
+
+        >>> [b.label for b in Budget.parse_option("64,128", None)]
+        ['64', '128']
+        >>> Budget.parse_option("64", "0.5")
+        Traceback (most recent call last):
+        ...
+        tokenbench.errors.BudgetError: --budget and --keep are exclusive: give token counts or keep fractions, not both
+        """
+        if counts and fractions:
+            raise BudgetError("--budget and --keep are exclusive: give token counts or keep fractions, not both")
+        if counts:
+            return cls.parse_counts(counts)
+        return cls.parse_fractions(fractions) if fractions else []
+
     @property
     def label(self) -> str:
         if self.kind == "count":

@@ -11,10 +11,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, NoReturn, Sequence
 
+from tokenbench import gate, leaderboard, show
+from tokenbench.cli_options import add_budget_options, add_model_options, budgets, key_values, strategy_specs
 from tokenbench.errors import TokenbenchError, UsageError
 from tokenbench.registry import FAMILIES, get_registry
+from tokenbench.store import DEFAULT_STORE
 
 EXIT_USAGE = 2
 
@@ -42,44 +45,23 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 # -- compare -------------------------------------------------------------------------
-def _options(items: Sequence[str] | None, flag: str) -> dict[str, str]:
-    out = {}
-    for item in items or ():
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise UsageError(f"{flag} takes key=value, got {item!r}")
-        out[key] = value
-    return out
-
-
-def _parse(fn: Callable[[str], Any], text: str) -> Any:
-    try:
-        return fn(text)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
-    from tokenbench.budget import Budget
     from tokenbench.compare import CompareRequest, run_comparison
-    from tokenbench.harness import Progress, parse_strategies
+    from tokenbench.harness import Progress
     from tokenbench.report import render
 
-    if args.budget and args.keep:
-        raise UsageError("--budget and --keep are exclusive: give token counts or keep fractions, not both")
-    budgets = Budget.parse_counts(args.budget) if args.budget else Budget.parse_fractions(args.keep) if args.keep else []
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     request = CompareRequest(
-        strategies=_parse(parse_strategies, args.strategies),
-        budgets=budgets,
+        strategies=strategy_specs(args.strategies),
+        budgets=budgets(args),
         model=args.model,
         task=args.task,
-        task_options=_options(args.task_option, "--task-option"),
+        task_options=key_values(args.task_option, "--task-option"),
         adapter=args.adapter,
-        model_options=_options(args.model_option, "--model-option"),
+        model_options=key_values(args.model_option, "--model-option"),
         limit=args.limit,
         seed=args.seed,
         device=args.device,
@@ -173,27 +155,27 @@ def cmd_flops(args: argparse.Namespace) -> int:
 
 
 # -- parser --------------------------------------------------------------------------
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its errors in one line, like every other boundary error (exit status 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"tokenbench: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tokenbench", description="Benchmarks for visual-token reduction in vision-language models.")
+    p = OneLineParser(prog="tokenbench", description="Benchmarks for visual-token reduction in vision-language models.")
     p.add_argument("--strict-plugins", action="store_true", help="fail when any plugin cannot be loaded (for CI)")
     sub = p.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("compare", help="compare strategies against the unreduced model")
     c.add_argument("--strategies", required=True, help="comma list; parameters as name:key=value,key=value")
-    c.add_argument("--budget", help="visual tokens to keep, comma list (e.g. 64,128)")
-    c.add_argument("--keep", help="fraction of visual tokens to keep, comma list (e.g. 0.222)")
-    c.add_argument("--model", help="hub id or local checkpoint path (default: the embedded reference model)")
-    c.add_argument("--adapter", help="adapter name, overriding the choice by the checkpoint's model_type")
+    add_budget_options(c)
+    add_model_options(c)
     c.add_argument("--model-option", action="append", metavar="KEY=VALUE", help="adapter option, repeatable (Qwen2.5-VL: min_pixels, max_pixels)")
-    c.add_argument("--task", help="NAME[:PATH] (default: shapes, the embedded reference task)")
-    c.add_argument("--task-option", action="append", metavar="KEY=VALUE", help="task option, repeatable")
     c.add_argument("--limit", type=int, help="evaluate a fixed, seeded subset of N items, stratified by kind (a group such as an MMBench question's rotations counts once)")
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    c.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     c.add_argument("--batch-size", type=int, default=8)
     c.add_argument("--threads", type=int, help="torch CPU threads")
-    c.add_argument("--store", default="tokenbench-results.db", help="results database (resumes interrupted runs)")
+    c.add_argument("--store", default=DEFAULT_STORE, help=f"results database (resumes interrupted runs; default {DEFAULT_STORE})")
     c.add_argument("--on-error", choices=["skip", "fail"], default="skip", help="a failing sample is recorded (skip) or stops the run (fail)")
     c.add_argument("--timing-samples", type=int, default=0, metavar="N",
                    help="time the first N samples in a separate loop (warm-up, strategies interleaved, batch 1): TTFT, decode, memory (default 0: off)")
@@ -213,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     ls.set_defaults(func=cmd_list)
 
     r = sub.add_parser("runs", help="list the runs in a results store, or export them")
-    r.add_argument("--store", default="tokenbench-results.db")
+    r.add_argument("--store", default=DEFAULT_STORE, help=f"results database (default {DEFAULT_STORE})")
     r.add_argument("--export", metavar="FILE.json|FILE.csv", help="export every per-sample record")
     r.set_defaults(func=cmd_runs)
 
@@ -222,29 +204,17 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--budget", required=True, help="visual tokens, comma list (e.g. 576,192)")
     f.add_argument("--format", choices=["table", "json"], default="table")
     f.set_defaults(func=cmd_flops)
-    for extra in _EXTRA_COMMANDS:
-        extra(sub)
-    return p
-
-
-#: other modules add subcommands here (gate, leaderboard, show)
-_EXTRA_COMMANDS: list[Callable[[Any], None]] = []
-
-
-def _add_output_commands(sub: Any) -> None:
-    """gate, leaderboard and show (their modules import nothing heavy at the top)."""
-    from tokenbench import gate, leaderboard, show
-
-    for module in (gate, leaderboard, show):
+    for module in (gate, leaderboard, show):  # their modules import nothing heavy at the top
         module.add_parser(sub)
-
-
-_EXTRA_COMMANDS.append(_add_output_commands)
+    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a usage error already printed in one line
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

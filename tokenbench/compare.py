@@ -7,67 +7,51 @@ typo costs a second, not a model load.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence, cast
 
 from tokenbench.budget import FULL, Budget
 from tokenbench.environment import environment
 from tokenbench.errors import UsageError
 from tokenbench.harness import StrategySpec, evaluate
+from tokenbench.named_model import NamedModel
 from tokenbench.registry import Registry, unknown_name_message
-from tokenbench.store import SampleRecord, Store
+from tokenbench.results import Comparison, RunResult
+from tokenbench.store import DEFAULT_STORE, SampleRecord, Store
 from tokenbench.strategy import Strategy
 from tokenbench.task import Sample, Task, stratified_subset
 
-REFERENCE_TASK = "shapes"
-REFERENCE_MODEL = "reference"  # the embedded checkpoint's name in results: the same on every install
 
 
-def reference_model_path() -> str:
-    """The checkpoint shipped inside the package (the default ``--model``)."""
-    from importlib import resources
+@dataclass(frozen=True)
+class ModelChoice:
+    """What ``--model`` named: the location adapters load, and the name results record."""
 
-    return str(resources.files("tokenbench.reference") / "checkpoint")
-
-
-def is_reference(model: str | None) -> bool:
-    """No ``--model``, or ``--model reference``: the embedded checkpoint."""
-    return model in (None, REFERENCE_MODEL)
+    location: str
+    #: the registered name (recorded instead of the install-specific path), or None for a path or hub id
+    name: str | None = None
 
 
-@dataclass
-class RunResult:
-    strategy: str
-    params: dict[str, Any]
-    budget: Budget
-    run_id: str
-    config: dict[str, Any]
-    records: list[SampleRecord]
-    flops: dict[str, float] | None = None
-    resumed: int = 0
-
-    @property
-    def label(self) -> str:
-        args = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()) if v != self.defaults.get(k))
-        return f"{self.strategy}:{args}" if args else self.strategy
-
-    defaults: dict[str, Any] = field(default_factory=dict)
-    #: the timed loop's summary (``latency_ms``, ``peak_memory_mb``, settings, environment), if timed
-    timing: dict[str, Any] | None = None
+def resolve_model(registry: Registry, model: str | None) -> ModelChoice:
+    """A registered model name (none given: the registry's default model), else a path or hub id."""
+    name = model or registry.default("models")
+    if name is None:
+        raise UsageError("no --model given and no installed plugin registers a default model; pass --model PATH_OR_HUB_ID")
+    if name in registry.entries["models"]:
+        named = cast("type[NamedModel]", registry.load("models", name))
+        return ModelChoice(named.location(), name)
+    return ModelChoice(name)
 
 
-@dataclass
-class Comparison:
-    model: dict[str, Any]
-    task: dict[str, Any]
-    metric_kind: str
-    metric_name: str
-    environment: dict[str, Any]
-    runs: list[RunResult]
-    sample_ids: list[str]
-    task_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+def default_task(registry: Registry) -> str:
+    """The task run when ``--task`` is not given: the one a plugin registered with ``default=True``."""
+    name = registry.default("tasks")
+    if name is None:
+        raise UsageError("no --task given and no installed plugin registers a default task; pass --task NAME[:PATH]")
+    return name
 
 
 @dataclass
@@ -84,7 +68,7 @@ class CompareRequest:
     device: str = "cpu"
     dtype: str = "float32"
     batch_size: int = 8
-    store: str = "tokenbench-results.db"
+    store: str = DEFAULT_STORE
     on_error: str = "skip"
     #: samples in the timed loop (0: no timing); new tokens forced in each timed call
     timing_samples: int = 0
@@ -139,10 +123,21 @@ def read_config(model: str) -> dict[str, Any] | None:
     return None
 
 
-def prepare(request: CompareRequest, registry: Registry) -> tuple[Task, list[Sample], list[Strategy], type, str]:
-    """All checks that need no model: returns task, samples, strategies, adapter class, model."""
-    model = reference_model_path() if is_reference(request.model) else str(request.model)
-    task_spec = request.task or REFERENCE_TASK
+class Prepared(NamedTuple):
+    """Everything :func:`prepare` checked: what a run needs before its model loads."""
+
+    task: Task
+    samples: list[Sample]
+    strategies: list[Strategy]
+    adapter_cls: type
+    model: ModelChoice
+
+
+def prepare(request: CompareRequest, registry: Registry) -> Prepared:
+    """All checks that need no model: task, samples, strategies, adapter class and model."""
+    choice = resolve_model(registry, request.model)
+    model = choice.location
+    task_spec = request.task or default_task(registry)
     for spec in request.strategies:
         if spec.name not in registry.entries["strategies"]:
             raise UsageError(unknown_name_message("strategy", spec.name, registry.names("strategies")))
@@ -163,10 +158,14 @@ def prepare(request: CompareRequest, registry: Registry) -> tuple[Task, list[Sam
     for budget in request.budgets:
         budget.check(capacity)
     task = _task_from_spec(registry, task_spec, request.task_options)
+    for strategy in strategies:
+        if strategy.needs_ground_truth and not task.provides_relevant_tokens:
+            raise UsageError(f"strategy {strategy.name!r} needs a task that knows which visual tokens each answer depends on; "
+                             f"task {task.name!r} does not (drop {strategy.name!r} from --strategies)")
     samples = list(task.load())
     if request.limit is not None:
         samples = stratified_subset(samples, request.limit, request.seed)
-    return task, samples, strategies, adapter_cls, model
+    return Prepared(task, samples, strategies, adapter_cls, choice)
 
 
 def run_config(adapter_desc: dict[str, Any], task: Task, strategy: Strategy, budget: Budget, request: CompareRequest, template: str) -> dict[str, Any]:
@@ -196,10 +195,10 @@ def run_comparison(
     log: Callable[[str], None] | None = None,
 ) -> Comparison:
     task, samples, strategies, adapter_cls, model = prepare(request, registry)
-    adapter = adapter_cls.load(model, device=request.device, dtype=request.dtype, **request.model_options)
+    adapter = adapter_cls.load(model.location, device=request.device, dtype=request.dtype, **request.model_options)
     desc = adapter.describe()
-    if is_reference(request.model):  # its install path differs per machine; its weights hash does not
-        desc["model"] = REFERENCE_MODEL
+    if model.name is not None:  # a named model's install path differs per machine; its name and weights hash do not
+        desc["model"] = model.name
     env = environment(request.device)
     template = adapter.chat_prompt("{question}") if hasattr(adapter, "chat_prompt") else adapter.family
     store = Store(request.store)
@@ -215,7 +214,7 @@ def run_comparison(
                 done = evaluate(
                     adapter, task, samples, strategy, budget, store, run_id,
                     seed=request.seed, batch_size=request.batch_size, on_error=request.on_error,
-                    progress=(lambda d, t, _l=label: progress(_l, d, t)) if progress else None,
+                    progress=functools.partial(progress, label) if progress else None,
                 )
                 if done and log:
                     log(f"{label}: resumed, {done} of {len(samples)} samples already done (run {run_id})")

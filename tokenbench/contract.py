@@ -25,7 +25,7 @@ it on its own class::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence, cast
 
 from tokenbench.adapter import Adapter, GenerationResult
 from tokenbench.budget import Budget
@@ -34,40 +34,52 @@ from tokenbench.task import Sample
 
 
 def contract_samples(n: int = 2) -> list[Sample]:
-    """The first ``n`` samples of the embedded ``shapes`` task (images drawn, no files)."""
-    from tokenbench.tasks.shapes.task import ShapesTask
+    """The first ``n`` samples of the default task (the embedded ``shapes`` task with the built-ins: images drawn, no files)."""
+    from tokenbench.compare import default_task
+    from tokenbench.registry import get_registry
 
-    return list(ShapesTask().load()[:n])
+    registry = get_registry()
+    task_cls = registry.load("tasks", default_task(registry))
+    return list(task_cls().load()[:n])
 
 
 def contract_adapter(workdir: str | Path) -> Adapter:
-    """A tiny random LLaVA (6×6 visual tokens, 4 decoder layers) saved to and loaded from ``workdir``."""
-    from tokenbench.adapters.llava import LlavaAdapter
-    from tokenbench.testing import tiny_llava_checkpoint
+    """A tiny random LLaVA (6×6 visual tokens, 4 decoder layers) saved to and loaded from ``workdir``,
+    through the adapter the registry picks for its ``model_type``."""
+    from tokenbench.compare import adapter_for
+    from tokenbench.fixtures import tiny_llava_checkpoint
+    from tokenbench.registry import get_registry
 
     path = Path(workdir) / "tiny-llava-contract"
     if not (path / "config.json").is_file():
         tiny_llava_checkpoint(path, image_size=48, patch_size=8, layers=4)
-    return LlavaAdapter.load(str(path))
+    adapter_cls = cast("type[Adapter]", adapter_for(get_registry(), str(path), None))
+    return adapter_cls.load(str(path))
+
+
+def _require(ok: bool, message: str) -> None:
+    """An explicit ``AssertionError`` (kept under ``python -O``, unlike ``assert``)."""
+    if not ok:
+        raise AssertionError(message)
 
 
 def _check_result(strategy: Strategy, r: GenerationResult, b: int) -> None:
     name = strategy.name
     final, counts = r.tokens_per_layer[-1], r.tokens_per_layer
     if strategy.keeps_all:
-        assert final == r.num_visual, f"{name}: keeps_all but {final} of {r.num_visual} tokens reached the last layer"
+        _require(final == r.num_visual, f"{name}: keeps_all but {final} of {r.num_visual} tokens reached the last layer")
     elif strategy.budget_convention == "layer_average":
         # The first layers see every token, so a shallow test model cannot reach every
         # layer-averaged budget; the contract is monotone pruning that brackets it.
-        assert all(a >= c for a, c in zip(counts, counts[1:])), f"{name}: visual tokens increase across layers {counts}"
-        assert final <= b <= counts[0], f"{name}: budget {b} is not bracketed by the first and last layer counts {counts}"
+        _require(all(a >= c for a, c in zip(counts, counts[1:])), f"{name}: visual tokens increase across layers {counts}")
+        _require(final <= b <= counts[0], f"{name}: budget {b} is not bracketed by the first and last layer counts {counts}")
     elif strategy.exact_budget:
-        assert final == b, f"{name}: {final} visual tokens after the last stage, budget {b} (per layer {counts})"
+        _require(final == b, f"{name}: {final} visual tokens after the last stage, budget {b} (per layer {counts})")
     else:
-        assert 0 < final <= b, f"{name}: {final} visual tokens after the last stage exceeds budget {b}"
+        _require(0 < final <= b, f"{name}: {final} visual tokens after the last stage exceeds budget {b}")
     for label, kept in r.kept.items():
-        assert kept == sorted(set(kept)), f"{name} {label}: kept indices not sorted and unique: {kept}"
-        assert all(0 <= k < r.num_visual for k in kept), f"{name} {label}: kept index out of range"
+        _require(kept == sorted(set(kept)), f"{name} {label}: kept indices not sorted and unique: {kept}")
+        _require(all(0 <= k < r.num_visual for k in kept), f"{name} {label}: kept index out of range")
 
 
 def check_strategy_contract(
@@ -89,7 +101,7 @@ def check_strategy_contract(
         again = adapter.generate(samples, prompts, strategy, Budget("count", b), seed=seed, max_new_tokens=2)
         for r, r2 in zip(first, again):
             _check_result(strategy, r, b)
-            assert r.kept == r2.kept and r.prediction == r2.prediction, f"{strategy.name}: not deterministic under a fixed seed"
+            _require(r.kept == r2.kept and r.prediction == r2.prediction, f"{strategy.name}: not deterministic under a fixed seed")
         runs.append(first)
     return runs
 

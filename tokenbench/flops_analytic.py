@@ -114,19 +114,21 @@ def llm_prefill_macs(text_config: Any, tokens_per_layer: Sequence[int], lm_head_
     """
     dims = _text_dims(text_config)
     _check_layers(tokens_per_layer, dims["n_layers"], "tokens_per_layer")
-    keys = ("hidden", "intermediate", "n_heads", "n_kv_heads", "head_dim")
-    layers = sum(decoder_layer_macs(*(dims[k] for k in keys), n_tokens=int(n)) for n in tokens_per_layer)
+    layers = sum(_layer_macs(dims, n_tokens=int(n)) for n in tokens_per_layer)
     return layers + lm_head_tokens * dims["vocab"] * dims["hidden"]
+
+
+def _layer_macs(dims: dict[str, int], *, n_tokens: int, kv_len: int | None = None) -> int:
+    """:func:`decoder_layer_macs` with the dimensions of a text config (:func:`_text_dims`)."""
+    return decoder_layer_macs(dims["hidden"], dims["intermediate"], dims["n_heads"], dims["n_kv_heads"], dims["head_dim"],
+                              n_tokens=n_tokens, kv_len=kv_len)
 
 
 def decode_macs_per_token(text_config: Any, cache_len_per_layer: Sequence[int]) -> int:
     """MACs to decode one token: it attends to ``cache_len + 1`` keys per layer, then the LM head."""
     dims = _text_dims(text_config)
     _check_layers(cache_len_per_layer, dims["n_layers"], "cache_len_per_layer")
-    keys = ("hidden", "intermediate", "n_heads", "n_kv_heads", "head_dim")
-    layers = sum(
-        decoder_layer_macs(*(dims[k] for k in keys), n_tokens=1, kv_len=int(c) + 1) for c in cache_len_per_layer
-    )
+    layers = sum(_layer_macs(dims, n_tokens=1, kv_len=int(c) + 1) for c in cache_len_per_layer)
     return layers + dims["vocab"] * dims["hidden"]
 
 

@@ -35,7 +35,7 @@ def results_frame(store_path: str | os.PathLike[str], run_ids: Sequence[str] | N
 
     if not Path(store_path).exists():
         raise StoreError(f"{store_path}: no results store there")
-    store = Store(store_path)
+    store = Store(os.fspath(store_path))
     wanted = None if run_ids is None else set(run_ids)
     rows: list[dict[str, Any]] = []
     recall = False

@@ -29,12 +29,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tokenbench.errors import UsageError
+from tokenbench.cli_options import add_budget_options, strategy_specs
+from tokenbench.budget import Budget
+from tokenbench.errors import PluginError, UsageError
 
 VERSION = 1
 MODES = ("deterministic", "statistical")
-DEFAULT_STRATEGIES = "random,attention-only,pooling,fastv,sparsevlm,sppruner,oracle"
-DEFAULT_CONFIG: dict[str, Any] = {"model": "reference", "task": "shapes", "keep": "0.25", "limit": 24, "seed": 0, "device": "cpu", "dtype": "float32"}
+#: a new reference file's configuration; model and task default to the registry's defaults
+DEFAULT_CONFIG: dict[str, Any] = {"keep": "0.25", "limit": 24, "seed": 0, "device": "cpu", "dtype": "float32"}
 TOLERANCES: dict[str, Any] = {"max_flips": 2, "margin_tolerance": 0.05, "delta": 0.02, "flops_tolerance": 0.01, "ttft_tolerance": 0.10}
 _CONFIG_FLAGS = ("strategies", "budget", "keep", "limit", "model", "task", "seed", "timing_samples")
 
@@ -47,12 +49,12 @@ def add_parser(sub: Any) -> None:
                                    "already holds these runs gives back their stored results)")
     g.add_argument("--update", action="store_true", help="rerun and rewrite the reference, printing a diff of old and new")
     g.add_argument("--mode", choices=MODES, help="with --update: deterministic (CI subsets) or statistical (full runs)")
-    g.add_argument("--strategies", help=f"with --update: comma list (new file default: the registered ones of {DEFAULT_STRATEGIES})")
-    g.add_argument("--budget", help="with --update: visual tokens to keep, comma list")
-    g.add_argument("--keep", help="with --update: fractions to keep, comma list (new file default: 0.25)")
+    g.add_argument("--strategies", help="with --update: comma list (new file default: every registered strategy that reduces "
+                                        "tokens and can run on the task)")
+    add_budget_options(g, prefix="with --update: ")
     g.add_argument("--limit", type=int, help="with --update: samples (new file default: 24)")
-    g.add_argument("--model", help="with --update: checkpoint path or hub id ('reference': the embedded model, the default)")
-    g.add_argument("--task", help="with --update: NAME[:PATH] (default: shapes)")
+    g.add_argument("--model", help="with --update: checkpoint path, hub id or registered name (new file default: the default model, 'reference')")
+    g.add_argument("--task", help="with --update: NAME[:PATH] (new file default: the default task, shapes)")
     g.add_argument("--seed", type=int, help="with --update: seed (default 0)")
     g.add_argument("--timing-samples", type=int, help="with --update: samples in the timed loop (statistical mode's TTFT check; default 0: none)")
     g.add_argument("--device", help="run on this device (default: the reference's; it must be of the same kind; with --update: recorded)")
@@ -121,25 +123,44 @@ def _load(path: Path, text: str) -> dict[str, Any]:
 
 def new_config(old: dict[str, Any] | None, flags: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """The reference's configuration, or the defaults for a new file, overridden by flags."""
+    from tokenbench.compare import default_task
+    from tokenbench.registry import get_registry
+
+    registry = get_registry()
     config = dict(old["config"]) if old else dict(DEFAULT_CONFIG)
     if "budget" in flags:
         config.pop("keep", None)
     if "keep" in flags:
         config.pop("budget", None)
     config.update(flags)
+    if not config.get("model"):
+        config["model"] = registry.default("models")
+    if not config.get("task"):
+        config["task"] = default_task(registry)
     if not config.get("strategies"):
-        config["strategies"] = default_strategies(str(config.get("task", "shapes")))
-    if config.get("budget") and config.get("keep"):
-        raise UsageError("--budget and --keep are exclusive: give token counts or keep fractions, not both")
+        config["strategies"] = default_strategies(str(config["task"]))
+    Budget.parse_option(*(str(config[k]) if config.get(k) else None for k in ("budget", "keep")))  # a file with both is refused here
     return config
 
 
 def default_strategies(task: str) -> str:
-    """The default CI strategies that are registered now (``oracle`` only on shapes)."""
+    """Every registered strategy that reduces tokens and can run on ``task`` (``NAME[:PATH]``).
+
+    A strategy that reads ground truth (``needs_ground_truth``) runs only on a task that
+    provides it (``provides_relevant_tokens``); the baseline is always in a comparison.
+    """
     from tokenbench.registry import get_registry
 
-    registered = get_registry().entries["strategies"]
-    names = [n for n in DEFAULT_STRATEGIES.split(",") if n in registered and (n != "oracle" or task.partition(":")[0] == "shapes")]
+    registry = get_registry()
+    provides = registry.load("tasks", task.partition(":")[0]).provides_relevant_tokens  # type: ignore[attr-defined]
+    names = []
+    for name in registry.names("strategies"):
+        try:
+            cls = registry.load("strategies", name)
+        except PluginError:
+            continue  # already reported among the registry's problems
+        if not cls.keeps_all and (provides or not cls.needs_ground_truth):  # type: ignore[attr-defined]
+            names.append(name)
     return ",".join(names)
 
 
@@ -152,20 +173,13 @@ def cannot_compare(env: dict[str, Any], device: str, dtype: str) -> str | None:
 
 
 def _run(config: dict[str, Any], device: str, dtype: str, store: str | None) -> tuple[Any, list[dict[str, Any]]]:
-    from tokenbench.budget import Budget
-    from tokenbench.compare import CompareRequest, is_reference, reference_model_path, run_comparison
-    from tokenbench.harness import parse_strategies
+    from tokenbench.compare import CompareRequest, run_comparison
     from tokenbench.registry import get_registry
     from tokenbench.report import build_rows
 
-    model = None if is_reference(config.get("model")) else str(config["model"])
-    if model is None and not (Path(reference_model_path()) / "config.json").is_file():
-        raise UsageError(f"the embedded reference checkpoint is not installed ({reference_model_path()}); pass --model PATH")
-    try:
-        specs = parse_strategies(str(config["strategies"]))
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    budgets = Budget.parse_counts(str(config["budget"])) if config.get("budget") else Budget.parse_fractions(str(config["keep"])) if config.get("keep") else []
+    model = str(config["model"]) if config.get("model") else None
+    specs = strategy_specs(str(config["strategies"]))
+    budgets = Budget.parse_option(*(str(config[k]) if config.get(k) else None for k in ("budget", "keep")))
     with tempfile.TemporaryDirectory(prefix="tokenbench-gate-") as tmp:
         request = CompareRequest(strategies=specs, budgets=budgets, model=model, task=config.get("task"), limit=config.get("limit"),
                                  seed=int(config.get("seed", 0)), device=device, dtype=dtype, store=store or str(Path(tmp) / "gate.db"))
@@ -291,9 +305,9 @@ def _check_accuracy(ref_row: dict[str, Any], row: dict[str, Any], delta: float, 
 
 def dumps(obj: dict[str, Any]) -> str:
     """JSON with sorted keys; lists of scalars and small dicts of them stay on one line (readable diffs)."""
-    from tokenbench.report import _clean
+    from tokenbench.report import json_safe
 
-    return _dump(_clean(obj), 0) + "\n"
+    return _dump(json_safe(obj), 0) + "\n"
 
 
 def _dump(x: Any, level: int) -> str:

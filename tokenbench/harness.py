@@ -16,7 +16,7 @@ from tokenbench.adapter import Adapter, GenerationResult
 from tokenbench.budget import Budget
 from tokenbench.errors import SampleFailure, StrategyFailure
 from tokenbench.store import SampleRecord, Store
-from tokenbench.strategy import Strategy
+from tokenbench.strategy import Strategy, strategy_label
 from tokenbench.task import Sample, Task, TaskDataError
 
 
@@ -29,8 +29,7 @@ class StrategySpec:
 
     @property
     def label(self) -> str:
-        args = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
-        return f"{self.name}:{args}" if args else self.name
+        return strategy_label(self.name, self.params)
 
 
 def parse_strategies(text: str) -> list[StrategySpec]:

@@ -1,7 +1,8 @@
 """The plugin contract: one hook per plugin family, each receiving a ``register`` callable.
 
 A plugin module (named by an entry point in the ``tokenbench.strategies``,
-``tokenbench.adapters`` or ``tokenbench.tasks`` group) implements any of these::
+``tokenbench.adapters``, ``tokenbench.tasks`` or ``tokenbench.models`` group)
+implements any of these::
 
     import tokenbench
 
@@ -43,4 +44,9 @@ def register_adapters(register: Register) -> None:
 
 @hookspec
 def register_tasks(register: Register) -> None:
-    """Register tasks (subclasses of :class:`tokenbench.Task`)."""
+    """Register tasks (subclasses of :class:`tokenbench.Task`); ``default=True`` marks the task run without ``--task``."""
+
+
+@hookspec
+def register_models(register: Register) -> None:
+    """Register named checkpoints (subclasses of :class:`tokenbench.NamedModel`); ``default=True`` marks the model run without ``--model``."""

@@ -11,8 +11,8 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
-from tokenbench.compare import REFERENCE_MODEL, Comparison
 from tokenbench.errors import UsageError
+from tokenbench.results import Comparison
 
 MARKERS = "osD^vP<>Xhp*"
 INSTALL_HINT = "pip install 'tokenbench[plot]'"
@@ -66,9 +66,8 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
 
 
 def model_title(cmp: Comparison) -> str:
+    """A registered model's name, a checkpoint folder's name, or the hub id."""
     name = str(cmp.model.get("model", "?"))
-    if name == REFERENCE_MODEL:
-        return "reference model"
     return Path(name).name if Path(name).expanduser().is_dir() else name
 
 
@@ -106,13 +105,13 @@ def pareto_plot(cmp: Comparison, path: str | Path, *, axis: str = "flops", rows:
         ax.errorbar(x, y, yerr=err, marker=MARKERS[i % len(MARKERS)], color=colours[i % len(colours)], label=label,
                     capsize=3, linewidth=1.3, markersize=6, alpha=0.9)
         points += list(zip(x, y))
-    for x, r in zip(xs, rows):
-        if r["strategy"] == "baseline" and x is not None and _finite(r["accuracy"]):
+    for bx, r in zip(xs, rows):
+        if r["strategy"] == "baseline" and bx is not None and _finite(r["accuracy"]):
             lo, hi = r["ci95"]
-            y = 100 * r["accuracy"]
-            ax.errorbar([x], [y], yerr=[[y - 100 * lo], [100 * hi - y]], marker="*", markersize=14, color="black",
+            by = 100 * r["accuracy"]
+            ax.errorbar([bx], [by], yerr=[[by - 100 * lo], [100 * hi - by]], marker="*", markersize=14, color="black",
                         capsize=3, linestyle="none", label="baseline (unreduced)")
-            points.append((x, y))
+            points.append((bx, by))
     front = [points[i] for i in pareto_front(points)]
     if front:
         ax.plot([p[0] for p in front], [p[1] for p in front], linestyle="--", color="0.35", linewidth=1.0, zorder=0, label="Pareto front")

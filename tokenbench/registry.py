@@ -1,7 +1,7 @@
 """A lazy, fault-isolating registry of strategies, adapters and tasks.
 
 Plugins are found through entry points (groups ``tokenbench.strategies``,
-``tokenbench.adapters``, ``tokenbench.tasks``), registered with pluggy, and asked to
+``tokenbench.adapters``, ``tokenbench.tasks``, ``tokenbench.models``), registered with pluggy, and asked to
 register their entries. A plugin that fails to import, has a malformed hook, raises,
 registers a duplicate name or something of the wrong kind is recorded as a
 :class:`PluginProblem` naming the plugin, the hook and the reason; the other plugins
@@ -23,19 +23,21 @@ import pluggy
 from tokenbench import hookspecs
 from tokenbench.errors import PluginError, UnknownNameError
 
-Family = Literal["strategies", "adapters", "tasks"]
-FAMILIES: tuple[Family, ...] = ("strategies", "adapters", "tasks")
+Family = Literal["strategies", "adapters", "tasks", "models"]
+FAMILIES: tuple[Family, ...] = ("strategies", "adapters", "tasks", "models")
 _HOOKS: dict[Family, str] = {
     "strategies": "register_strategies",
     "adapters": "register_adapters",
     "tasks": "register_tasks",
+    "models": "register_models",
 }
 _BASES: dict[Family, str] = {
     "strategies": "tokenbench.strategy:Strategy",
     "adapters": "tokenbench.adapter:Adapter",
     "tasks": "tokenbench.task:Task",
+    "models": "tokenbench.named_model:NamedModel",
 }
-_SINGULAR = {"strategies": "strategy", "adapters": "adapter", "tasks": "task"}
+_SINGULAR = {"strategies": "strategy", "adapters": "adapter", "tasks": "task", "models": "model"}
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.\-]*$")
 
 
@@ -63,7 +65,7 @@ class Entry:
     version: str
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def load(self) -> type:
+    def load(self) -> type[Any]:
         """Import (if lazy) and return the registered class, checking its base class."""
         obj = self.target
         if isinstance(obj, str):
@@ -177,6 +179,11 @@ class Registry:
             if existing is not None:
                 self.problems.append(PluginProblem(plugin, hook_name, f"duplicate {_SINGULAR[family]} name {name!r}, already registered by plugin {existing.plugin!r}; ignored"))
                 return
+            claimed = self.default(family) if meta.get("default") else None
+            if claimed is not None:
+                self.problems.append(PluginProblem(plugin, hook_name, f"{_SINGULAR[family]} {name!r} claims to be the default, "
+                                                                      f"but {claimed!r} from plugin {self.entries[family][claimed].plugin!r} already is; registered as a non-default"))
+                meta = {k: v for k, v in meta.items() if k != "default"}
             self.entries[family][name] = Entry(family, name, description or "", target, plugin, dist, version, dict(meta))
 
         return register
@@ -191,8 +198,12 @@ class Registry:
         except KeyError:
             raise UnknownNameError(unknown_name_message(_SINGULAR[family], name, self.names(family))) from None
 
-    def load(self, family: Family, name: str) -> type:
+    def load(self, family: Family, name: str) -> type[Any]:
         return self.entry(family, name).load()
+
+    def default(self, family: Family) -> str | None:
+        """The name of the entry registered with ``default=True`` (the task or model run when none is named)."""
+        return next((n for n, e in self.entries[family].items() if e.meta.get("default")), None)
 
 
 def unknown_name_message(kind: str, name: str, known: Iterable[str]) -> str:

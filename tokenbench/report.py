@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from tokenbench import stats
-from tokenbench.compare import Comparison, RunResult
+from tokenbench.results import Comparison, RunResult
 
 POWER_MARGIN = 0.02  # the difference (2 points) the power note asks about
 
@@ -220,15 +220,19 @@ def to_json(cmp: Comparison, rows: list[dict[str, Any]], *, adjust: str, by_kind
             ]
             for run in cmp.runs
         }
-    return json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n"
+    return json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n"
 
 
-def _clean(x: Any) -> Any:
-    """JSON-safe copy: numpy scalars to Python, NaN and infinities to null."""
+def json_safe(x: Any) -> Any:
+    """JSON-safe copy: numpy scalars to Python, NaN and infinities to null.
+
+    >>> json_safe({'a': float('nan'), 'b': (1, 2.5)})
+    {'a': None, 'b': [1, 2.5]}
+    """
     if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
+        return {str(k): json_safe(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
+        return [json_safe(v) for v in x]
     if isinstance(x, (np.floating, np.integer)):
         x = x.item()
     if isinstance(x, float) and not math.isfinite(x):

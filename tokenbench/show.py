@@ -3,8 +3,8 @@
 Runs the chosen strategies on ONE sample through the adapter (the same loading and
 checks as ``tokenbench compare``: :func:`tokenbench.compare.prepare`) and draws one
 panel per strategy, budget and reduction stage (``vision``, ``llm@K``): dropped grid
-cells dimmed, kept cells outlined, and, where the task knows them (``shapes``), the
-cells the answer depends on outlined in another colour. Each panel names the stage,
+cells dimmed, kept cells outlined, and, where the task knows them
+(:meth:`tokenbench.Task.relevant_tokens`), the cells the answer depends on outlined in another colour. Each panel names the stage,
 the tokens kept and the prediction; the figure names the question and the answers.
 """
 
@@ -14,8 +14,9 @@ import argparse
 import math
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+from tokenbench.cli_options import add_budget_options, add_model_options, budgets, key_values, strategy_specs
 from tokenbench.errors import UsageError
 
 KEPT_COLOUR = "#00d5ff"
@@ -28,31 +29,18 @@ def add_parser(sub: Any) -> None:
     s.add_argument("--strategies", required=True, help="comma list; parameters as name:key=value")
     s.add_argument("--sample", required=True, metavar="ID", help="the sample id (as in the per-sample records)")
     s.add_argument("--out", required=True, metavar="FILE.png", help="where to write the figure")
-    s.add_argument("--budget", help="visual tokens to keep, comma list")
-    s.add_argument("--keep", help="fraction of visual tokens to keep, comma list")
-    s.add_argument("--model", help="hub id or local checkpoint path (default: the embedded reference model)")
-    s.add_argument("--adapter", help="adapter name, overriding the choice by the checkpoint's model_type")
-    s.add_argument("--task", help="NAME[:PATH] (default: shapes)")
-    s.add_argument("--task-option", action="append", metavar="KEY=VALUE", help="task option, repeatable")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="cpu")
-    s.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    add_budget_options(s)
+    add_model_options(s)
     s.set_defaults(func=cmd_show)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from tokenbench.budget import Budget
-    from tokenbench.cli import _options, _parse
     from tokenbench.compare import CompareRequest
-    from tokenbench.harness import parse_strategies
     from tokenbench.plots import require_matplotlib
 
     require_matplotlib("tokenbench show")
-    if args.budget and args.keep:
-        raise UsageError("--budget and --keep are exclusive: give token counts or keep fractions, not both")
-    budgets = Budget.parse_counts(args.budget) if args.budget else Budget.parse_fractions(args.keep) if args.keep else []
-    request = CompareRequest(strategies=_parse(parse_strategies, args.strategies), budgets=budgets, model=args.model, task=args.task,
-                             task_options=_options(args.task_option, "--task-option"), adapter=args.adapter, seed=args.seed,
+    request = CompareRequest(strategies=strategy_specs(args.strategies), budgets=budgets(args), model=args.model, task=args.task,
+                             task_options=key_values(args.task_option, "--task-option"), adapter=args.adapter, seed=args.seed,
                              device=args.device, dtype=args.dtype)
     path = show(request, args.sample, args.out)
     print(f"tokenbench: wrote {path}", file=sys.stderr)
@@ -73,32 +61,14 @@ def show(request: Any, sample_id: str, out: str | Path) -> Path:
     sample = by_id[sample_id]
     wanted = {s.name for s in request.strategies}
     strategies = [s for s in strategies if s.name in wanted]
-    adapter = adapter_cls.load(model, device=request.device, dtype=request.dtype)
+    adapter = adapter_cls.load(model.location, device=request.device, dtype=request.dtype)
     prompt = task.prompt(sample, adapter.family)
     panels = []
     for strategy in strategies:
         for budget in [FULL] if strategy.keeps_all else (request.budgets or [Budget("default")]):
             result = adapter.generate([sample], [prompt], strategy, budget, seed=request.seed, max_new_tokens=task.max_new_tokens)[0]
-            panels.append((_label(strategy), budget.label, result, task.score(sample, result.prediction)))
-    return draw(sample, panels, out)
-
-
-def _label(strategy: Any) -> str:
-    """The strategy's name with the parameters that differ from its defaults (as in tables)."""
-    args = ",".join(f"{k}={v}" for k, v in sorted(strategy.params.items()) if v != strategy.defaults.get(k))
-    return f"{strategy.name}:{args}" if args else strategy.name
-
-
-def relevant_cells(sample: Any, grid: tuple[int, int]) -> list[int]:
-    """The token indices the task says the answer depends on (``shapes``), else none."""
-    cells = sample.meta.get("relevant_cells") if sample.meta else None
-    if not cells:
-        return []
-    try:
-        from tokenbench.tasks.shapes.task import relevant_tokens
-    except ImportError:  # the shapes plugin is not installed
-        return []
-    return relevant_tokens(cells, grid)
+            panels.append((strategy.label, budget.label, result, task.score(sample, result.prediction)))
+    return draw(sample, panels, out, relevant=lambda grid: task.relevant_tokens(sample, grid) or [])
 
 
 def _crop_to_grid(image: Any, grid: tuple[int, int], size: int = 384) -> Any:
@@ -122,7 +92,9 @@ def stages(result: Any) -> list[tuple[str, list[int]]]:
     return [(label, list(kept)) for label, kept in result.kept.items()]
 
 
-def draw(sample: Any, panels: Sequence[tuple[str, str, Any, float]], out: str | Path) -> Path:
+def draw(sample: Any, panels: Sequence[tuple[str, str, Any, float]], out: str | Path,
+         relevant: Callable[[tuple[int, int]], list[int]] = lambda grid: []) -> Path:
+    """One panel per (strategy, budget, stage); ``relevant(grid)``: the cells the task says the answer depends on."""
     import numpy as np
     from matplotlib.collections import PatchCollection
     from matplotlib.lines import Line2D
@@ -149,13 +121,13 @@ def draw(sample: Any, panels: Sequence[tuple[str, str, Any, float]], out: str | 
         ax.imshow(shade, extent=(0, w, h, 0), interpolation="nearest")
         ax.add_collection(PatchCollection([Rectangle((i % w, i // w), 1, 1) for i in sorted(keep) if i < h * w],
                                           facecolor="none", edgecolor=KEPT_COLOUR, linewidth=0.6))
-        relevant = relevant_cells(sample, (h, w))
-        if relevant:
-            ax.add_collection(PatchCollection([Rectangle((i % w, i // w), 1, 1) for i in relevant], facecolor="none",
+        relevant_here = relevant((h, w))
+        if relevant_here:
+            ax.add_collection(PatchCollection([Rectangle((i % w, i // w), 1, 1) for i in relevant_here], facecolor="none",
                                               edgecolor=RELEVANT_COLOUR, linewidth=1.8))
         merged = res.merged.get(stage, 0) if res.merged else 0
         extra = f" +{merged} merged" if merged else ""
-        rel = f"; relevant kept {sum(i in keep for i in relevant)}/{len(relevant)}" if relevant else ""
+        rel = f"; relevant kept {sum(i in keep for i in relevant_here)}/{len(relevant_here)}" if relevant_here else ""
         verdict = "correct" if score >= 1 else "wrong" if score <= 0 else f"score {score:.2f}"
         ax.set_title(f"{_short(label, 30)} @ {budget} — {stage}\n{len(keep)}/{res.num_visual} kept{extra}{rel}\n"
                      f"pred: {_short(repr(res.prediction), 32)} ({verdict})", fontsize=8)
@@ -166,7 +138,7 @@ def draw(sample: Any, panels: Sequence[tuple[str, str, Any, float]], out: str | 
     answers = " / ".join(sample.answers)
     fig.suptitle(f"{sample.id}: {_short(sample.question, 40 * ncols)}\nanswer: {_short(answers, 40 * ncols)}", fontsize=10)
     handles = [Line2D([], [], color=KEPT_COLOUR, lw=1.5, label="kept token (outlined); dropped tokens dimmed")]
-    if any(relevant_cells(sample, c[2].grid) for c in cells[:1]):
+    if any(relevant(c[2].grid) for c in cells[:1]):
         handles.append(Line2D([], [], color=RELEVANT_COLOUR, lw=2, label="cells the answer depends on"))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.04, 1, 0.93))

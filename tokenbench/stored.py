@@ -16,7 +16,7 @@ import json
 from typing import Any, Sequence
 
 from tokenbench.budget import FULL, Budget
-from tokenbench.compare import Comparison, RunResult
+from tokenbench.results import Comparison, RunResult
 from tokenbench.errors import UsageError
 from tokenbench.store import RunInfo, Store
 

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, cast
 
-from tokenbench.errors import SelectionError
+from tokenbench.errors import PluginError, SelectionError, UsageError
 
 if TYPE_CHECKING:  # torch is imported lazily so that listing plugins stays torch-free
     import torch
@@ -129,6 +129,18 @@ class StageContext:
     def num_tokens(self) -> int:
         """Visual tokens present at this stage."""
         return int(self.tokens.shape[0])
+
+    def require(self, signal: Signal) -> torch.Tensor:
+        """The optional ``signal`` (``saliency``, ``text_embeddings`` or ``attention``) the stage asked for.
+
+        Raises :class:`tokenbench.PluginError` naming the stage when the adapter gave none
+        (a broken adapter, or a schedule that did not ask for it), also under ``python -O``.
+        """
+        value = getattr(self, signal, None) if signal in ("saliency", "text_embeddings", "attention") else None
+        if value is None:
+            raise PluginError(f"{self.stage.label}: no {signal!r} signal in the stage context "
+                              f"(the stage asked for {sorted(self.stage.signals) or 'none'})")
+        return cast("torch.Tensor", value)
 
     @classmethod
     def for_testing(
@@ -261,20 +273,24 @@ class Strategy:
     description: ClassVar[str] = ""
     defaults: ClassVar[Mapping[str, Any]] = {}
     #: "tokens": the budget is the visual-token count after the last stage;
-    #: "layer_average": it is the layer-averaged count (SparseVLM's convention).
-    budget_convention: ClassVar[BudgetConvention] = "tokens"
+    #: "layer_average": it is the layer-averaged count (SparseVLM's convention). Not a
+    #: ClassVar: a strategy whose convention depends on a parameter sets it in ``__init__``.
+    budget_convention: BudgetConvention = "tokens"
     #: keep fraction used when a run gives no budget
     default_keep: ClassVar[float] = 0.25
     #: True for the control that keeps everything
     keeps_all: ClassVar[bool] = False
     #: False when the count may fall short of the budget (e.g. pooling to a grid)
     exact_budget: ClassVar[bool] = True
+    #: True for a strategy that reads the task's ground truth (which tokens each answer
+    #: depends on): it runs only on tasks with ``provides_relevant_tokens``
+    needs_ground_truth: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         unknown = sorted(set(params) - set(self.defaults))
         if unknown:
             valid = ", ".join(sorted(self.defaults)) or "none"
-            raise ValueError(f"strategy {self.name!r} has no parameter {unknown[0]!r} (valid: {valid})")
+            raise UsageError(f"strategy {self.name!r} has no parameter {unknown[0]!r} (valid: {valid})")
         merged = dict(self.defaults)
         for key, value in params.items():
             merged[key] = coerce_param(self.name, key, value, self.defaults[key])
@@ -286,9 +302,25 @@ class Strategy:
     def select(self, ctx: StageContext) -> Selection:
         raise NotImplementedError
 
+    @property
+    def label(self) -> str:
+        """The name with the parameters that differ from the defaults (as in tables)."""
+        return strategy_label(self.name, self.params, self.defaults)
+
     def __repr__(self) -> str:
-        args = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
-        return f"{self.name}:{args}" if args else self.name
+        return strategy_label(self.name, self.params)
+
+
+def strategy_label(name: str, params: Mapping[str, Any], defaults: Mapping[str, Any] | None = None) -> str:
+    """``name:key=value,...`` with the parameters sorted; those equal to ``defaults`` left out.
+
+    >>> strategy_label("fastv", {"k": 3, "r": 0.5}, {"k": 2, "r": 0.5})
+    'fastv:k=3'
+    >>> strategy_label("fastv", {"k": 2}, {"k": 2})
+    'fastv'
+    """
+    args = ",".join(f"{k}={v}" for k, v in sorted(params.items()) if defaults is None or v != defaults.get(k))
+    return f"{name}:{args}" if args else name
 
 
 def coerce_param(strategy: str, key: str, value: Any, default: Any) -> Any:
@@ -310,7 +342,7 @@ def coerce_param(strategy: str, key: str, value: Any, default: Any) -> Any:
         if isinstance(default, tuple):
             return tuple(type(default[0])(v) if default else v for v in value.split("/"))
     except ValueError:
-        raise ValueError(
+        raise UsageError(
             f"strategy {strategy!r}: parameter {key}={value!r} is not a {type(default).__name__}"
         ) from None
     return value

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Mapping, Sequence
 
-from tokenbench.errors import TaskDataError
+from tokenbench.errors import TaskDataError, UsageError
 
 MetricKind = Literal["binary", "continuous"]
 
@@ -70,6 +70,9 @@ class Task:
     #: True if the task needs a path (``NAME:PATH``)
     needs_path: ClassVar[bool] = False
     defaults: ClassVar[Mapping[str, Any]] = {}
+    #: True when :meth:`relevant_tokens` knows, per sample, which visual tokens the answer
+    #: depends on (ground truth: strategies that declare ``needs_ground_truth`` run only here)
+    provides_relevant_tokens: ClassVar[bool] = False
 
     def __init__(self, path: str | None = None, **options: Any) -> None:
         if self.needs_path and not path:
@@ -77,7 +80,7 @@ class Task:
         unknown = sorted(set(options) - set(self.defaults))
         if unknown:
             valid = ", ".join(sorted(self.defaults)) or "none"
-            raise ValueError(f"task {self.name!r} has no option {unknown[0]!r} (valid: {valid})")
+            raise UsageError(f"task {self.name!r} has no option {unknown[0]!r} (valid: {valid})")
         self.path = path
         self.options: dict[str, Any] = {**self.defaults, **options}
 
@@ -105,6 +108,10 @@ class Task:
         ``result`` is the :class:`tokenbench.GenerationResult` of the sample.
         """
         return {}
+
+    def relevant_tokens(self, sample: Sample, grid: tuple[int, int]) -> list[int] | None:
+        """Indices (row-major on ``grid``) of the visual tokens ``sample``'s answer depends on; ``None``: unknown."""
+        return None
 
     def describe(self) -> dict[str, Any]:
         """What identifies this task's configuration, for run keys and provenance."""

@@ -16,6 +16,7 @@ def register_tasks(register: Register) -> None:
         "tokenbench.tasks.shapes.task:ShapesTask",
         name="shapes",
         description="Procedural shapes VQA (attribute, existence, count, relation), 1,200 questions; the default task.",
+        default=True,
     )
 
 

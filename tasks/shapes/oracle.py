@@ -26,6 +26,7 @@ def _relevant_by_id() -> dict[str, tuple[int, ...]]:
 class Oracle(Strategy):
     name = "oracle"
     description = "shapes only: keeps the cells each answer depends on first (the upper bound at a budget)."
+    needs_ground_truth = True
 
     def schedule(self, model: ModelInfo) -> tuple[StageSpec, ...]:
         return (StageSpec.vision(),)

@@ -54,6 +54,7 @@ class ShapesTask(Task):
     metric_name = "exact match"
     max_new_tokens = 3
     defaults = {"n": scenes.EVAL_SIZE}
+    provides_relevant_tokens = True
 
     def load(self) -> Sequence[Sample]:
         return list(_split(int(self.options["n"])))
@@ -63,6 +64,10 @@ class ShapesTask(Task):
 
     def score(self, sample: Sample, prediction: str) -> float:
         return exact_match(prediction, sample.answers)
+
+    def relevant_tokens(self, sample: Sample, grid: tuple[int, int]) -> list[int] | None:
+        cells = sample.meta.get("relevant_cells")
+        return relevant_tokens(cells, grid) if cells else None
 
     def diagnostics(self, sample: Sample, result: Any) -> dict[str, float]:
         relevant = relevant_tokens(sample.meta["relevant_cells"], tuple(result.grid))
