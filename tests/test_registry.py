@@ -41,10 +41,32 @@ def _registry(*plugins: tuple[str, object]) -> Registry:
 
 def test_class_and_lazy_entries_register() -> None:
     reg = _registry(("p1", _plugin(register_strategies=lambda register: register(Good))),
-                    ("p2", _plugin(register_strategies=lambda register: register("tokenbench.strategies.random_drop:RandomDrop", name="rnd", description="random"))))
-    assert reg.names("strategies") == ["good", "rnd"]
-    assert reg.load("strategies", "rnd").__name__ == "RandomDrop"
+                    ("p2", _plugin(register_strategies=lambda register: register("tokenbench.strategies.random_drop:RandomDrop", name="random",
+                                                                                  description=RANDOM_DESCRIPTION))))
+    assert reg.names("strategies") == ["good", "random"]
+    assert reg.load("strategies", "random").__name__ == "RandomDrop"
     assert reg.problems == []
+
+
+RANDOM_DESCRIPTION = "Keeps b visual tokens drawn uniformly, seeded per sample (control)."
+
+
+@pytest.mark.parametrize(("name", "description", "attr"), [("rnd", RANDOM_DESCRIPTION, "name"), ("random", "random", "description")])
+def test_a_lazy_entry_whose_listing_disagrees_with_its_class_fails_on_load(name: str, description: str, attr: str) -> None:
+    """A lazy entry is listed without importing its class; the class's own name and description must match."""
+    reg = _registry(("lazy", _plugin(register_strategies=lambda register: register("tokenbench.strategies.random_drop:RandomDrop", name=name,
+                                                                                    description=description))))
+    with pytest.raises(tokenbench.PluginError, match=f"strategy {name!r} from plugin 'lazy': registered with {attr} .* but .*RandomDrop declares"):
+        reg.load("strategies", name)
+
+
+def test_every_installed_entry_loads_with_the_listing_it_was_registered_with() -> None:
+    """The built-ins are listed lazily (no torch for ``tokenbench list``): each one's listing is its class's own."""
+    reg = tokenbench.get_registry()
+    for family in ("strategies", "adapters", "tasks", "models"):
+        for name in reg.names(family):
+            cls = reg.load(family, name)
+            assert (cls.name, cls.description) == (name, reg.entry(family, name).description)
 
 
 def test_duplicate_name_is_reported_with_both_plugins_and_the_first_wins() -> None:

@@ -83,6 +83,12 @@ class Entry:
                 f"{_SINGULAR[self.family]} {self.name!r} from plugin {self.plugin!r} is "
                 f"{obj!r}, not a subclass of tokenbench.{base.__name__}"
             )
+        if isinstance(self.target, str):  # a lazy entry's listing metadata must be the class's own
+            for attr, registered in (("name", self.name), ("description", self.description)):
+                declared = getattr(obj, attr, "")
+                if declared and declared != registered:
+                    raise PluginError(f"{_SINGULAR[self.family]} {self.name!r} from plugin {self.plugin!r}: registered with "
+                                      f"{attr} {registered!r} but {self.target} declares {declared!r}; make them equal")
         self.target = obj
         return obj
 
