@@ -1,4 +1,4 @@
-"""Adapter-contract tests for LLaVA (DESIGN.md, "The one contract").
+"""Adapter-contract tests for LLaVA (docs/architecture.md, "The contracts").
 
 Every test drives the real ``LlavaAdapter.generate`` on a tiny random checkpoint
 saved to a temporary directory (float32, CPU, no downloads) and compares what it did

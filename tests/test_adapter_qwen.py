@@ -1,4 +1,4 @@
-"""Adapter-contract tests for Qwen2.5-VL (DESIGN.md, "The one contract").
+"""Adapter-contract tests for Qwen2.5-VL (docs/architecture.md, "The contracts").
 
 A tiny random ``Qwen2_5_VLForConditionalGeneration`` (3 decoder layers, a 4-block vision
 tower with full attention in blocks 1 and 2, 4-pixel patches, 2×2 merge, windows of
