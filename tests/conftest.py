@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
+
+# `python -m pytest` puts the working directory first on sys.path. From the repository
+# root that makes the source folder tokenbench/ shadow the installed package, which alone
+# holds the mapped plugin folders (tokenbench.strategies, .adapters, .tasks, .reference).
+_REPO = Path(__file__).resolve().parent.parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _REPO]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -93,6 +93,8 @@ def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float,
     (0.4902, 0.9433)
     >>> wilson_interval(0, 0)
     (0.0, 1.0)
+    >>> wilson_interval(0, 12)[0], wilson_interval(12, 12)[1]
+    (0.0, 1.0)
     """
     n = _check_count(n, "n", 0)
     successes = _check_count(successes, "successes", 0)
@@ -105,7 +107,11 @@ def wilson_interval(successes: int, n: int, level: float = 0.95) -> tuple[float,
     p, z2 = successes / n, z * z
     center = (p + z2 / (2 * n)) / (1 + z2 / n)
     half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return max(0.0, center - half), min(1.0, center + half)
+    # At 0 (or n) successes the bound is exactly 0 (or 1); center - half leaves a rounding
+    # residue (2.8e-17 for 0/12) that would exclude the estimate from its own interval.
+    low = 0.0 if successes == 0 else max(0.0, center - half)
+    high = 1.0 if successes == n else min(1.0, center + half)
+    return low, high
 
 
 def _bootstrap_means(x: FloatArray, n_resamples: int, seed: int | None) -> FloatArray:
