@@ -4,13 +4,12 @@ The word-level tokenizer and processor saved with the model, the stock
 ``LlavaForConditionalGeneration`` config, and the training-time forward: prompt ids
 with ``<image>`` expanded to the 144 patch tokens, stage-A patch targets, the answer
 logits and the VQA loss (with attention supervision and token dropping).  Used by
-``train_reference.py``; nothing here is imported by the package.
+``train_reference.py``; nothing here is imported by the package, and the scenes come
+from the installed package (``pip install -e .`` first).
 """
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 import time
 from pathlib import Path
 
@@ -18,22 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tokenbench.tasks.shapes import scenes as S  # the installed package's task data, as the task itself reads it
+
 REPO = Path(__file__).resolve().parents[1]
-
-def _load_scenes():
-    try:
-        from tasks.shapes import scenes  # type: ignore
-
-        return scenes
-    except Exception:
-        spec = importlib.util.spec_from_file_location("tokenbench_shapes_scenes", REPO / "tasks/shapes/scenes.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = mod
-        spec.loader.exec_module(mod)
-        return mod
-
-
-S = _load_scenes()
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
 MARKERS = ["<bg>"] + [f"<r{i}>" for i in range(S.GRID)] + [f"<c{i}>" for i in range(S.GRID)]
