@@ -184,3 +184,8 @@ class Store:
     def measurement(self, run_id: str, name: str) -> Any:
         row = self._db.execute("SELECT value FROM measurements WHERE run_id=? AND name=?", (run_id, name)).fetchone()
         return None if row is None else json.loads(row[0])
+
+    def measurements(self, run_id: str, prefix: str = "") -> dict[str, Any]:
+        """Every measurement of a run whose name starts with ``prefix``, by name (sorted)."""
+        rows = self._db.execute("SELECT name, value FROM measurements WHERE run_id=? ORDER BY name", (run_id,)).fetchall()
+        return {name: json.loads(value) for name, value in rows if name.startswith(prefix)}
