@@ -272,6 +272,28 @@ def test_leaderboard_breaks_accuracy_down_by_kind(compared: dict[str, Any], tmp_
     assert len(section) == 2 + 3  # baseline, then the two strategies at 25%
 
 
+def test_leaderboard_and_frame_from_the_exported_results_file_match_the_store(compared: dict[str, Any], tmp_path: Path) -> None:
+    """store -> results file -> store: the same runs, samples, measurements, leaderboard bytes and DataFrame."""
+    import tokenbench
+    from tokenbench.results_file import open_results
+    from tokenbench.store import Store
+
+    exported = tmp_path / "r.jsonl.gz"
+    assert main(["runs", "--store", str(compared["db"]), "--export", str(exported)]) == 0
+    db, text = Store(compared["db"]), open_results(exported)
+    assert db.runs() == text.runs() and len(db.runs()) == 3
+    for run in db.runs():
+        assert db.samples(run.run_id) == text.samples(run.run_id) and len(db.samples(run.run_id)) == 6
+        assert db.measurements(run.run_id) == text.measurements(run.run_id) and {"flops", "environment"} <= set(db.measurements(run.run_id))
+    db.close()
+    for source, out in ((compared["db"], "from-db"), (exported, "from-text")):
+        assert main(["leaderboard", "--store", str(source), "--out", str(tmp_path / out)]) == 0
+    (name,) = [p.name for p in (tmp_path / "from-db").iterdir()]
+    assert (tmp_path / "from-text" / name).read_bytes() == (tmp_path / "from-db" / name).read_bytes()
+    frame = tokenbench.results_frame(exported)
+    assert frame.equals(tokenbench.results_frame(compared["db"])) and len(frame) == 18
+
+
 def test_new_reference_defaults_use_registered_strategies() -> None:
     from tokenbench.gate import default_strategies
 

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import pytest
 
+from tokenbench.cli import main
 from tokenbench.errors import StoreError
 from tokenbench.results_file import open_results, read_results, write_results
 from tokenbench.store import SampleRecord, Store
@@ -70,14 +71,13 @@ def test_store_to_file_to_store_loses_nothing(store: Store, tmp_path: Path) -> N
     path = tmp_path / "r.jsonl.gz"
     assert write_results(store, path) == 15
     _same(store, open_results(path))
-    imported = Store(tmp_path / "imported.db")
-    imported.restore_runs(read_results(path))
+    assert main(["runs", "--store", str(tmp_path / "imported.db"), "--import", str(path)]) == 0
     _same(store, Store(tmp_path / "imported.db"))
 
 
 def test_export_is_deterministic_and_stores_each_prompt_once(store: Store, tmp_path: Path) -> None:
     one, two, again = tmp_path / "one.jsonl.gz", tmp_path / "two.jsonl.gz", tmp_path / "again.jsonl.gz"
-    write_results(store, one)
+    assert main(["runs", "--store", str(store.path), "--export", str(one)]) == 0
     write_results(store, two)
     write_results(open_results(one), again)
     data = one.read_bytes()
@@ -89,6 +89,16 @@ def test_export_is_deterministic_and_stores_each_prompt_once(store: Store, tmp_p
     prompts = [json.loads(ln)["text"] for ln in lines if ln.startswith('{"type":"prompt"')]
     assert prompts == PROMPTS  # two distinct prompts, once each for 15 samples
     assert sum(ln.startswith('{"type":"sample"') for ln in lines) == 15
+
+
+def test_runs_import_refuses_a_store_that_holds_the_runs(store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "r.jsonl.gz"
+    write_results(store, path)
+    before = repr(list(store.dump_runs()))
+    assert main(["runs", "--store", str(store.path), "--import", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already holds run" in err[0], err
+    assert repr(list(Store(store.path).dump_runs())) == before
 
 
 def test_stored_timings_use_the_measurement_every_run_shares(store: Store) -> None:
@@ -130,7 +140,7 @@ BROKEN: dict[str, tuple[Callable[[list[str]], list[str]], str]] = {
 
 
 @pytest.mark.parametrize("case", sorted(BROKEN))
-def test_a_malformed_results_file_is_one_line_naming_file_and_line(case: str, store: Store, tmp_path: Path) -> None:
+def test_a_malformed_results_file_is_one_line_naming_file_and_line(case: str, store: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = tmp_path / "good.jsonl.gz"
     write_results(store, good)
     edit, expected = BROKEN[case]
@@ -139,6 +149,9 @@ def test_a_malformed_results_file_is_one_line_naming_file_and_line(case: str, st
         read_results(bad)
     message = str(info.value)
     assert message.startswith(f"{bad}: line ") and re.search(expected, message) and "\n" not in message, message
+    assert main(["leaderboard", "--store", str(bad), "--out", str(tmp_path / "lb")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"tokenbench: error: {message}"]
 
 
 def test_a_file_that_is_not_gzip_or_cut_short_is_one_line(store: Store, tmp_path: Path) -> None:
