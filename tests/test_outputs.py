@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -272,6 +271,41 @@ def test_leaderboard_breaks_accuracy_down_by_kind(compared: dict[str, Any], tmp_
     assert len(section) == 2 + 3  # baseline, then the two strategies at 25%
 
 
+def test_leaderboard_and_frame_from_the_exported_results_file_match_the_store(compared: dict[str, Any], tmp_path: Path) -> None:
+    """store -> results file -> store: the same runs, samples, measurements, leaderboard bytes and DataFrame."""
+    import tokenbench
+    from tokenbench.results_file import open_results
+    from tokenbench.store import Store
+
+    exported = tmp_path / "r.jsonl.gz"
+    assert main(["runs", "--store", str(compared["db"]), "--export", str(exported)]) == 0
+    db, text = Store(compared["db"]), open_results(exported)
+    assert db.runs() == text.runs() and len(db.runs()) == 3
+    for run in db.runs():
+        assert db.samples(run.run_id) == text.samples(run.run_id) and len(db.samples(run.run_id)) == 6
+        assert db.measurements(run.run_id) == text.measurements(run.run_id) and {"flops", "environment"} <= set(db.measurements(run.run_id))
+    db.close()
+    for source, out in ((compared["db"], "from-db"), (exported, "from-text")):
+        assert main(["leaderboard", "--store", str(source), "--out", str(tmp_path / out)]) == 0
+    (name,) = [p.name for p in (tmp_path / "from-db").iterdir()]
+    assert (tmp_path / "from-text" / name).read_bytes() == (tmp_path / "from-db" / name).read_bytes()
+    frame = tokenbench.results_frame(exported)
+    assert frame.equals(tokenbench.results_frame(compared["db"])) and len(frame) == 18
+
+
+def test_a_results_file_imported_into_a_working_store_resumes_without_recomputing(compared: dict[str, Any], tmp_path: Path,
+                                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from tokenbench.store import Store
+
+    exported, work = tmp_path / "r.jsonl.gz", tmp_path / "work.db"
+    assert main(["runs", "--store", str(compared["db"]), "--export", str(exported)]) == 0
+    assert main(["runs", "--store", str(work), "--import", str(exported)]) == 0
+    capsys.readouterr()
+    assert main(["compare", *compared["args"][:-1], str(work), "--quiet", "--format", "json"]) == 0
+    assert capsys.readouterr().err.count("resumed, 6 of 6 samples already done") == 3
+    assert repr(list(Store(work).dump_runs())) == repr(list(Store(compared["db"]).dump_runs()))  # nothing rewritten
+
+
 def test_new_reference_defaults_use_registered_strategies() -> None:
     from tokenbench.gate import default_strategies
 
@@ -285,16 +319,14 @@ def test_new_reference_defaults_use_registered_strategies() -> None:
 
 
 def test_the_published_leaderboard_regenerates_byte_for_byte(tmp_path: Path) -> None:
-    """leaderboards/*.md are rendered from the committed store, and nothing else."""
+    """leaderboards/*.md are rendered from the committed results files, and nothing else."""
     from tokenbench.leaderboard import write_leaderboards
 
     repo = Path(__file__).resolve().parents[1]
-    stores = sorted((repo / "leaderboards" / "results").glob("*.db"))
-    assert stores, "no committed results store under leaderboards/results"
-    for store in stores:
-        copy = tmp_path / store.name  # opening a store may write to it (journal, schema): never the committed file
-        shutil.copyfile(store, copy)
-        for path in write_leaderboards(copy, tmp_path / "out"):
+    stores = sorted((repo / "leaderboards" / "results").glob("*.jsonl.gz"))
+    assert stores, "no committed results file under leaderboards/results"
+    for store in stores:  # read into memory: the committed file is never written
+        for path in write_leaderboards(store, tmp_path / "out"):
             published = repo / "leaderboards" / path.name
             assert published.is_file(), f"{path.name} is rendered from {store.name} but not published"
             assert path.read_bytes() == published.read_bytes(), f"{published} differs from what {store.name} renders"

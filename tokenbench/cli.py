@@ -101,11 +101,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_runs(args: argparse.Namespace) -> int:
     import json
 
+    from tokenbench.results_file import open_results, read_results
     from tokenbench.store import Store
 
+    if args.import_file:
+        runs = read_results(args.import_file)
+        into = Store(args.store)
+        try:
+            into.restore_runs(runs)
+        finally:
+            into.close()
+        print(f"tokenbench: imported {len(runs)} runs ({sum(len(r.samples) for r in runs)} sample records) from {args.import_file} into {args.store}",
+              file=sys.stderr)
+        return 0
     if not os.path.exists(args.store):
         raise UsageError(f"{args.store}: no results store there; run 'tokenbench compare' first or pass --store PATH")
-    store = Store(args.store)
+    store = open_results(args.store)
     if args.export:
         return _export(store, args.export)
     from tabulate import tabulate
@@ -123,6 +134,11 @@ def _export(store: Any, path: str) -> int:
     import csv
     import json
 
+    from tokenbench.results_file import is_results_file, write_results
+
+    if is_results_file(path):
+        print(f"tokenbench: exported {write_results(store, path)} sample records to {path}", file=sys.stderr)
+        return 0
     records = [{"run_id": run_id, **rec.__dict__} for run_id, rec in store.iter_all()]
     if path.endswith(".csv"):
         with open(path, "w", newline="", encoding="utf-8") as fh:
@@ -194,9 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("family", nargs="?", choices=list(FAMILIES))
     ls.set_defaults(func=cmd_list)
 
-    r = sub.add_parser("runs", help="list the runs in a results store, or export them")
-    r.add_argument("--store", default=DEFAULT_STORE, help=f"results database (default {DEFAULT_STORE})")
-    r.add_argument("--export", metavar="FILE.json|FILE.csv", help="export every per-sample record")
+    r = sub.add_parser("runs", help="list the runs in a results store, export or import them")
+    r.add_argument("--store", default=DEFAULT_STORE, metavar="FILE.db|FILE.jsonl.gz", help=f"results database (default {DEFAULT_STORE}; to list or export: also a results file)")
+    transfer = r.add_mutually_exclusive_group()
+    transfer.add_argument("--export", metavar="FILE.json|FILE.csv|FILE.jsonl.gz",
+                          help="export every per-sample record; FILE.jsonl.gz: the results file (every run, measurement and sample, "
+                               "what leaderboards are published from; see docs/outputs.md)")
+    transfer.add_argument("--import", dest="import_file", metavar="FILE.jsonl.gz",
+                          help="add the runs of a results file to --store (to resume or extend them); refused if the store holds one already")
     r.set_defaults(func=cmd_runs)
 
     f = sub.add_parser("flops", help="analytic FLOPs of a published architecture at several budgets (no weights)")

@@ -1,6 +1,7 @@
 """Per-sample results as a pandas DataFrame (``tokenbench.results_frame``).
 
-One row per run × sample, read from a results store; nothing is recomputed. pandas is
+One row per run × sample, read from a results store or a results file (``*.jsonl.gz``,
+see :mod:`tokenbench.results_file`); nothing is recomputed. pandas is
 imported here only, so ``import tokenbench`` stays light.
 
 Columns: ``run_id``, ``model`` (hub id or path), ``task`` (name), ``strategy``,
@@ -28,14 +29,15 @@ def _num(x: Any) -> float:
 
 
 def results_frame(store_path: str | os.PathLike[str], run_ids: Sequence[str] | None = None) -> Any:
-    """A ``pandas.DataFrame`` of every per-sample result in the store (or of ``run_ids``)."""
+    """A ``pandas.DataFrame`` of every per-sample result in the store or results file (or of ``run_ids``)."""
     import pandas as pd
 
-    from tokenbench.store import Store, StoreError
+    from tokenbench.results_file import open_results
+    from tokenbench.store import StoreError
 
     if not Path(store_path).exists():
         raise StoreError(f"{store_path}: no results store there")
-    store = Store(os.fspath(store_path))
+    store = open_results(store_path)
     wanted = None if run_ids is None else set(run_ids)
     rows: list[dict[str, Any]] = []
     recall = False

@@ -1,4 +1,4 @@
-"""`tokenbench leaderboard`: markdown leaderboards from a results store.
+"""`tokenbench leaderboard`: markdown leaderboards from a results store or results file.
 
 One file per comparison group (model × task, with its dtype, seed and version): the
 unreduced model, then every budget with its strategies ranked by accuracy, with the
@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenbench.errors import UsageError
+from tokenbench.store import DEFAULT_STORE
 
 _ESCAPES = {"\\": "\\\\", "|": "\\|", "`": "\\`", "*": "\\*", "_": "\\_", "[": "\\[", "]": "\\]", "#": "\\#",
             "<": "&lt;", ">": "&gt;", "&": "&amp;"}
@@ -42,9 +43,10 @@ def md_escape(text: Any) -> str:
 
 
 def add_parser(sub: Any) -> None:
-    lb = sub.add_parser("leaderboard", help="render markdown leaderboards from a results store",
+    lb = sub.add_parser("leaderboard", help="render markdown leaderboards from a results store or results file",
                         description="One markdown file per model × task from the stored runs, byte-for-byte reproducible.")
-    lb.add_argument("--store", default="tokenbench-results.db", help="results database (from tokenbench compare)")
+    lb.add_argument("--store", default=DEFAULT_STORE, metavar="FILE.db|FILE.jsonl.gz",
+                    help="results database (from tokenbench compare) or results file (*.jsonl.gz, from tokenbench runs --export)")
     lb.add_argument("--out", default="leaderboards", metavar="DIR", help="output folder (default: leaderboards)")
     lb.add_argument("--runs", help="only these run ids (comma list); default: every run in the store")
     lb.set_defaults(func=cmd_leaderboard)
@@ -52,7 +54,7 @@ def add_parser(sub: Any) -> None:
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     if not Path(args.store).is_file():
-        raise UsageError(f"{args.store}: no results store there; run 'tokenbench compare' first or pass --store PATH")
+        raise UsageError(f"{args.store}: no results store or results file there; run 'tokenbench compare' first or pass --store PATH")
     run_ids = [r.strip() for r in args.runs.split(",") if r.strip()] if args.runs else None
     for path in write_leaderboards(args.store, args.out, run_ids):
         print(f"tokenbench: wrote {path}", file=sys.stderr)
@@ -60,12 +62,12 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def write_leaderboards(store_path: str | Path, out_dir: str | Path, run_ids: list[str] | None = None) -> list[Path]:
-    """Write one markdown file per comparison group; returns the paths written."""
+    """Write one markdown file per comparison group of a store or results file; returns the paths written."""
     from tokenbench.registry import get_registry
-    from tokenbench.store import Store
+    from tokenbench.results_file import open_results
     from tokenbench.stored import comparison_from_store, group_runs
 
-    store = Store(store_path)
+    store = open_results(store_path)
     out = Path(out_dir)
     written: list[Path] = []
     try:

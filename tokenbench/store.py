@@ -22,7 +22,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from tokenbench.errors import StoreError
 
@@ -79,6 +79,19 @@ class RunInfo:
     n_errors: int
 
 
+@dataclass(frozen=True)
+class RunDump:
+    """Everything a store holds about one run, as :meth:`Store.dump_runs` gives it and
+    :meth:`Store.restore_runs` takes it (what a results file carries)."""
+
+    run_id: str
+    config: dict[str, Any]
+    created: float
+    updated: float
+    measurements: dict[str, Any]
+    samples: list[SampleRecord]
+
+
 def run_key(config: dict[str, Any]) -> str:
     """A stable 16-hex-digit hash of a configuration (canonical JSON).
 
@@ -126,14 +139,14 @@ class Store:
         now = time.time()
         self._db.execute(
             "INSERT OR IGNORE INTO runs VALUES (?, ?, ?, ?)",
-            (run_id, json.dumps(config, sort_keys=True, default=str), now, now),
+            (run_id, _config_json(config), now, now),
         )
         return run_id
 
     def runs(self) -> list[RunInfo]:
         rows = self._db.execute(
             "SELECT r.run_id, r.config, r.created, COUNT(s.sample_id), COUNT(s.error) "
-            "FROM runs r LEFT JOIN samples s ON s.run_id = r.run_id GROUP BY r.run_id ORDER BY r.created"
+            "FROM runs r LEFT JOIN samples s ON s.run_id = r.run_id GROUP BY r.run_id ORDER BY r.created, r.run_id"
         ).fetchall()
         return [RunInfo(r[0], json.loads(r[1]), r[2], r[3], r[4]) for r in rows]
 
@@ -148,11 +161,7 @@ class Store:
         """Write one finished sample in its own transaction (replacing an earlier error)."""
         with self._db:
             self._db.execute("BEGIN")
-            self._db.execute(
-                "INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (run_id, rec.sample_id, rec.position, rec.kind, rec.score, rec.prediction, rec.prompt, rec.error,
-                 json.dumps(rec.record, sort_keys=True)),
-            )
+            self._db.execute("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", _sample_row(run_id, rec))
             self._db.execute("UPDATE runs SET updated=? WHERE run_id=?", (time.time(), run_id))
 
     def done_ids(self, run_id: str, *, include_errors: bool = False) -> set[str]:
@@ -179,8 +188,51 @@ class Store:
     # -- measurements ----------------------------------------------------------------
     def put_measurement(self, run_id: str, name: str, value: Any) -> None:
         with self._db:
-            self._db.execute("INSERT OR REPLACE INTO measurements VALUES (?, ?, ?)", (run_id, name, json.dumps(value, sort_keys=True)))
+            self._db.execute("INSERT OR REPLACE INTO measurements VALUES (?, ?, ?)", (run_id, name, _value_json(value)))
 
     def measurement(self, run_id: str, name: str) -> Any:
         row = self._db.execute("SELECT value FROM measurements WHERE run_id=? AND name=?", (run_id, name)).fetchone()
         return None if row is None else json.loads(row[0])
+
+    def measurements(self, run_id: str, prefix: str = "") -> dict[str, Any]:
+        """Every measurement of a run whose name starts with ``prefix``, by name (sorted)."""
+        rows = self._db.execute("SELECT name, value FROM measurements WHERE run_id=? ORDER BY name", (run_id,)).fetchall()
+        return {name: json.loads(value) for name, value in rows if name.startswith(prefix)}
+
+    # -- whole runs ------------------------------------------------------------------
+    def dump_runs(self) -> Iterator[RunDump]:
+        """Every run with its times, measurements and samples, in :meth:`runs` order."""
+        for info in self.runs():
+            created, updated = self._db.execute("SELECT created, updated FROM runs WHERE run_id=?", (info.run_id,)).fetchone()
+            yield RunDump(info.run_id, info.config, created, updated, self.measurements(info.run_id), self.samples(info.run_id))
+
+    def restore_runs(self, dumps: Iterable[RunDump]) -> None:
+        """Write runs as they were recorded elsewhere (ids, times and all), in one transaction.
+
+        Refuses, writing nothing, when this store already holds one of the runs.
+        """
+        with self._db:
+            self._db.execute("BEGIN")
+            for d in dumps:
+                if self._db.execute("SELECT 1 FROM runs WHERE run_id=?", (d.run_id,)).fetchone():
+                    raise StoreError(f"{self.path}: already holds run {d.run_id}; restore into a store without it")
+                try:
+                    self._db.execute("INSERT INTO runs VALUES (?, ?, ?, ?)", (d.run_id, _config_json(d.config), d.created, d.updated))
+                    self._db.executemany("INSERT INTO measurements VALUES (?, ?, ?)",
+                                         [(d.run_id, name, _value_json(value)) for name, value in d.measurements.items()])
+                    self._db.executemany("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [_sample_row(d.run_id, r) for r in d.samples])
+                except sqlite3.IntegrityError as exc:
+                    raise StoreError(f"{self.path}: cannot restore run {d.run_id} ({exc})") from None
+
+
+def _config_json(config: dict[str, Any]) -> str:
+    return json.dumps(config, sort_keys=True, default=str)
+
+
+def _value_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def _sample_row(run_id: str, rec: SampleRecord) -> tuple[Any, ...]:
+    """The ``samples`` table's columns, in order."""
+    return (run_id, rec.sample_id, rec.position, rec.kind, rec.score, rec.prediction, rec.prompt, rec.error, json.dumps(rec.record, sort_keys=True))

@@ -91,16 +91,13 @@ def stored_timings(store: Store, run_ids: Sequence[str]) -> dict[str, dict[str, 
     Runs of one table are timed together (interleaved), so they share a measurement name;
     with several shared ones, the one over the most samples (then the first name) is used.
     """
-    per_run = {}
-    for rid in run_ids:
-        rows = store._db.execute("SELECT name, value FROM measurements WHERE run_id=? AND name LIKE 'timing:%'", (rid,)).fetchall()
-        per_run[rid] = {name: value for name, value in rows}
+    per_run = {rid: store.measurements(rid, prefix="timing:") for rid in run_ids}
     shared = sorted(set.intersection(*(set(v) for v in per_run.values()))) if per_run else []
     if not shared:
         return {}
     first = per_run[run_ids[0]]
-    key = max(shared, key=lambda k: len(json.loads(first[k]).get("sample_ids", [])))
-    return {rid: dict(json.loads(v[key])) for rid, v in per_run.items()}
+    key = max(shared, key=lambda k: len(first[k].get("sample_ids", [])))
+    return {rid: dict(v[key]) for rid, v in per_run.items()}
 
 
 def comparison_from_store(store: Store, run_ids: Sequence[str] | None = None, registry: Any = None) -> Comparison:
