@@ -14,9 +14,9 @@ from typing import Any, Sequence
 import torch
 
 from tokenbench.adapter import Adapter, GenerationResult
-from tokenbench.adapters.flops_meter import FlopsMeter
-from tokenbench.adapters.decoding import DecoderParts, SampleSetup, TokenLayout, prefill_and_decode
-from tokenbench.adapters.loading import eos_token_ids, load_pretrained, make_stop, model_identity, torch_dtype
+from tokenbench.flops_meter import FlopsMeter
+from tokenbench.checkpoints import load_pretrained, model_identity, torch_dtype
+from tokenbench.decoding import DecoderParts, SampleSetup, TokenLayout, eos_token_ids, make_stop, prefill_and_decode
 from tokenbench.budget import Budget, sample_generator
 from tokenbench.strategy import ModelInfo, Strategy
 from tokenbench.task import Sample

@@ -39,7 +39,7 @@ import pytest
 import torch
 
 import tokenbench.adapters.llava as llava_mod
-from tokenbench.adapters import decoding
+from tokenbench import decoding
 from tokenbench.adapters.llava import LlavaAdapter
 from tokenbench.budget import FULL, Budget
 from tokenbench.strategies.baseline import Baseline

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from tokenbench.adapters import decoding
+from tokenbench import decoding
 from tokenbench.adapters.llava import LlavaAdapter
 from tokenbench.budget import FULL, Budget
 from tokenbench.cli import main

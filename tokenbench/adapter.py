@@ -89,7 +89,7 @@ class Adapter:
         """Greedy generation under ``strategy``; one result per sample.
 
         Timing (``tokenbench.timing``): an adapter built on
-        :func:`tokenbench.adapters.decoding.prefill_and_decode` is timed phase by phase
+        :func:`tokenbench.decoding.prefill_and_decode` is timed phase by phase
         with no further code (that function marks prefill, selection, first token and
         decode steps, and forces the number of new tokens while a timed call is active);
         it should call ``tokenbench.timing.mark_phase("vision_start")`` just before its

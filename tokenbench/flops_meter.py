@@ -15,7 +15,7 @@ from typing import Any, Callable
 import torch
 
 from tokenbench.adapter import GenerationResult
-from tokenbench.adapters.decoding import DecoderParts
+from tokenbench.decoding import DecoderParts
 from tokenbench.flops import MacCounter, flops_from_macs
 from tokenbench.flops_analytic import decode_macs_per_token
 
