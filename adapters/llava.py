@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import torch
 
-from tokenbench.adapter import Adapter, GenerationResult
+from tokenbench.adapter import Adapter, GenerationResult, TokenCounts
 from tokenbench.flops_meter import FlopsMeter
 from tokenbench.checkpoints import load_pretrained, model_identity, torch_dtype
 from tokenbench.decoding import DecoderParts, SampleSetup, TokenLayout, eos_token_ids, make_stop, prefill_and_decode
@@ -77,17 +77,17 @@ class LlavaAdapter(Adapter):
     def describe(self) -> dict[str, Any]:
         return model_identity(self.model, self.source, self.device, self.dtype, family=self.family)
 
-    def flops(self, result: GenerationResult) -> dict[str, int]:
-        return self.meter.measure(result)
+    def flops_for(self, counts: TokenCounts) -> dict[str, int]:
+        return self.meter.measure(counts)
 
-    def _vision_macs(self, result: GenerationResult) -> tuple[int, int]:
+    def _vision_macs(self, counts: TokenCounts) -> tuple[int, int]:
         """(vision tower, projector) multiply-adds for one image, traced once."""
         vcfg = self.model.config.vision_config
         param = next(self.model.parameters())
         pixels = torch.zeros(1, 3, vcfg.image_size, vcfg.image_size, dtype=param.dtype, device=param.device)
         tower = self.meter.counter.count(("vision", vcfg.image_size), self.model.model.vision_tower, (pixels,))
-        feats = torch.zeros(1, result.num_visual, vcfg.hidden_size, dtype=param.dtype, device=param.device)
-        proj = self.meter.counter.count(("projector", result.num_visual), self.model.model.multi_modal_projector, (feats,))
+        feats = torch.zeros(1, counts.num_visual, vcfg.hidden_size, dtype=param.dtype, device=param.device)
+        proj = self.meter.counter.count(("projector", counts.num_visual), self.model.model.multi_modal_projector, (feats,))
         return tower, proj
 
     def chat_prompt(self, user_text: str) -> str:

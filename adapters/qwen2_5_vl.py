@@ -31,7 +31,8 @@ from typing import Any, Sequence
 
 import torch
 
-from tokenbench.adapter import Adapter, GenerationResult, ModelLoadError
+from tokenbench.adapter import Adapter, GenerationResult, TokenCounts
+from tokenbench.errors import ModelLoadError
 from tokenbench.checkpoints import load_pretrained, model_identity, torch_dtype
 from tokenbench.decoding import DecodeOutput, DecoderParts, SampleSetup, TokenLayout, eos_token_ids, make_stop, prefill_and_decode
 from tokenbench.flops_meter import FlopsMeter
@@ -101,13 +102,13 @@ class Qwen2_5_VLAdapter(Adapter):
         return model_identity(self.model, self.source, self.device, self.dtype, family=self.family,
                               min_pixels=_size(size, "shortest_edge", "min_pixels"), max_pixels=_size(size, "longest_edge", "max_pixels"))
 
-    def flops(self, result: GenerationResult) -> dict[str, int]:
-        return self.meter.measure(result)
+    def flops_for(self, counts: TokenCounts) -> dict[str, int]:
+        return self.meter.measure(counts)
 
-    def _vision_macs(self, result: GenerationResult) -> tuple[int, int]:
-        """(vision tower without merger, patch merger) multiply-adds for one image of ``result.grid``, traced once per grid."""
+    def _vision_macs(self, counts: TokenCounts) -> tuple[int, int]:
+        """(vision tower without merger, patch merger) multiply-adds for one image of ``counts.grid``, traced once per grid."""
         visual, vcfg = self.model.model.visual, self.model.config.vision_config
-        h, w = result.grid[0] * self.merge, result.grid[1] * self.merge
+        h, w = counts.grid[0] * self.merge, counts.grid[1] * self.merge
         param = next(visual.parameters())
         pixels = torch.zeros(h * w, vcfg.in_channels * vcfg.temporal_patch_size * vcfg.patch_size**2, dtype=param.dtype, device=param.device)
         thw = torch.tensor([[1, h, w]], device=param.device)

@@ -6,7 +6,7 @@ Heavy modules (torch, transformers) load only when a model runs.
 
 from __future__ import annotations
 
-from tokenbench.adapter import Adapter, GenerationResult
+from tokenbench.adapter import Adapter, GenerationResult, TokenCounts
 from tokenbench.budget import Budget
 from tokenbench.errors import (
     BudgetError,
@@ -50,6 +50,7 @@ __all__ = [
     "StrategyFailure",
     "Task",
     "TaskDataError",
+    "TokenCounts",
     "TokenbenchError",
     "UnknownNameError",
     "UsageError",
