@@ -49,7 +49,7 @@ class LlavaAdapter(DecoderAdapter):
     def decoder_parts(self) -> DecoderParts:
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-        return self.rope_1d_parts(apply_rotary_pos_emb)
+        return self.stock_decoder_parts(apply_rotary_pos_emb)
 
     def vision_macs(self, counts: TokenCounts) -> tuple[int, int]:
         """(vision tower, projector) multiply-adds for one image, traced once."""

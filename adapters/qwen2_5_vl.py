@@ -66,21 +66,9 @@ class Qwen2_5_VLAdapter(DecoderAdapter):
     def decoder_parts(self) -> DecoderParts:
         # In transformers 5 the rotary embedding already interleaves the three axes by
         # ``mrope_section`` (cos/sin come out [B,S,head_dim]); applying them is plain RoPE.
-        from transformers import DynamicCache
         from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
 
-        lm, text = self.model.model.language_model, self.text_config
-        return DecoderParts(
-            embed=lm.embed_tokens,
-            layers=list(lm.layers),
-            norm=lm.norm,
-            lm_head=self.model.lm_head,
-            rotary=lambda h, pos: lm.rotary_emb(h, pos.permute(2, 0, 1)),
-            apply_rope=lambda x, cos, sin: apply_rotary_pos_emb(x, x, cos, sin)[0],
-            position_ids=lambda pos: pos.permute(2, 0, 1),
-            make_cache=lambda: DynamicCache(config=text),
-            position_dims=3,
-        )
+        return self.stock_decoder_parts(apply_rotary_pos_emb, position_dims=3)
 
     def describe(self) -> dict[str, Any]:
         size = getattr(self.processor.image_processor, "size", None)

@@ -109,8 +109,8 @@ class DecoderAdapter(Adapter):
     def decoder_parts(self) -> DecoderParts:
         """The :class:`~tokenbench.DecoderParts` view of the stock language model.
 
-        Called once by the constructor. For a stock decoder with 1-D RoPE,
-        :meth:`rope_1d_parts` builds it from the modeling module's ``apply_rotary_pos_emb``.
+        Called once by the constructor. For a stock RoPE decoder, :meth:`stock_decoder_parts`
+        builds it from the modeling module's ``apply_rotary_pos_emb``.
         """
 
     @abstractmethod
@@ -133,22 +133,29 @@ class DecoderAdapter(Adapter):
         """
 
     # -- helpers for the hooks ----------------------------------------------------------
-    def rope_1d_parts(self, apply_rotary_pos_emb: ApplyRopeFn) -> DecoderParts:
-        """The view of a stock 1-D RoPE decoder at ``model.model.language_model`` (Llama, Mistral, Qwen2, ...).
+    def stock_decoder_parts(self, apply_rotary_pos_emb: ApplyRopeFn, *, position_dims: int = 1) -> DecoderParts:
+        """The view of a stock RoPE decoder at ``model.model.language_model``, with ``model.lm_head``.
 
         ``apply_rotary_pos_emb(q, k, cos, sin)`` is the function of the language model's
-        own modeling module; the KV cache is a ``DynamicCache`` of the text config.
+        own modeling module. ``position_dims`` 1: 1-D RoPE (Llama, Mistral, Qwen2, ...),
+        the layers take position ids ``[B, S]``; 3: M-RoPE (Qwen2-VL, Qwen2.5-VL), they
+        take ``[3, B, S]`` and the model's rotary embedding combines the axes. The KV
+        cache is a ``DynamicCache`` of the text config.
         """
+        if position_dims not in (1, 3):
+            raise PluginError(f"{type(self).__name__}: stock decoders have 1-D or 3-D (M-RoPE) positions, not {position_dims}-D")
         lm, text = self.model.model.language_model, self.text_config
+        position_ids = _first_axis if position_dims == 1 else _axes_first
         return DecoderParts(
             embed=lm.embed_tokens,
             layers=list(lm.layers),
             norm=lm.norm,
             lm_head=self.model.lm_head,
-            rotary=lambda h, pos: lm.rotary_emb(h, pos[..., 0]),
+            rotary=lambda h, pos: lm.rotary_emb(h, position_ids(pos)),
             apply_rope=lambda x, cos, sin: apply_rotary_pos_emb(x, x, cos, sin)[0],
-            position_ids=lambda pos: pos[..., 0],
+            position_ids=position_ids,
             make_cache=lambda: _dynamic_cache(text),
+            position_dims=position_dims,
         )
 
     def visual_layout(self, input_ids: torch.Tensor, valid: torch.Tensor, visual: torch.Tensor, features: Sequence[torch.Tensor], pos: torch.Tensor) -> TokenLayout:
@@ -188,6 +195,7 @@ class DecoderAdapter(Adapter):
         return model_identity(self.model, self.source, self.device, self.dtype, family=self.family)
 
     def flops_for(self, counts: TokenCounts) -> dict[str, int]:
+        """The decoder's FLOPs at the measured sequence lengths (:class:`~tokenbench.FlopsMeter`) plus :meth:`vision_macs`."""
         return self.meter.measure(counts)
 
     @torch.no_grad()
@@ -243,6 +251,16 @@ class DecoderAdapter(Adapter):
             )
             for b, s in enumerate(run.setups)
         ]
+
+
+def _first_axis(pos: torch.Tensor) -> torch.Tensor:
+    """``[B, S, 1]`` positions -> the ``[B, S]`` position ids of a 1-D RoPE decoder."""
+    return pos[..., 0]
+
+
+def _axes_first(pos: torch.Tensor) -> torch.Tensor:
+    """``[B, S, 3]`` positions -> the ``[3, B, S]`` position ids of an M-RoPE decoder."""
+    return pos.permute(2, 0, 1)
 
 
 def _dynamic_cache(text_config: Any) -> Any:

@@ -51,7 +51,7 @@ class DeepseekVLAdapter(tokenbench.DecoderAdapter):
     def decoder_parts(self) -> tokenbench.DecoderParts:
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-        return self.rope_1d_parts(apply_rotary_pos_emb)
+        return self.stock_decoder_parts(apply_rotary_pos_emb)
 
     def encode(self, inputs: Mapping[str, Any], *, saliency: bool) -> tokenbench.EncodedBatch:
         ids = inputs["input_ids"].to(self.device)
