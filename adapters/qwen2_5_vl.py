@@ -27,63 +27,30 @@ position + 1 on all three axes, which equals the stock ``generate`` (text positi
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
-from tokenbench.adapter import Adapter, GenerationResult, ModelLoadError
-from tokenbench.adapters.decoding import DecodeOutput, DecoderParts, SampleSetup, TokenLayout, prefill_and_decode
-from tokenbench.adapters.flops_meter import FlopsMeter
-from tokenbench.adapters.loading import eos_token_ids, load_pretrained, make_stop, model_identity, torch_dtype
-from tokenbench.budget import Budget, sample_generator
-from tokenbench.strategy import ModelInfo, Strategy
-from tokenbench.task import Sample
-from tokenbench.timing import mark_phase
+from tokenbench import DecoderAdapter, DecoderParts, EncodedBatch, ModelLoadError, TokenCounts, load_pretrained, mark_phase, torch_dtype
 
 #: score-matrix entries computed at once by the saliency (bounds its memory)
 _CHUNK = 1 << 26
 
 
-class Qwen2_5_VLAdapter(Adapter):
+class Qwen2_5_VLAdapter(DecoderAdapter):
     name = "qwen2_5_vl"
     description = "Qwen2.5-VL (Qwen2_5_VLForConditionalGeneration), last full-attention-block saliency, 3-D M-RoPE"
     family = "qwen2_5_vl"
     model_types = ("qwen2_5_vl",)
 
     def __init__(self, model: Any, processor: Any, source: str, device: str, dtype: str) -> None:
-        from transformers import DynamicCache
-        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
-
-        self.model = model.eval()
-        self.processor = processor
-        self.source = source
-        self.device = device
-        self.dtype = dtype
         cfg = model.config
+        if "sliding_attention" in (getattr(cfg.text_config, "layer_types", None) or []):
+            raise ModelLoadError(f"{source}: sliding-window decoder layers (use_sliding_window) are not supported")
         self.image_token_id = cfg.image_token_id
         self.merge = cfg.vision_config.spatial_merge_size
         self.saliency_block = list(cfg.vision_config.fullatt_block_indexes)[-1]
-        text = cfg.text_config
-        if "sliding_attention" in (getattr(text, "layer_types", None) or []):
-            raise ModelLoadError(f"{source}: sliding-window decoder layers (use_sliding_window) are not supported")
-        self.info = ModelInfo(num_layers=text.num_hidden_layers, hidden_size=text.hidden_size, name=source)
-        lm = model.model.language_model
-        # In transformers 5 the rotary embedding already interleaves the three axes by
-        # ``mrope_section`` (cos/sin come out [B,S,head_dim]); applying them is plain RoPE.
-        self.parts = DecoderParts(
-            embed=lm.embed_tokens,
-            layers=list(lm.layers),
-            norm=lm.norm,
-            lm_head=model.lm_head,
-            rotary=lambda h, pos: lm.rotary_emb(h, pos.permute(2, 0, 1)),
-            apply_rope=lambda x, cos, sin: apply_rotary_pos_emb(x, x, cos, sin)[0],
-            position_ids=lambda pos: pos.permute(2, 0, 1),
-            make_cache=lambda: DynamicCache(config=text),
-            position_dims=3,
-        )
-        self.meter = FlopsMeter(self.parts, text, self._vision_macs)
-        processor.tokenizer.padding_side = "left"
-        self.eos_ids = eos_token_ids(model, processor.tokenizer)
+        super().__init__(model, processor, source, device, dtype)
 
     @classmethod
     def load(cls, model: str, *, device: str = "cpu", dtype: str = "float32", min_pixels: int | str | None = None,
@@ -96,99 +63,45 @@ class Qwen2_5_VLAdapter(Adapter):
                                         processor_options=pixels, processor_loader=load_processor, **options)
         return cls(hf, processor, model, device, dtype)
 
+    def decoder_parts(self) -> DecoderParts:
+        # In transformers 5 the rotary embedding already interleaves the three axes by
+        # ``mrope_section`` (cos/sin come out [B,S,head_dim]); applying them is plain RoPE.
+        from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
+
+        return self.stock_decoder_parts(apply_rotary_pos_emb, position_dims=3)
+
     def describe(self) -> dict[str, Any]:
         size = getattr(self.processor.image_processor, "size", None)
-        return model_identity(self.model, self.source, self.device, self.dtype, family=self.family,
-                              min_pixels=_size(size, "shortest_edge", "min_pixels"), max_pixels=_size(size, "longest_edge", "max_pixels"))
+        return {**super().describe(), "min_pixels": _size(size, "shortest_edge", "min_pixels"), "max_pixels": _size(size, "longest_edge", "max_pixels")}
 
-    def flops(self, result: GenerationResult) -> dict[str, int]:
-        return self.meter.measure(result)
-
-    def _vision_macs(self, result: GenerationResult) -> tuple[int, int]:
-        """(vision tower without merger, patch merger) multiply-adds for one image of ``result.grid``, traced once per grid."""
+    def vision_macs(self, counts: TokenCounts) -> tuple[int, int]:
+        """(vision tower without merger, patch merger) multiply-adds for one image of ``counts.grid``, traced once per grid."""
         visual, vcfg = self.model.model.visual, self.model.config.vision_config
-        h, w = result.grid[0] * self.merge, result.grid[1] * self.merge
+        h, w = counts.grid[0] * self.merge, counts.grid[1] * self.merge
         param = next(visual.parameters())
         pixels = torch.zeros(h * w, vcfg.in_channels * vcfg.temporal_patch_size * vcfg.patch_size**2, dtype=param.dtype, device=param.device)
         thw = torch.tensor([[1, h, w]], device=param.device)
-        tower = self.meter.counter.count(("vision", h, w), visual, (pixels,), {"grid_thw": thw})
+        tower = self.meter.count(("vision", h, w), visual, (pixels,), {"grid_thw": thw})
         patches = torch.zeros(h * w, vcfg.hidden_size, dtype=param.dtype, device=param.device)
-        merger = self.meter.counter.count(("projector", h, w), visual.merger, (patches,))
+        merger = self.meter.count(("projector", h, w), visual.merger, (patches,))
         return tower - merger, merger
 
-    def chat_prompt(self, user_text: str) -> str:
-        """The full prompt for one user turn with one image, by the model's chat template."""
-        conv = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": user_text}]}]
-        return str(self.processor.apply_chat_template(conv, add_generation_prompt=True))
-
-    @torch.no_grad()
-    def generate(self, samples: Sequence[Sample], prompts: Sequence[str], strategy: Strategy, budget: Budget, *,
-                 seed: int = 0, max_new_tokens: int = 8) -> list[GenerationResult]:
-        out, texts, setups, text_tokens = self.run(samples, prompts, strategy, budget, seed=seed, max_new_tokens=max_new_tokens)
-        tok = self.processor.tokenizer
-        top2 = out.first_logits.topk(2, dim=-1).values
-        return [
-            GenerationResult(
-                prediction=tok.decode(out.tokens[b], skip_special_tokens=True).strip(),
-                prompt=texts[b],
-                num_visual=s.num_visual,
-                grid=s.grid,
-                budget=s.budget,
-                tokens_per_layer=out.tokens_per_layer[b],
-                kept=out.kept[b],
-                merged=out.merged[b],
-                answer_margin=float(top2[b, 0] - top2[b, 1]),
-                selection_seconds=out.selection_seconds[b],
-                text_tokens=text_tokens[b],
-            )
-            for b, s in enumerate(setups)
-        ]
-
-    @torch.no_grad()
-    def run(self, samples: Sequence[Sample], prompts: Sequence[str], strategy: Strategy, budget: Budget, *,
-            seed: int = 0, max_new_tokens: int = 8, stop: bool = True) -> tuple[DecodeOutput, list[str], list[SampleSetup], list[int]]:
-        """The reduced forward and greedy decode: (output, prompts, per-sample setups, text-token counts)."""
+    def encode(self, inputs: Mapping[str, Any], *, saliency: bool) -> EncodedBatch:
+        """Merged visual tokens in place of the ``<|image_pad|>`` tokens, per-image grids, stock 3-D M-RoPE positions."""
         dev = self.device
-        texts = [self.chat_prompt(p) for p in prompts]
-        enc = self.processor(images=[s.load_image() for s in samples], text=texts, return_tensors="pt", padding=True)
-        ids = enc["input_ids"].to(dev)
-        attn = enc["attention_mask"].to(dev).bool()
-        thw = enc["image_grid_thw"].to(dev)
+        ids = inputs["input_ids"].to(dev)
+        attn = inputs["attention_mask"].to(dev).bool()
+        thw = inputs["image_grid_thw"].to(dev)
         is_img = ids == self.image_token_id
-        mm = enc.get("mm_token_type_ids")
+        mm = inputs.get("mm_token_type_ids")
         mm = is_img.int() if mm is None else mm.to(dev)
-        stages = strategy.schedule(self.info)
-        want_sal = any("saliency" in s.signals for s in stages)
         mark_phase("vision_start")  # timed loop only: time to first token starts here
-        feats, saliency = self.encode_images(enc["pixel_values"].to(dev), thw, saliency=want_sal)
-        counts = [int(f.shape[0]) for f in feats]
-        if len(counts) != len(samples) or is_img.sum(dim=1).tolist() != counts:
+        feats, sal = self.encode_images(inputs["pixel_values"].to(dev), thw, saliency=saliency)
+        if len(feats) != ids.shape[0]:
             raise ValueError("the Qwen2.5-VL adapter takes exactly one image per sample")
-        embeds = self.parts.embed(ids)
-        embeds[is_img] = torch.cat(feats).to(embeds.dtype)
-        origin = torch.full_like(ids, -1)
-        origin[is_img] = torch.cat([torch.arange(n, device=ids.device) for n in counts])
         pos, _ = self.model.model.get_rope_index(ids, mm, image_grid_thw=thw, attention_mask=attn.long())  # [3,B,S]
-        layout = TokenLayout(embeds, pos.permute(1, 2, 0).contiguous(), attn, origin)
-        setups = []
-        for b, s in enumerate(samples):
-            _, h, w = thw[b].tolist()
-            setups.append(
-                SampleSetup(
-                    sample_id=s.id,
-                    budget=budget.resolve(counts[b], strategy.default_keep),
-                    num_visual=counts[b],
-                    grid=(h // self.merge, w // self.merge),
-                    generator=sample_generator(seed, s.id, strategy.name),
-                    saliency=None if saliency is None else saliency[b],
-                    text_embeddings=embeds[b, attn[b] & ~is_img[b]],
-                )
-            )
-        out = prefill_and_decode(
-            self.parts, layout, setups, strategy, stages, max_new_tokens=max_new_tokens, eos_ids=self.eos_ids,
-            stop=make_stop(self.processor.tokenizer) if stop else None,
-        )
-        return out, texts, setups, (attn & ~is_img).sum(dim=1).tolist()
+        layout = self.visual_layout(ids, attn, is_img, feats, pos.permute(1, 2, 0).contiguous())
+        return EncodedBatch(layout, [(h // self.merge, w // self.merge) for _, h, w in thw.tolist()], sal)
 
     @torch.no_grad()
     def encode_images(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor, *, saliency: bool = False) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:

@@ -248,7 +248,7 @@ def profile_breakdown(adapter: Any, strategy: Any, budget: Any, sample: Any, cal
     import cProfile
     import pstats
 
-    from tokenbench.adapters import decoding
+    from tokenbench import decoding
 
     layer_fn = type(adapter.parts.layers[0]).forward
     groups = {

@@ -38,8 +38,8 @@ import numpy as np
 import pytest
 import torch
 
-import tokenbench.adapters.llava as llava_mod
-from tokenbench.adapters import decoding
+import tokenbench.decoder_adapter as decoder_adapter_mod
+from tokenbench import decoding
 from tokenbench.adapters.llava import LlavaAdapter
 from tokenbench.budget import FULL, Budget
 from tokenbench.strategies.baseline import Baseline
@@ -223,7 +223,7 @@ def run(m: Bundle, sids: list[str], strategy: Strategy, *, budget: Budget = FULL
         return captured["out"]
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(llava_mod, "prefill_and_decode", spy)
+    mp.setattr(decoder_adapter_mod, "prefill_and_decode", spy)
     mp.setattr(m.adapter.parts, "lm_head", recording_head)
     try:
         samples = [SAMPLES[s] for s in sids]

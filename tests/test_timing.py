@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from tokenbench.adapters import decoding
+from tokenbench import decoding
 from tokenbench.adapters.llava import LlavaAdapter
 from tokenbench.budget import FULL, Budget
 from tokenbench.cli import main
@@ -132,7 +132,7 @@ def test_min_new_tokens_in_the_decoder(adapter: LlavaAdapter, samples: list[Samp
         seen.append(len(out.tokens[0]))
         return out
 
-    monkeypatch.setattr("tokenbench.adapters.llava.prefill_and_decode", spy)
+    monkeypatch.setattr("tokenbench.decoder_adapter.prefill_and_decode", spy)
     adapter.generate(samples[:1], [samples[0].question], Baseline(), FULL, max_new_tokens=6)
     assert seen == [3]  # forced up to 3, then the first EOS stops it
 

@@ -6,20 +6,56 @@ each scheduled stage, applies the selections (keeping original position ids), an
 generates greedily from the pruned cache. It reports, per sample, what was measured
 inside the forward pass (visual tokens entering every decoder layer), not what the
 strategy claimed.
+
+:class:`Adapter` is the whole contract: every method the harness, the timed loop,
+``tokenbench show`` and the contract suite call is an abstract method here (except
+:meth:`Adapter.visual_token_capacity`, whose default, "unknown", is always correct).
+FLOPs are counted from :class:`TokenCounts`, the counts every stored record keeps,
+so a stored run is measured again without re-running the model.
+
+A decoder-only model whose language model is a stack of stock ``transformers``
+decoder layers need not implement the contract by hand: subclass
+:class:`tokenbench.DecoderAdapter`, which implements ``generate`` and FLOPs on top of
+:func:`tokenbench.prefill_and_decode` and leaves only the model-specific parts
+(loading, image encoding, the decoder view, vision FLOPs). docs/plugins.md is the
+guide.
 """
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
-from tokenbench.errors import ModelLoadError
 from tokenbench.strategy import ModelInfo, Strategy
 
 if TYPE_CHECKING:
     from tokenbench.budget import Budget
     from tokenbench.task import Sample
 
+
+@dataclass(frozen=True)
+class TokenCounts:
+    """The token counts of one sample's forward pass: everything its FLOPs depend on.
+
+    >>> TokenCounts.from_record({"num_visual": 16, "grid": [4, 4], "text_tokens": 9, "tokens_per_layer": [4, 4, 2]})
+    TokenCounts(num_visual=16, grid=(4, 4), text_tokens=9, tokens_per_layer=(4, 4, 2))
+    """
+
+    #: visual tokens the image was encoded into, before any stage
+    num_visual: int
+    #: the visual token grid (rows, columns) of the image
+    grid: tuple[int, int]
+    #: text (non-visual) tokens of the prompt, which no strategy drops
+    text_tokens: int
+    #: visual tokens entering each decoder layer, measured in the forward pass
+    tokens_per_layer: tuple[int, ...]
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> TokenCounts:
+        """The counts a stored per-sample record keeps (the harness writes these keys)."""
+        rows, cols = record["grid"]
+        return cls(int(record["num_visual"]), (int(rows), int(cols)), int(record["text_tokens"]), tuple(int(n) for n in record["tokens_per_layer"]))
 
 @dataclass
 class GenerationResult:
@@ -51,13 +87,20 @@ class GenerationResult:
     def layer_average(self) -> float:
         return sum(self.tokens_per_layer) / len(self.tokens_per_layer) if self.tokens_per_layer else float(self.num_visual)
 
+    @property
+    def counts(self) -> TokenCounts:
+        """The token counts its FLOPs depend on."""
+        return TokenCounts(self.num_visual, (self.grid[0], self.grid[1]), self.text_tokens, tuple(self.tokens_per_layer))
 
-class Adapter:
-    """Base class of model adapters.
 
-    Subclasses set ``name``, ``description``, ``family`` (the prompt-template family,
-    e.g. ``"llava"``) and ``model_types`` (the ``config.json`` ``model_type`` values
-    they serve), and implement :meth:`load` and :meth:`generate`.
+class Adapter(ABC):
+    """Base class of model adapters: the contract the harness drives.
+
+    A subclass sets the class attributes ``name``, ``description``, ``family`` (the
+    prompt-template family that :meth:`tokenbench.Task.prompt` is given, e.g.
+    ``"llava"``) and ``model_types`` (the ``config.json`` ``model_type`` values it
+    serves); its constructor sets ``info``, the :class:`~tokenbench.ModelInfo` that
+    strategies schedule their stages on; and it implements every abstract method.
     """
 
     name: ClassVar[str] = ""
@@ -65,17 +108,36 @@ class Adapter:
     family: ClassVar[str] = ""
     model_types: ClassVar[tuple[str, ...]] = ()
 
+    #: what strategies see of the model (decoder layers, hidden size, name); set by the constructor
     info: ModelInfo
 
     @classmethod
+    @abstractmethod
     def load(cls, model: str, *, device: str = "cpu", dtype: str = "float32", **options: Any) -> Adapter:
-        raise NotImplementedError
+        """The adapter for checkpoint ``model`` (a local path or a hub id) on ``device`` in ``dtype``.
+
+        ``options`` are the ``--model-option KEY=VALUE`` pairs (values arrive as
+        strings). A checkpoint that cannot be loaded raises
+        :class:`~tokenbench.ModelLoadError` with a one-line message saying how to fix it.
+        """
 
     @classmethod
     def visual_token_capacity(cls, config: dict[str, Any]) -> int | None:
-        """Visual tokens per image from a ``config.json`` dict (``None`` if image-dependent)."""
+        """Visual tokens per image from a ``config.json`` dict (``None`` if image-dependent).
+
+        Optional: budgets given as counts are checked against it before the model loads.
+        """
         return None
 
+    @abstractmethod
+    def chat_prompt(self, user_text: str) -> str:
+        """The full prompt the model sees for one user turn with one image.
+
+        The harness records ``chat_prompt("{question}")`` as the run's prompt template
+        (part of the run's key in the store), so it must not depend on anything else.
+        """
+
+    @abstractmethod
     def generate(
         self,
         samples: Sequence[Sample],
@@ -86,23 +148,41 @@ class Adapter:
         seed: int = 0,
         max_new_tokens: int = 8,
     ) -> list[GenerationResult]:
-        """Greedy generation under ``strategy``; one result per sample.
+        """Greedy generation under ``strategy``; one result per sample, in order.
+
+        ``prompts`` are the task's user texts (wrap them with :meth:`chat_prompt`).
+        A strategy that raises or breaks the contract for one sample raises
+        :class:`~tokenbench.StrategyFailure` with that sample's index in the batch, so
+        that the harness records it alone and reruns the others.
 
         Timing (``tokenbench.timing``): an adapter built on
-        :func:`tokenbench.adapters.decoding.prefill_and_decode` is timed phase by phase
-        with no further code (that function marks prefill, selection, first token and
-        decode steps, and forces the number of new tokens while a timed call is active);
-        it should call ``tokenbench.timing.mark_phase("vision_start")`` just before its
-        vision encoder, so that time to first token leaves preprocessing out. Other
-        adapters are timed as a whole call.
+        :func:`tokenbench.prefill_and_decode` is timed phase by phase with no further
+        code (that function marks prefill, selection, first token and decode steps, and
+        forces the number of new tokens while a timed call is active); it should call
+        :func:`tokenbench.mark_phase` ``("vision_start")`` just before its vision
+        encoder, so that time to first token leaves preprocessing out. Other adapters
+        are timed as a whole call.
         """
-        raise NotImplementedError
+
+    @abstractmethod
+    def flops_for(self, counts: TokenCounts) -> dict[str, int] | None:
+        """FLOPs (2 × multiply-adds) of a forward pass with these token counts.
+
+        Keys ``vision``, ``projector``, ``llm_prefill``, ``decode_per_token``,
+        ``total_prefill``; ``None`` if the adapter cannot count them. The harness calls
+        it with :meth:`TokenCounts.from_record` on stored records, so it must depend on
+        the counts alone.
+        """
 
     def flops(self, result: GenerationResult) -> dict[str, int] | None:
-        """FLOPs (2 × multiply-adds) of the forward that produced ``result``: keys ``vision``,
-        ``projector``, ``llm_prefill``, ``decode_per_token``, ``total_prefill``; ``None`` if unknown."""
-        return None
+        """FLOPs of the forward that produced ``result``: :meth:`flops_for` of its counts."""
+        return self.flops_for(result.counts)
 
+    @abstractmethod
     def describe(self) -> dict[str, Any]:
-        """Model identity and runtime settings recorded with every result."""
-        raise NotImplementedError
+        """Model identity and runtime settings recorded with every result.
+
+        Part of every run's key in the store: include what changes the results (weights
+        hash or revision, dtype, device, attention kernel, processor options) and
+        nothing that varies between identical runs.
+        """

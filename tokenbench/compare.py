@@ -200,7 +200,7 @@ def run_comparison(
     if model.name is not None:  # a named model's install path differs per machine; its name and weights hash do not
         desc["model"] = model.name
     env = environment(request.device)
-    template = adapter.chat_prompt("{question}") if hasattr(adapter, "chat_prompt") else adapter.family
+    template = adapter.chat_prompt("{question}")
     store = Store(request.store)
     runs: list[RunResult] = []
     timed: list[tuple[RunResult, Strategy, Budget]] = []
@@ -240,8 +240,8 @@ def run_comparison(
 
 
 def _run_flops(adapter: Any, store: Store, run_id: str, records: list[SampleRecord]) -> dict[str, float] | None:
-    """Mean FLOPs per sample over the run's successful samples (stored once per run)."""
-    from tokenbench.adapter import GenerationResult
+    """Mean FLOPs per sample over the run's successful samples (stored once per run), from their stored token counts."""
+    from tokenbench.adapter import TokenCounts
 
     ok = [r for r in records if r.error is None and r.record]
     cached = store.measurement(run_id, "flops")
@@ -251,9 +251,7 @@ def _run_flops(adapter: Any, store: Store, run_id: str, records: list[SampleReco
         return None
     totals: dict[str, float] = {}
     for rec in ok:
-        res = GenerationResult(prediction="", prompt="", num_visual=rec.record["num_visual"], grid=tuple(rec.record["grid"]),
-                               budget=rec.record["budget"], tokens_per_layer=rec.record["tokens_per_layer"], text_tokens=rec.record["text_tokens"])
-        counts = adapter.flops(res)
+        counts = adapter.flops_for(TokenCounts.from_record(rec.record))
         if counts is None:
             return None
         for k, v in counts.items():

@@ -1,4 +1,8 @@
-"""Loading checkpoints by hub id or local path, and what identifies them."""
+"""Loading Hugging Face checkpoints by hub id or local path, and what identifies them.
+
+Model-agnostic: an adapter passes its ``transformers`` model class to
+:func:`load_pretrained` and its loaded model to :func:`model_identity`.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +13,13 @@ from typing import Any, Callable
 
 import torch
 
-from tokenbench.adapter import ModelLoadError
+from tokenbench.errors import ModelLoadError
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype named ``float32``, ``float16`` or ``bfloat16``."""
     try:
         return _DTYPES[name]
     except KeyError:
@@ -67,21 +72,3 @@ def model_identity(model: Any, source: str, device: str, dtype: str, **extra: An
     )
     return ident
 
-
-def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
-    """Token ids that end generation: the generation config's EOS id(s) and the tokenizer's."""
-    eos = model.generation_config.eos_token_id
-    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    return ids
-
-
-def make_stop(tokenizer: Any, stop_strings: tuple[str, ...] = ("\n", "</s>", "<|im_end|>")) -> Callable[[list[int]], bool]:
-    """A predicate: has the decoded text produced one of the stop strings?"""
-
-    def stop(tokens: list[int]) -> bool:
-        text = tokenizer.decode(tokens[-4:], skip_special_tokens=False)
-        return any(s in text for s in stop_strings)
-
-    return stop

@@ -339,3 +339,25 @@ def _repad(rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], dim: int
         valid[b, length - n :] = True
         origin[b, length - n :] = o
     return TokenLayout(hidden, pos, valid, origin)
+
+
+# --------------------------------------------------------------------------- stopping
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    """Token ids that end generation: the generation config's EOS id(s) and the tokenizer's."""
+    eos = model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return ids
+
+
+def make_stop(tokenizer: Any, stop_strings: tuple[str, ...] = ("\n", "</s>", "<|im_end|>")) -> Callable[[list[int]], bool]:
+    """A predicate: has the decoded text produced one of the stop strings?"""
+
+    def stop(tokens: list[int]) -> bool:
+        text = tokenizer.decode(tokens[-4:], skip_special_tokens=False)
+        return any(s in text for s in stop_strings)
+
+    return stop
