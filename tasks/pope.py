@@ -99,7 +99,7 @@ class PopeTask(Task):
 
     def _load_hf(self, root: Path) -> list[Sample]:
         try:
-            import datasets  # type: ignore[import-not-found]
+            import datasets
         except ImportError:
             raise data_error(root, "a Hugging Face dataset saved with save_to_disk needs the 'datasets' package, which is "
                              "not installed (pip install datasets), or use the POPE repository's JSON files", LAYOUT) from None

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence, cast
 
+from tokenbench.adapter import Adapter
 from tokenbench.budget import FULL, Budget
 from tokenbench.environment import environment
 from tokenbench.errors import UsageError
@@ -78,7 +79,8 @@ class CompareRequest:
 def _task_from_spec(registry: Registry, spec: str, options: dict[str, str]) -> Task:
     name, _, path = spec.partition(":")
     cls = registry.load("tasks", name)
-    return cls(path or None, **options)  # type: ignore[no-any-return]
+    task: Task = cls(path or None, **options)
+    return task
 
 
 def resolve_strategies(registry: Registry, specs: Sequence[StrategySpec]) -> list[Strategy]:
@@ -93,7 +95,7 @@ def resolve_strategies(registry: Registry, specs: Sequence[StrategySpec]) -> lis
     return out
 
 
-def adapter_for(registry: Registry, model: str, override: str | None) -> type:
+def adapter_for(registry: Registry, model: str, override: str | None) -> type[Adapter]:
     """Pick the adapter by the checkpoint's ``model_type`` (or the ``--adapter`` override)."""
     if override:
         return registry.load("adapters", override)
@@ -129,7 +131,7 @@ class Prepared(NamedTuple):
     task: Task
     samples: list[Sample]
     strategies: list[Strategy]
-    adapter_cls: type
+    adapter_cls: type[Adapter]
     model: ModelChoice
 
 

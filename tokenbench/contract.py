@@ -25,7 +25,7 @@ it on its own class::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence, cast
+from typing import Sequence
 
 from tokenbench.adapter import Adapter, GenerationResult
 from tokenbench.budget import Budget
@@ -53,8 +53,7 @@ def contract_adapter(workdir: str | Path) -> Adapter:
     path = Path(workdir) / "tiny-llava-contract"
     if not (path / "config.json").is_file():
         tiny_llava_checkpoint(path, image_size=48, patch_size=8, layers=4)
-    adapter_cls = cast("type[Adapter]", adapter_for(get_registry(), str(path), None))
-    return adapter_cls.load(str(path))
+    return adapter_for(get_registry(), str(path), None).load(str(path))
 
 
 def _require(ok: bool, message: str) -> None:

@@ -144,11 +144,11 @@ def prefill_and_decode(
             hidden = hidden[0]
         layer_valid.append(layout.valid)
         layer_full.append(mask is None)
-        stage = by_layer.get(idx)
-        if stage is not None:
+        llm_stage = by_layer.get(idx)
+        if llm_stage is not None:
             layout.hidden = hidden
             signals = _LayerSignals(layer, layer_in, rope, layout, parts)
-            layout = _apply_stage(layout, signals, stage, strategy, setups, parts, kept, merged, sel_time, n_layers, timer=timer)
+            layout = _apply_stage(layout, signals, llm_stage, strategy, setups, parts, kept, merged, sel_time, n_layers, timer=timer)
             hidden = layout.hidden
             mask, pos_ids, rope = _layer_inputs(parts, layout)
             counts = layout.visual_counts()
@@ -218,14 +218,14 @@ def _prefill_mask(valid: torch.Tensor) -> torch.Tensor | None:
 class _LayerSignals:
     """Lazily computed signals of one decoder layer, for one batch."""
 
-    def __init__(self, layer: nn.Module, layer_in: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], layout: TokenLayout, parts: DecoderParts) -> None:
+    def __init__(self, layer: Any, layer_in: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], layout: TokenLayout, parts: DecoderParts) -> None:
         self.layer, self.layer_in, self.rope, self.parts = layer, layer_in, rope, parts
         self.valid = layout.valid.clone()
         self.visual = layout.visual.clone()
 
     def attention(self, b: int, query: str) -> torch.Tensor:
         """Head-averaged attention probabilities [Q, n_visual] of sample ``b``'s query rows."""
-        attn = self.layer.self_attn
+        attn: Any = self.layer.self_attn
         cols = torch.nonzero(self.valid[b]).squeeze(1)
         x = self.layer.input_layernorm(self.layer_in[b : b + 1, cols])
         cos, sin = (t[b : b + 1, cols] if t.dim() == 3 else t[:, b : b + 1, cols] for t in self.rope)

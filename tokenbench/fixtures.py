@@ -133,7 +133,10 @@ def tiny_qwen2_5_vl_checkpoint(
         chat_template=QWEN_CHAT_TEMPLATE,
     )
     def ids(token: str) -> int:
-        return int(tok.convert_tokens_to_ids(token))
+        ident = tok.convert_tokens_to_ids(token)
+        if not isinstance(ident, int):
+            raise TypeError(f"{token!r} is not one token")
+        return ident
 
     torch.manual_seed(seed)
     cfg = Qwen2_5_VLConfig(

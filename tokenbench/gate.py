@@ -152,14 +152,14 @@ def default_strategies(task: str) -> str:
     from tokenbench.registry import get_registry
 
     registry = get_registry()
-    provides = registry.load("tasks", task.partition(":")[0]).provides_relevant_tokens  # type: ignore[attr-defined]
+    provides = registry.load("tasks", task.partition(":")[0]).provides_relevant_tokens
     names = []
     for name in registry.names("strategies"):
         try:
             cls = registry.load("strategies", name)
         except PluginError:
             continue  # already reported among the registry's problems
-        if not cls.keeps_all and (provides or not cls.needs_ground_truth):  # type: ignore[attr-defined]
+        if not cls.keeps_all and (provides or not cls.needs_ground_truth):
             names.append(name)
     return ",".join(names)
 

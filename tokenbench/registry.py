@@ -95,7 +95,8 @@ class Entry:
 
 def _load_base(family: Family) -> type:
     module_name, _, attr = _BASES[family].partition(":")
-    return getattr(importlib.import_module(module_name), attr)  # type: ignore[no-any-return]
+    base: type = getattr(importlib.import_module(module_name), attr)
+    return base
 
 
 class Registry:

@@ -150,7 +150,7 @@ def render(scene: Scene) -> Image.Image:
             draw.polygon([(cx, cy - h), (cx + h, cy), (cx, cy + h), (cx - h, cy)], fill=fill)
         else:
             raise ValueError(o.shape)
-    img = canvas.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BOX)
+    img = canvas.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX)
     arr = np.asarray(img, dtype=np.int16)
     bg = np.all(arr == np.array(BACKGROUND, dtype=np.int16), axis=-1, keepdims=True)
     noise = rng.integers(-NOISE, NOISE + 1, size=(IMAGE_SIZE, IMAGE_SIZE, 1), dtype=np.int16)
@@ -397,7 +397,7 @@ def train_batch(
     """Deterministic training batch ``index`` of ``stream``; never contains an eval item."""
     rng = train_rng(stream, index)
     keys = eval_keys()
-    out = []
+    out: list[tuple[Scene, ShapesQuestion]] = []
     while len(out) < batch_size:
         s, q = sample(rng, n_objects, kinds)
         if _key(s, q) not in keys:
