@@ -6,6 +6,11 @@ model takes its features from, head-averaged; for an encoder without [CLS]
 pooled to the merged-token grid. The adapter computes it; this strategy only ranks.
 Published as FasterVLM / VisPruner (arXiv 2412.01818). Ties break towards the earlier
 token (``torch.topk`` on a stable sort), so results are deterministic.
+
+Position ids: ``contiguous``. FasterVLM prunes the image features in LLaVA's
+``encode_images``, before ``prepare_inputs_labels_for_multimodal`` splices them into
+the prompt, so the language model sees a shorter sequence numbered from 0 with no gap
+(``attention-only:positions=original`` keeps the unreduced ids instead).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class AttentionOnly(Strategy):
 
     name = "attention-only"
     description = "Top-b tokens by encoder [CLS] saliency (FasterVLM/VisPruner)."
+    position_policy = "contiguous"
 
     def schedule(self, model: ModelInfo) -> tuple[StageSpec, ...]:
         return (StageSpec.vision("saliency"),)

@@ -63,10 +63,13 @@ Deviations from the released code:
 - density ties in the clustering are broken deterministically (higher rater score
   first, then lower index) instead of by adding uniform noise of 1e-6; cluster means are
   exact (no +1e-6 in the denominator);
-- recycled tokens take the original position id of their highest-scoring member and sit
-  at its place in the sequence; the released v1 code appends them after the kept visual
-  tokens and renumbers position ids contiguously (``position_ids[:, :new_len]``), so all
-  later tokens shift position;
+- none in positions by default: as released, the recycled tokens are appended after the
+  kept visual tokens and the sequence is renumbered contiguously
+  (``position_ids[:, :new_len]``), so all later tokens shift position
+  (``position_policy = "contiguous"``). With ``sparsevlm:positions=original`` each
+  recycled token instead sits at the place, and keeps the original position id, of its
+  highest-scoring member, and every survivor keeps its original id (tokenbench's
+  behaviour before the policy existed);
 - the top-k keeps ``min(k_l, n)``; the released code keeps ``min(k_l, n − 1)``;
 - the rank-based count (5) is not in the released code, which uses the lists;
 - the released lists also include b = 96 → (238, 48, 26), which tokenbench's
@@ -271,6 +274,7 @@ class SparseVLM(Strategy):
     defaults = {"recycle": True, "recycle_ratio": 0.3, "adaptive": False, "adaptive_scale": 1.0, "adaptive_bias": 0.0}
     budget_convention = "layer_average"
     default_keep = 192 / 576
+    position_policy = "contiguous"  # the release renumbers: position_ids[:, :new_len] (module docstring)
 
     def __init__(self, **params: object) -> None:
         super().__init__(**params)
@@ -308,7 +312,9 @@ class SparseVLM(Strategy):
         dropped_mask[keep] = False
         dropped = torch.nonzero(dropped_mask).squeeze(1)
         merged, positions = recycle(ctx.tokens, scores, dropped, float(self.params["recycle_ratio"]))
-        return Selection(keep=keep, merged=merged, merged_positions=positions, scores=scores)
+        # the release appends the recycled tokens after the kept ones and renumbers (contiguous)
+        return Selection(keep=keep, merged=merged, merged_positions=positions, scores=scores,
+                         merged_at_end=self.position_policy == "contiguous")
 
     @staticmethod
     def _raters(state: dict, att: torch.Tensor) -> torch.Tensor:

@@ -448,6 +448,24 @@ def test_vision_selection_equals_pruned_inputs_embeds_with_original_positions(m:
     assert (hf_logits(m, embeds, compact) - first).abs().max() > 1e-2
 
 
+@pytest.mark.parametrize("sids", [["a"], ["a", "b"]])
+def test_vision_selection_with_contiguous_positions_equals_the_stock_model_fed_the_kept_tokens(m: Bundle, sids: list[str]) -> None:
+    """``position_policy = "contiguous"``: the reduced prompt is numbered 0, 1, 2, ... as if it were the input
+    (what LLaVA's own code does when a method drops image features before the LLM), and decoding follows it."""
+    strategy = Scripted((StageSpec.vision("text_embeddings"),), {"vision": every(3)})
+    strategy.position_policy = "contiguous"
+    r = run(m, sids, strategy, max_new_tokens=12)
+    for b, sid in enumerate(sids):
+        ref = reference_inputs(m, [sid])
+        vis = visual_index(ref, 0)
+        keep = (vis < 0) | (vis % 3 == 0)
+        embeds = ref.embeds[:, keep]
+        logits, tokens = hf_greedy(m, embeds, torch.arange(embeds.shape[1])[None], 12)
+        same_run(r, b, logits, tokens)
+        # not vacuous: the original ids give other logits
+        assert (hf_logits(m, embeds, ref.pos[:, keep]) - logits[0]).abs().max() > 1e-2
+
+
 class KeepRowMergeWindows(Strategy):
     """Vision stage: keeps the first grid row (with its states negated, through
     ``values``), drops the second, and averages each 2x2 window of rows 2-5 into one

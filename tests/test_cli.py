@@ -50,7 +50,7 @@ def test_compare_table_is_printed(tiny_llava: Path, jsonl_task: Path, tmp_path: 
         (["--strategies", "random", "--budget", "0"], "--budget values must be positive integers, got 0"),
         (["--strategies", "random", "--budget", "64", "--keep", "0.2"], "argument --keep: not allowed with argument --budget"),
         (["--strategies", "random", "--budget", "99999"], "--budget 99999 exceeds the model's 36 visual tokens per image"),
-        (["--strategies", "random:nope=1"], "strategy 'random' has no parameter 'nope' (valid: none)"),
+        (["--strategies", "random:nope=1"], "strategy 'random' has no parameter 'nope' (valid: positions)"),
         (["--strategies", "random", "--task", "popee:/x"], "unknown task 'popee'; did you mean 'pope'?"),
         (["--strategies", "random", "--limit", "0"], "--limit must be positive, got 0"),
     ],

@@ -184,6 +184,7 @@ def run_config(adapter_desc: dict[str, Any], task: Task, strategy: Strategy, bud
         "dtype": request.dtype,
         "device_kind": request.device.split(":")[0],
         "prompt_template": template,
+        "position_policy": strategy.position_policy,
         "max_new_tokens": task.max_new_tokens,
         "tokenbench": __version__,
     }

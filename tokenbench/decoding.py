@@ -4,10 +4,23 @@ The adapter builds a :class:`TokenLayout` (input embeddings with the visual toke
 place, their original position ids, and which entries are visual) and a
 :class:`DecoderParts` view of the stock language model. :func:`prefill_and_decode`
 then runs the stock decoder layers one by one, calls the strategy at each scheduled
-stage, applies its selection (gathering hidden states and the *original* position
-ids), and decodes greedily from the per-layer KV cache: layers before a pruning point
-cache every token, layers after it only the survivors. The model's attention kernel
-is never changed; attention signals are recomputed for the requested query rows only.
+stage, applies its selection (gathering hidden states and position ids by the
+strategy's ``position_policy``, below), and decodes greedily from the per-layer KV
+cache: layers before a pruning point cache every token, layers after it only the
+survivors. The model's attention kernel is never changed; attention signals are
+recomputed for the requested query rows only.
+
+Position ids after a selection (:attr:`tokenbench.Strategy.position_policy`):
+
+- ``"original"``: every surviving token keeps its id in the unreduced sequence (merged
+  tokens take their donor's); decoding continues after the unreduced prompt's last id.
+- ``"contiguous"``: the reduced sequence is renumbered as if it were the input. With
+  1-D RoPE every token after the first takes the previous id + 1. With M-RoPE (3-D ids)
+  the visual tokens keep their (temporal, height, width) ids, which say where each
+  token is, and the text after them starts at their largest id + 1 on every axis, as
+  the stock ``get_rope_index`` numbers text after an image. Decoding continues after
+  the reduced prompt's last id. At an LLM stage only the later layers see the new ids;
+  the earlier layers' cache keeps the ids it was computed with.
 """
 
 from __future__ import annotations
@@ -301,12 +314,13 @@ def _apply_stage(
             timer.mark("selection_end")
         kept[b][stage.label] = origin[sel.keep].tolist()
         merged[b][stage.label] = 0 if sel.merged is None else int(sel.merged.shape[0])
-        rows.append(_rebuild_row(layout, b, valid_idx, v_idx, sel))
+        rows.append(_rebuild_row(layout, b, valid_idx, v_idx, sel, strategy.position_policy))
     return _repad(rows, layout.hidden.shape[-1], layout.pos.shape[-1], layout.hidden)
 
 
-def _rebuild_row(layout: TokenLayout, b: int, valid_idx: torch.Tensor, v_idx: torch.Tensor, sel: Selection) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The sample's new sequence: text before, the new visual segment, text after."""
+def _rebuild_row(layout: TokenLayout, b: int, valid_idx: torch.Tensor, v_idx: torch.Tensor, sel: Selection,
+                 policy: str = "original") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The sample's new sequence: text before, the new visual segment, text after (ids by ``policy``)."""
     hid, pos, org = layout.hidden[b], layout.pos[b], layout.origin[b]
     vis_hidden = sel.values.to(hid.dtype) if sel.values is not None else hid[v_idx[sel.keep]]
     seg_h, seg_p, seg_o, order = [vis_hidden], [pos[v_idx[sel.keep]]], [org[v_idx[sel.keep]]], [sel.keep * 2]
@@ -315,7 +329,9 @@ def _rebuild_row(layout: TokenLayout, b: int, valid_idx: torch.Tensor, v_idx: to
         seg_h.append(sel.merged.to(hid.dtype))
         seg_p.append(pos[donors])
         seg_o.append(org[donors])
-        order.append(sel.merged_positions * 2 + 1)
+        # after its donor, or (merged_at_end) after every kept token, in the given order
+        end = 2 * max(int(sel.keep.max()) if sel.keep.numel() else 0, int(sel.merged_positions.max())) + 2
+        order.append(end + torch.arange(sel.merged.shape[0], device=sel.keep.device) if sel.merged_at_end else sel.merged_positions * 2 + 1)
     perm = torch.argsort(torch.cat(order), stable=True)
     first_vis = int(v_idx[0]) if v_idx.numel() else int(valid_idx[-1]) + 1
     before = valid_idx[valid_idx < first_vis]
@@ -323,7 +339,35 @@ def _rebuild_row(layout: TokenLayout, b: int, valid_idx: torch.Tensor, v_idx: to
     h = torch.cat([hid[before], torch.cat(seg_h)[perm], hid[after]])
     p = torch.cat([pos[before], torch.cat(seg_p)[perm], pos[after]])
     o = torch.cat([org[before], torch.cat(seg_o)[perm], org[after]])
+    if policy == "contiguous":
+        p = contiguous_positions(p, o >= 0)
     return h, p, o
+
+
+def contiguous_positions(pos: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+    """One sample's position ids ``[S, P]`` renumbered as if the (reduced) sequence were the input.
+
+    ``P = 1``: ``first, first + 1, ...``. ``P = 3`` (M-RoPE): visual tokens keep their ids;
+    every text token takes the previous token's largest id + 1 on all axes.
+
+    >>> import torch
+    >>> contiguous_positions(torch.tensor([[0], [1], [5], [9], [12]]), torch.tensor([False, True, True, False, False])).flatten().tolist()
+    [0, 1, 2, 3, 4]
+    >>> ids = torch.tensor([[0, 0, 0], [1, 1, 1], [1, 1, 3], [6, 6, 6]])  # text, two kept image tokens, text
+    >>> contiguous_positions(ids, torch.tensor([False, True, True, False])).tolist()
+    [[0, 0, 0], [1, 1, 1], [1, 1, 3], [4, 4, 4]]
+    """
+    if pos.shape[0] == 0:
+        return pos
+    if pos.shape[1] == 1:
+        return pos[:1] + torch.arange(pos.shape[0], device=pos.device)[:, None]
+    out = pos.clone()
+    nxt = int(pos[0].max())  # the first token keeps its ids
+    for i in range(1, pos.shape[0]):
+        if not bool(visual[i]):
+            out[i] = nxt + 1
+        nxt = max(nxt + 1 if not bool(visual[i]) else nxt, int(out[i].max()))
+    return out
 
 
 def _repad(rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], dim: int, pdim: int, like: torch.Tensor) -> TokenLayout:

@@ -204,6 +204,8 @@ def _acc(row: dict[str, Any]) -> float:
 
 
 def provenance(cmp: Any, store: Any, runs: list[Any], rows: list[dict[str, Any]]) -> list[str]:
+    from tokenbench.report import position_note
+
     env, model, cfg = cmp.environment, cmp.model, runs[0].config
     envs = {json.dumps({k: v for k, v in (store.measurement(r.run_id, "environment") or {}).items()}, sort_keys=True) for r in runs}
     newest = max(r.created for r in runs)
@@ -220,6 +222,7 @@ def provenance(cmp: Any, store: Any, runs: list[Any], rows: list[dict[str, Any]]
         f"- task: {md_escape(cmp.task.get('name'))}" + (f" from {md_escape(cmp.task['path'])}" if cmp.task.get("path") else "")
         + f", options {md_escape(options)}; seed {md_escape(cfg.get('seed'))}; max new tokens {md_escape(cfg.get('max_new_tokens'))}",
         f"- samples: {len(cmp.sample_ids)} (the baseline run's); metric: {md_escape(cmp.metric_name)} ({cmp.metric_kind})",
+        f"- {md_escape(position_note(cmp))}",
         f"- newest run: {date}",
     ]
     timing = next((r.timing for r in cmp.runs if r.strategy == "baseline" and r.timing), None)

@@ -69,6 +69,7 @@ def build_rows(cmp: Comparison, *, adjust: str = "holm", kind: str | None = None
             "p_value": None,
             "p_adjusted": None,
             "power_note": None,
+            "position_policy": run.position_policy,
         }
         common = [i for i in ids if i in sc and i in base_scores]
         if run is not base and common:
@@ -161,6 +162,7 @@ def footnotes(cmp: Comparison, rows: list[dict[str, Any]], adjust: str) -> list[
         "accuracy CI: " + ("Wilson" if cmp.metric_kind == "binary" else "bootstrap") + " 95%",
         "tokens: visual tokens entering the language model / averaged over decoder layers (measured in the forward pass); "
         "FLOPs: prefill (vision + projector + LLM), FLOPs = 2 × multiply-adds counted by fvcore, mean per sample",
+        position_note(cmp),
         f"torch {env.get('torch')}, transformers {env.get('transformers')}, fvcore {env.get('fvcore')}, tokenbench {env.get('tokenbench')}",
     ]
     timed = next((run.timing for run in cmp.runs if run.strategy == "baseline" and run.timing), None)
@@ -174,6 +176,19 @@ def footnotes(cmp: Comparison, rows: list[dict[str, Any]], adjust: str) -> list[
         )
     notes += sorted({f"{r['label']} @ {r['budget']}: {r['power_note']}" for r in rows if r.get("power_note")})[:3]
     return notes
+
+
+def position_note(cmp: Comparison) -> str:
+    """Which position ids each reducing strategy hands the language model (its ``position_policy``)."""
+    policies: dict[str, list[str]] = {}
+    for run in cmp.runs:
+        if run.strategy != "baseline" and run.label not in policies.get(run.position_policy, []):
+            policies.setdefault(run.position_policy, []).append(run.label)
+    if not policies:
+        return "position ids: the baseline keeps every token"
+    if len(policies) == 1:
+        return f"position ids after reduction: {next(iter(policies))} for every strategy"
+    return "position ids after reduction: " + "; ".join(f"{policy} for {', '.join(labels)}" for policy, labels in sorted(policies.items()))
 
 
 def render(cmp: Comparison, fmt: str = "table", *, adjust: str = "holm", by_kind: bool = False, per_sample: bool = False) -> str:

@@ -31,6 +31,11 @@ class RunResult:
     timing: dict[str, Any] | None = None
 
     @property
+    def position_policy(self) -> str:
+        """The run's position ids after reduction (runs stored before the policy was recorded used ``original``)."""
+        return str(self.config.get("position_policy", "original"))
+
+    @property
     def label(self) -> str:
         """The strategy with the parameters that differ from its defaults, as tables show it."""
         return strategy_label(self.strategy, self.params, self.defaults)

@@ -37,6 +37,12 @@ StageKind = Literal["vision", "llm"]
 Signal = Literal["saliency", "text_embeddings", "attention", "hidden_states"]
 Query = Literal["last", "text", "all"]
 BudgetConvention = Literal["tokens", "layer_average"]
+#: "original": every surviving token keeps its position id in the unreduced sequence;
+#: "contiguous": the reduced sequence is renumbered as if it were the input
+PositionPolicy = Literal["original", "contiguous"]
+POSITION_POLICIES: tuple[PositionPolicy, ...] = ("original", "contiguous")
+#: the parameter every strategy takes to switch its position policy (``fastv:positions=contiguous``)
+POSITIONS_PARAM = "positions"
 
 SIGNALS: frozenset[str] = frozenset({"saliency", "text_embeddings", "attention", "hidden_states"})
 QUERIES: frozenset[str] = frozenset({"last", "text", "all"})
@@ -187,7 +193,9 @@ class Selection:
     - ``values``: optional replacement states for the kept tokens (``[len(keep), d]``),
       for strategies that merge dropped tokens into kept ones.
     - ``merged``: optional extra tokens (``[m, d]``) made from dropped ones, each placed
-      at the position of the current token ``merged_positions[j]``.
+      at the position of the current token ``merged_positions[j]`` (its donor: the merged
+      token takes the donor's origin and position id), or, with ``merged_at_end``, all
+      after the kept visual tokens in that order (SparseVLM's release appends them).
     - ``scores``: optional per-token scores, recorded for audit.
     """
 
@@ -196,6 +204,7 @@ class Selection:
     merged: torch.Tensor | None = None
     merged_positions: torch.Tensor | None = None
     scores: torch.Tensor | None = None
+    merged_at_end: bool = False
 
     @property
     def count(self) -> int:
@@ -285,15 +294,25 @@ class Strategy:
     #: True for a strategy that reads the task's ground truth (which tokens each answer
     #: depends on): it runs only on tasks with ``provides_relevant_tokens``
     needs_ground_truth: ClassVar[bool] = False
+    #: the position ids the language model sees after a reduction: what the method's
+    #: official code does (``"original"`` or ``"contiguous"``); every strategy also takes
+    #: ``positions=...`` to switch it, and a switched run is keyed and labelled apart
+    position_policy: PositionPolicy = "original"
 
     def __init__(self, **params: Any) -> None:
+        positions = params.pop(POSITIONS_PARAM, None)
         unknown = sorted(set(params) - set(self.defaults))
         if unknown:
-            valid = ", ".join(sorted(self.defaults)) or "none"
+            valid = ", ".join(sorted([*self.defaults, POSITIONS_PARAM]))
             raise UsageError(f"strategy {self.name!r} has no parameter {unknown[0]!r} (valid: {valid})")
         merged = dict(self.defaults)
         for key, value in params.items():
             merged[key] = coerce_param(self.name, key, value, self.defaults[key])
+        if positions is not None and positions != type(self).position_policy:
+            if positions not in POSITION_POLICIES:
+                raise UsageError(f"strategy {self.name!r}: parameter {POSITIONS_PARAM}={positions!r} must be one of {', '.join(POSITION_POLICIES)}")
+            self.position_policy = positions
+            merged[POSITIONS_PARAM] = positions  # only a switched policy enters the run key and the label
         self.params: dict[str, Any] = merged
 
     def schedule(self, model: ModelInfo) -> tuple[StageSpec, ...]:
