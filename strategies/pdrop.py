@@ -19,7 +19,7 @@ Official rules (what the code does):
   layer ``rank_layer`` runs: layers ``0 .. l₁−1`` see all N tokens;
 - one query row, the last instruction token (``prompt_len + image_tokens − 1``, lines
   1390–1392); softmax over the whole causal row, mean over heads, the image columns
-  (lines 1396–1401); the top ``int(N · ratio[s+1])`` of the image tokens present are kept
+  (lines 1395–1401); the top ``int(N · ratio[s+1])`` of the image tokens present are kept
   in original order (lines 1306–1307, 1405–1407);
 - positions: after every drop the sequence is re-padded with position ids ``0 .. len−1``
   (line 1446), and while decoding the position ids are shifted down by the number dropped
