@@ -356,10 +356,14 @@ def test_pdrop_defaults_schedule_and_refusals():
 
 
 def test_pdrop_keeps_what_the_stock_layers_rank(arch):
-    """Every stage's kept set is the top-k of that layer's last-row eager attention (the stock layers by hand)."""
+    """Every stage's kept set is the top-k of that layer's last-row eager attention (the stock layers by hand).
+
+    The reference keeps the original position ids, so the ranking rule is checked under that policy; the
+    renumbering itself (pdrop's default, ``contiguous``) is tested on its own in tests/test_position_policy.py.
+    """
     model, samples = arch
     budget = Budget("count", 8)
-    results = _generate(model, samples, _strategy("pdrop"), budget)
+    results = _generate(model, samples, _strategy("pdrop", positions="original"), budget)
     for sample, r in zip(samples, results):
         # the counts are pinned by the plan tests; here: which tokens, at every scheduled stage
         counts = {int(label.split("@")[1]): len(kept) for label, kept in r.kept.items()}
@@ -391,7 +395,7 @@ def test_pdrop_placement_effect_576(llava576):
     counts = {8: 288, 16: 144, 24: 72}
     ours = pdrop_reference(llava576, pre, counts)
     official = pdrop_reference(llava576, pre, counts, drop_before=True)
-    (r,) = _generate(llava576, [sample], _strategy("pdrop"), Budget("count", 270))
+    (r,) = _generate(llava576, [sample], _strategy("pdrop", positions="original"), Budget("count", 270))
     assert r.kept["llm@8"] == ours[8] == official[8]
     assert r.kept["llm@16"] == ours[16] and r.kept["llm@24"] == ours[24]
     overlap = {layer: len(set(ours[layer]) & set(official[layer])) / counts[layer] for layer in (16, 24)}
