@@ -12,6 +12,7 @@ BUILTINS = (
     ("fastv", "fastv:FastV", "Top-b visual tokens by last-token attention after layer K-1 (FastV, ECCV 2024)."),
     ("sparsevlm", "sparsevlm:SparseVLM", "Text-rater attention pruning at 3 layers with token recycling (SparseVLM, ICML 2025)."),
     ("divprune", "divprune:DivPrune", "Greedy max-min cosine diversity of the projected visual tokens (DivPrune, CVPR 2025)."),
+    ("cdpruner", "cdpruner:CDPruner", "Conditional DPP: prompt relevance x token diversity, greedy MAP (CDPruner, NeurIPS 2025)."),
     ("sppruner", "sppruner:SPPruner", "Subject focus + context ring scan + merge (reconstruction of SPpruner, arXiv 2605.20950)."),
 )
 
