@@ -47,7 +47,11 @@ returns ``None`` when it was given none (lines 349–350; ``generate`` pops them
 ``lmms_eval/models/llava.py`` lines 452–464), so transformers 4.37 numbers the shortened
 sequence ``0 … L′−1``: the text after the image moves ``N − b`` positions down.
 tokenbench's adapters currently keep every survivor's original position id; the class
-attribute records the official policy for the adapters to apply.
+attribute records the official policy for the adapters to apply. Measured on the
+embedded reference model (144 visual tokens, the ``shapes`` task, a stratified 300
+questions; stock ``generate`` on the pruned ``inputs_embeds``): contiguous positions
+give 74.7 % / 77.0 % at 16 / 32 tokens against 88.0 % / 89.3 % with original positions
+(unreduced 97.0 %).
 
 Deviations from the official code:
 
@@ -57,7 +61,9 @@ Deviations from the official code:
 - the count is the budget ``b`` as tokenbench resolves it (``round(fraction · N)``,
   Python's rounding, as ``int(round(·))`` in line 153) or as given;
 - distances are computed in float32; the released runs compute them in the model's
-  dtype (float16), which creates more exact ties;
+  dtype (float16), which creates more exact ties. Measured on the reference model (as
+  above): float16 distances keep identical sets for 238 / 175 of 300 questions at
+  16 / 32 tokens (95 % / 93 % of the kept tokens shared) and the same accuracy;
 - a token is normalised with a floor on its norm (``F.normalize``): an all-zero token gets
   similarity 0 to every token instead of NaN;
 - a chosen token is never chosen again: the official ``argmax`` runs over every token,
