@@ -41,13 +41,13 @@ pruning (``--visual_token_num`` defaults to 576, ``llava/eval/model_vqa_loader.p
 line 157); 128 is the README's example.
 
 Budget convention: ``"tokens"`` — ``b`` visual tokens enter the language model and every
-layer sees them; the paper states its operating points as retained token counts
-("Retain 128 tokens"), the same convention.
+layer sees them; the release states its operating points the same way, as the number of
+visual tokens retained before the LM (README: "128 visual tokens retained").
 
 Position ids (``position_policy = "contiguous"``): the features are pruned before the
 input sequence is assembled (``llava_arch.py`` line 275: ``image_features[index_masks]``),
 the shortened sequence gets ``arange`` positions (lines 371, 380) and no position ids are
-returned when none were given (lines 394–395; ``llava_llama.py`` lines 120 and 148–152
+returned when none were given (lines 394–395; ``llava_llama.py`` lines 120 and 148–153
 pass ``None`` to ``generate``), so the text after the image moves ``N − b`` positions
 down. tokenbench's adapters currently keep original position ids; the attribute records
 the official policy for the adapters to apply. Measured on the embedded reference model

@@ -34,9 +34,9 @@ Parameters: none. With no budget the adapter passes ``b = round(0.098 × N)``
 README "The default retained ratio is set to 0.098"; 56 of LLaVA-1.5's 576 tokens).
 
 Budget convention: ``"tokens"`` — ``b`` is the number of visual tokens entering the
-language model, every layer sees the same ``b``. The paper states its operating points
-as a pruning ratio of the visual tokens before the LLM (equivalently a token count, and
-TFLOP ratios computed from it, ``tflops.py`` lines 66–70), i.e. the same convention.
+language model, every layer sees the same ``b``. The release states its operating points
+the same way, as the share of visual tokens kept before the LM (README: "retained ratio";
+``tflops.py`` lines 66–70 count FLOPs from it).
 
 Position ids (``position_policy = "contiguous"``): the official code drops the pruned
 rows from ``inputs_embeds`` and the attention mask (llava_arch.py lines 381–385) and
