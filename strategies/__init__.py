@@ -13,6 +13,8 @@ BUILTINS = (
     ("sparsevlm", "sparsevlm:SparseVLM", "Text-rater attention pruning at 3 layers with token recycling (SparseVLM, ICML 2025)."),
     ("pdrop", "pdrop:PyramidDrop", "Last-token attention drops at the ends of 4 stages, layer-averaged budget (PyramidDrop, CVPR 2025)."),
     ("dart", "dart:DART", "Pivot tokens plus the tokens least duplicated with them, after layer K-1 (DART, EMNLP 2025)."),
+    ("divprune", "divprune:DivPrune", "Greedy max-min cosine diversity of the projected visual tokens (DivPrune, CVPR 2025)."),
+    ("cdpruner", "cdpruner:CDPruner", "Conditional DPP: prompt relevance x token diversity, greedy MAP (CDPruner, NeurIPS 2025)."),
     ("sppruner", "sppruner:SPPruner", "Subject focus + context ring scan + merge (reconstruction of SPpruner, arXiv 2605.20950)."),
 )
 
