@@ -355,9 +355,9 @@ def test_metadata_and_schedule() -> None:
 
 
 def test_refusals() -> None:
-    with pytest.raises(UsageError, match="strategy 'divprune' has no parameter 'ratio' \\(valid: none\\)"):
+    with pytest.raises(UsageError, match="strategy 'divprune' has no parameter 'ratio' \\(valid: positions\\)"):
         _strategy("divprune", ratio=0.1)
-    with pytest.raises(UsageError, match="strategy 'cdpruner' has no parameter 'theta' \\(valid: negate\\)"):
+    with pytest.raises(UsageError, match="strategy 'cdpruner' has no parameter 'theta' \\(valid: negate, positions\\)"):
         _strategy("cdpruner", theta=0.5)
     with pytest.raises(UsageError, match="strategy 'cdpruner': parameter negate must be true or false, got 2"):
         _strategy("cdpruner", negate=2)
