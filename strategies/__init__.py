@@ -12,6 +12,7 @@ BUILTINS = (
     ("fastv", "fastv:FastV", "Top-b visual tokens by last-token attention after layer K-1 (FastV, ECCV 2024)."),
     ("sparsevlm", "sparsevlm:SparseVLM", "Text-rater attention pruning at 3 layers with token recycling (SparseVLM, ICML 2025)."),
     ("visionzip", "visionzip:VisionZip", "Dominant tokens by [CLS] attention + contextual tokens merged by similarity (VisionZip, CVPR 2025)."),
+    ("vispruner", "vispruner:VisPruner", "Important tokens by [CLS] attention + diverse tokens by similarity de-duplication (VisPruner, ICCV 2025)."),
     ("sppruner", "sppruner:SPPruner", "Subject focus + context ring scan + merge (reconstruction of SPpruner, arXiv 2605.20950)."),
 )
 
