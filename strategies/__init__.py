@@ -15,6 +15,8 @@ BUILTINS = (
     ("dart", "dart:DART", "Pivot tokens plus the tokens least duplicated with them, after layer K-1 (DART, EMNLP 2025)."),
     ("divprune", "divprune:DivPrune", "Greedy max-min cosine diversity of the projected visual tokens (DivPrune, CVPR 2025)."),
     ("cdpruner", "cdpruner:CDPruner", "Conditional DPP: prompt relevance x token diversity, greedy MAP (CDPruner, NeurIPS 2025)."),
+    ("visionzip", "visionzip:VisionZip", "Dominant tokens by [CLS] attention + contextual tokens merged by similarity (VisionZip, CVPR 2025)."),
+    ("vispruner", "vispruner:VisPruner", "Important tokens by [CLS] attention + diverse tokens by similarity de-duplication (VisPruner, ICCV 2025)."),
     ("sppruner", "sppruner:SPPruner", "Subject focus + context ring scan + merge (reconstruction of SPpruner, arXiv 2605.20950)."),
 )
 

@@ -20,14 +20,22 @@ import torch
 from tokenbench.strategy import ModelInfo, Selection, StageContext, StageSpec, Strategy
 
 
+def descending_order(scores: torch.Tensor) -> torch.Tensor:
+    """All indices by score, highest first, ties to the lower index (a deterministic ``argsort``).
+
+    >>> descending_order(torch.tensor([0.1, 0.5, 0.5, 0.2])).tolist()
+    [1, 2, 3, 0]
+    """
+    return torch.sort(scores.float(), descending=True, stable=True).indices
+
+
 def top_k_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the ``k`` highest scores, ties to the lower index, returned ascending.
 
     >>> top_k_sorted(torch.tensor([0.1, 0.5, 0.5, 0.2]), 2).tolist()
     [1, 2]
     """
-    order = torch.sort(scores.float(), descending=True, stable=True).indices
-    return order[:k].sort().values
+    return descending_order(scores)[:k].sort().values
 
 
 class AttentionOnly(Strategy):
