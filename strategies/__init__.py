@@ -8,7 +8,7 @@ BUILTINS = (
     ("baseline", "baseline:Baseline", "Keeps every visual token (the unreduced model)."),
     ("random", "random_drop:RandomDrop", "Keeps b visual tokens drawn uniformly, seeded per sample (control)."),
     ("pooling", "pooling:Pooling", "2-D average pooling of the token grid to about b cells (control)."),
-    ("attention-only", "attention_only:AttentionOnly", "Top-b tokens by encoder [CLS] saliency (FasterVLM/VisPruner)."),
+    ("attention-only", "attention_only:AttentionOnly", "Top-b tokens by encoder [CLS] saliency (FasterVLM)."),
     ("fastv", "fastv:FastV", "Top-b visual tokens by last-token attention after layer K-1 (FastV, ECCV 2024)."),
     ("sparsevlm", "sparsevlm:SparseVLM", "Text-rater attention pruning at 3 layers with token recycling (SparseVLM, ICML 2025)."),
     ("pdrop", "pdrop:PyramidDrop", "Last-token attention drops at the ends of 4 stages, layer-averaged budget (PyramidDrop, CVPR 2025)."),

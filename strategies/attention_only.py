@@ -4,7 +4,7 @@ Saliency for a CLIP-style encoder is the [CLS] row of the attention of the layer
 model takes its features from, head-averaged; for an encoder without [CLS]
 (Qwen2.5-VL) the mean attention each patch receives in the last full-attention block,
 pooled to the merged-token grid. The adapter computes it; this strategy only ranks.
-Published as FasterVLM / VisPruner (arXiv 2412.01818). Ties break towards the earlier
+Published as FasterVLM (arXiv 2412.01818 v1; VisPruner, its v2, adds diverse tokens: ``vispruner``). Ties break towards the earlier
 token (``torch.topk`` on a stable sort), so results are deterministic.
 
 Position ids: ``contiguous``. FasterVLM prunes the image features in LLaVA's
@@ -49,7 +49,7 @@ class AttentionOnly(Strategy):
     """
 
     name = "attention-only"
-    description = "Top-b tokens by encoder [CLS] saliency (FasterVLM/VisPruner)."
+    description = "Top-b tokens by encoder [CLS] saliency (FasterVLM)."
     position_policy = "contiguous"
 
     def schedule(self, model: ModelInfo) -> tuple[StageSpec, ...]:

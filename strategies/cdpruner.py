@@ -174,7 +174,7 @@ class CDPruner(Strategy):
     defaults = {"negate": False}
     budget_convention = "tokens"
     default_keep = 128 / 576
-    position_policy: ClassVar[Literal["original", "contiguous"]] = "contiguous"
+    position_policy = "contiguous"
 
     def __init__(self, **params: object) -> None:
         super().__init__(**params)

@@ -149,7 +149,7 @@ class DART(Strategy):
     defaults = {"k": 2, "image_pivots": 4, "text_pivots": 4}
     budget_convention = "tokens"
     default_keep = DEFAULT_KEEP
-    position_policy: ClassVar[Literal["original", "contiguous"]] = "original"
+    position_policy = "original"
 
     def __init__(self, **params: object) -> None:
         super().__init__(**params)

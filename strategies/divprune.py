@@ -144,7 +144,7 @@ class DivPrune(Strategy):
     description = "Greedy max-min cosine diversity of the projected visual tokens (DivPrune, CVPR 2025)."
     budget_convention = "tokens"
     default_keep = SUBSET_RATIO
-    position_policy: ClassVar[Literal["original", "contiguous"]] = "contiguous"
+    position_policy = "contiguous"
 
     def schedule(self, model: ModelInfo) -> tuple[StageSpec, ...]:
         return (StageSpec.vision(),)

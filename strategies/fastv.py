@@ -48,6 +48,7 @@ import torch
 
 from tokenbench.strategies.attention_only import top_k_sorted
 from tokenbench.strategies.random_drop import random_keep
+from tokenbench.errors import UsageError
 from tokenbench.strategy import ModelInfo, Selection, StageContext, StageSpec, Strategy
 
 _QUERIES = ("last", "all")
@@ -75,9 +76,9 @@ class FastV(Strategy):
     def __init__(self, **params: object) -> None:
         super().__init__(**params)
         if self.params["query"] not in _QUERIES:
-            raise ValueError(f"fastv: query must be one of {_QUERIES}, not {self.params['query']!r}")
+            raise UsageError(f"fastv: query must be one of {_QUERIES}, not {self.params['query']!r}")
         if int(self.params["k"]) < 0:
-            raise ValueError(f"fastv: k must be >= 0, got {self.params['k']}")
+            raise UsageError(f"fastv: k must be >= 0, got {self.params['k']}")
 
     def schedule(self, model: ModelInfo) -> tuple[StageSpec, ...]:
         k = int(self.params["k"])

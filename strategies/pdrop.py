@@ -71,8 +71,9 @@ Deviations from the official code:
   them. Exact with an adapter signal "the attention of layer l+1 computed on layer l's
   output" at stage ``llm@l`` (a next-layer attention), which would let the stage sit at
   ``llm@(l−1)``;
-- positions: ``position_policy = "contiguous"`` is declared; until adapters apply it, the
-  survivors keep their original position ids (the official code renumbers them);
+- positions: ``position_policy = "contiguous"``, applied by the adapter: after a drop the
+  survivors are renumbered for the later layers, as the official code does
+  (``pdrop:positions=original`` keeps their ids);
 - λ and the stage layout come from the budget (the official code takes both as given);
   stage layers scale with depth;
 - ties break to the lower index (``torch.topk`` leaves them unspecified); any batch size
@@ -197,7 +198,7 @@ class PyramidDrop(Strategy):
     defaults = {"layers": REF_LAYERS, "low_layers": LOW_LAYERS}
     budget_convention = "layer_average"
     default_keep = DEFAULT_KEEP
-    position_policy: ClassVar[Literal["original", "contiguous"]] = "contiguous"
+    position_policy = "contiguous"
 
     def __init__(self, **params: object) -> None:
         super().__init__(**params)

@@ -90,6 +90,7 @@ import math
 import torch
 
 from tokenbench.strategies.attention_only import top_k_sorted
+from tokenbench.errors import UsageError
 from tokenbench.strategy import ModelInfo, Selection, StageContext, StageSpec, Strategy
 
 REF_N = 576
@@ -279,7 +280,7 @@ class SparseVLM(Strategy):
     def __init__(self, **params: object) -> None:
         super().__init__(**params)
         if not 0.0 <= float(self.params["recycle_ratio"]) <= 1.0:
-            raise ValueError(f"sparsevlm: recycle_ratio must be in [0, 1], got {self.params['recycle_ratio']}")
+            raise UsageError(f"sparsevlm: recycle_ratio must be in [0, 1], got {self.params['recycle_ratio']}")
 
     def schedule(self, model: ModelInfo) -> tuple[StageSpec, ...]:
         layers, _ = pruning_layers(model.num_layers)

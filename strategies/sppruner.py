@@ -72,6 +72,7 @@ import torch
 import torch.nn.functional as F
 
 from tokenbench.strategies.attention_only import top_k_sorted
+from tokenbench.errors import UsageError
 from tokenbench.strategy import ModelInfo, Selection, StageContext, StageSpec, Strategy
 
 
@@ -177,18 +178,18 @@ class SPPruner(Strategy):
         p = self.params
         win = int(p["nms_window"])
         if win < 1 or win % 2 == 0:
-            raise ValueError(f"sppruner: nms_window must be a positive odd number, got {win}")
+            raise UsageError(f"sppruner: nms_window must be a positive odd number, got {win}")
         if float(p["seed_min"]) < 0.0:
-            raise ValueError(f"sppruner: seed_min must be >= 0, got {p['seed_min']}")
+            raise UsageError(f"sppruner: seed_min must be >= 0, got {p['seed_min']}")
         for key in ("alpha", "grow", "focus_share", "ring_keep", "progressive_ratio"):
             if not 0.0 <= float(p[key]) <= 1.0:
-                raise ValueError(f"sppruner: {key} must be in [0, 1], got {p[key]}")
+                raise UsageError(f"sppruner: {key} must be in [0, 1], got {p[key]}")
         if float(p["ring_keep"]) <= 0.0 or float(p["progressive_ratio"]) <= 0.0:
-            raise ValueError("sppruner: ring_keep and progressive_ratio must be > 0")
+            raise UsageError("sppruner: ring_keep and progressive_ratio must be > 0")
         if float(p["temperature"]) <= 0.0:
-            raise ValueError(f"sppruner: temperature must be > 0, got {p['temperature']}")
+            raise UsageError(f"sppruner: temperature must be > 0, got {p['temperature']}")
         if int(p["max_subjects"]) < 1:
-            raise ValueError(f"sppruner: max_subjects must be >= 1, got {p['max_subjects']}")
+            raise UsageError(f"sppruner: max_subjects must be >= 1, got {p['max_subjects']}")
         if p["progressive"]:
             self.budget_convention = "layer_average"
 

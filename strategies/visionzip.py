@@ -76,8 +76,10 @@ Deviations from the official code, and the adapter signal that would remove each
   the official assignment: mean cosine 0.996 and 0.997 to the official contextual
   tokens, relative L2 error 9 % and 8 %.
 - Ties in the saliency ranking go to the lower index (``topk`` leaves them unspecified).
-- Until the adapters apply ``position_policy``, tokenbench keeps original position ids:
-  the dominant tokens keep theirs and the contextual tokens take the last visual token's.
+- Positions (``position_policy = "contiguous"``, applied by the adapter): the reduced
+  sequence is renumbered from 0 as the official code does; with
+  ``visionzip:positions=original`` the dominant tokens keep their ids and the contextual
+  tokens take the last visual token's.
 - Qwen2.5-VL (not in the official code) has no [CLS]: its saliency is the adapter's
   stand-in (mean attention received in the last full-attention block, per merged token).
 """
@@ -145,7 +147,7 @@ class VisionZip(Strategy):
     defaults = {"dominant_share": PUBLISHED_SHARE}
     budget_convention = "tokens"
     default_keep = 64 / 576
-    position_policy: ClassVar[Literal["original", "contiguous"]] = "contiguous"
+    position_policy = "contiguous"
 
     def __init__(self, **params: object) -> None:
         super().__init__(**params)

@@ -56,7 +56,8 @@ Deviations from the official code, and the adapter signal that would remove each
   reorders similarities strongly, so a trained model may differ less.
 - Ties in the attention ranking and in the duplicate scores go to the lower position
   (``argsort`` is not stable there).
-- Until the adapters apply ``position_policy``, tokenbench keeps original position ids.
+- Positions (``position_policy = "contiguous"``, applied by the adapter) as in the
+  official code; ``vispruner:positions=original`` keeps the unreduced ids.
 - Qwen2.5-VL (not in the official code, which supports LLaVA-1.5/NeXT) has no [CLS]: its
   saliency is the adapter's stand-in (mean attention received in the last
   full-attention block, per merged token).
@@ -111,7 +112,7 @@ class VisPruner(Strategy):
     defaults = {"important_ratio": 0.5, "prune_step": 8}
     budget_convention = "tokens"
     default_keep = 128 / 576
-    position_policy: ClassVar[Literal["original", "contiguous"]] = "contiguous"
+    position_policy = "contiguous"
 
     def __init__(self, **params: object) -> None:
         super().__init__(**params)
