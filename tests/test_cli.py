@@ -72,7 +72,21 @@ def test_missing_model_path_is_one_line(tmp_path: Path, jsonl_task: Path) -> Non
                           capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert lines[-1].startswith("tokenbench: error: cannot load model") and "Traceback" not in proc.stderr
+    assert lines[-1] == f"tokenbench: error: {tmp_path / 'nowhere'}: no such directory (--model takes a checkpoint directory, " \
+        "a hub id such as llava-hf/llava-1.5-7b-hf, or a name from 'tokenbench list models')", lines
+    assert "Traceback" not in proc.stderr and not (tmp_path / "r.db").exists()
+
+
+def test_a_hub_id_not_in_the_cache_while_offline_names_the_cache_and_the_fetch_command(tmp_path: Path, jsonl_task: Path,
+                                                                                        monkeypatch: pytest.MonkeyPatch,
+                                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code = main(["compare", "--model", "no-such-org/no-such-model", "--task", f"jsonl:{jsonl_task}", "--strategies", "random",
+                 "--store", str(tmp_path / "r.db")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "no-such-org/no-such-model: not in the local Hugging Face cache (" in err[0]
+    assert "HF_HUB_OFFLINE=1" in err[0] and "'hf download no-such-org/no-such-model'" in err[0]
 
 
 def test_flops_command_reproduces_the_fastv_figures(capsys: pytest.CaptureFixture[str]) -> None:

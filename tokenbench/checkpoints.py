@@ -46,8 +46,10 @@ def load_pretrained(model_cls: Any, source: str, *, device: str, dtype: str, pro
         )
     except OSError as exc:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(exc).lower() or "connect" in str(exc).lower()
-        hint = "it is not in the local Hugging Face cache and the hub cannot be reached" if offline else str(exc).splitlines()[0]
-        raise ModelLoadError(f"cannot load model {source!r}: {hint}; pass a local checkpoint path instead") from None
+        if offline:
+            raise ModelLoadError(f"cannot load model {source!r}: it is not in the local Hugging Face cache and the hub cannot be reached "
+                                 f"(offline); fetch it where there is network with 'hf download {source}', or pass a local checkpoint path") from None
+        raise ModelLoadError(f"cannot load model {source!r}: {str(exc).splitlines()[0]}; pass a local checkpoint path instead") from None
     return model.to(device).eval(), processor
 
 

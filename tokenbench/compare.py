@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence, cast
@@ -16,7 +18,7 @@ from typing import Any, Callable, NamedTuple, Sequence, cast
 from tokenbench.adapter import Adapter
 from tokenbench.budget import FULL, Budget
 from tokenbench.environment import environment
-from tokenbench.errors import UsageError
+from tokenbench.errors import ModelLoadError, UsageError
 from tokenbench.harness import StrategySpec, evaluate
 from tokenbench.named_model import NamedModel
 from tokenbench.registry import Registry, unknown_name_message
@@ -110,6 +112,37 @@ def adapter_for(registry: Registry, model: str, override: str | None) -> type[Ad
     raise UsageError(f"no adapter serves model_type {model_type!r} ({model}); served: {', '.join(known)}; pass --adapter NAME")
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def hub_offline() -> bool:
+    """The Hugging Face hub is switched off for this process (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``)."""
+    return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def check_model_source(model: str) -> None:
+    """One line, before anything loads, when ``--model`` is neither a checkpoint here nor a hub id that can load.
+
+    >>> check_model_source("/no/such/checkpoint")
+    Traceback (most recent call last):
+    ...
+    tokenbench.errors.ModelLoadError: /no/such/checkpoint: no such directory (--model takes a checkpoint directory, a hub id such as llava-hf/llava-1.5-7b-hf, or a name from 'tokenbench list models')
+    """
+    path = Path(model).expanduser()
+    if path.exists():
+        if path.is_dir() and not (path / "config.json").is_file():
+            raise ModelLoadError(f"{model}: no config.json there; point --model at a saved Hugging Face checkpoint directory")
+        return
+    if model.startswith((".", "/", "~")) or not _HUB_ID.match(model):
+        raise ModelLoadError(f"{model}: no such directory (--model takes a checkpoint directory, a hub id such as "
+                             "llava-hf/llava-1.5-7b-hf, or a name from 'tokenbench list models')")
+    if hub_offline() and read_config(model) is None:
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        raise ModelLoadError(f"{model}: not in the local Hugging Face cache ({HF_HUB_CACHE}) and the hub is switched off "
+                             f"(HF_HUB_OFFLINE=1); fetch it where there is network with 'hf download {model}', or pass a local checkpoint path")
+
+
 def read_config(model: str) -> dict[str, Any] | None:
     path = Path(model).expanduser() / "config.json"
     if path.is_file():
@@ -139,6 +172,7 @@ def prepare(request: CompareRequest, registry: Registry) -> Prepared:
     """All checks that need no model: task, samples, strategies, adapter class and model."""
     choice = resolve_model(registry, request.model)
     model = choice.location
+    check_model_source(model)
     task_spec = request.task or default_task(registry)
     for spec in request.strategies:
         if spec.name not in registry.entries["strategies"]:
