@@ -128,7 +128,7 @@ def test_registered_and_picked_by_model_type(ckpt: Path) -> None:
 @pytest.mark.parametrize("batch", [1, 2])
 def test_baseline_equals_unmodified_model(adapter: Qwen2_5_VLAdapter, stock: Any, samples: list[Sample], batch: int) -> None:
     group = samples[-batch:] if batch == 1 else samples
-    out, _, setups, _ = adapter.run(group, [s.question for s in group], Baseline(), FULL, max_new_tokens=20, stop=False)
+    out, _, setups, _ = adapter.run(group, [s.question for s in group], Baseline(), FULL, max_new_tokens=20)
     enc = _encode(adapter, group)
     with torch.no_grad():
         ref = stock(**enc).logits[:, -1].float()
@@ -178,7 +178,7 @@ def _reference(stock: Any, enc: dict[str, Any], b: int, rows: torch.Tensor, step
 
 
 def test_vision_selection_equals_pruned_inputs_embeds_with_original_positions(adapter: Qwen2_5_VLAdapter, stock: Any, samples: list[Sample]) -> None:
-    out, _, setups, _ = adapter.run(samples, [s.question for s in samples], KeepFixed(), FULL, max_new_tokens=6, stop=False)
+    out, _, setups, _ = adapter.run(samples, [s.question for s in samples], KeepFixed(), FULL, max_new_tokens=6)
     enc = _encode(adapter, samples)
     for b, setup in enumerate(setups):
         keep = KeepFixed.indices(setup.num_visual)
@@ -204,7 +204,7 @@ class KeepAndMerge(Strategy):
 
 
 def test_merged_token_takes_its_donor_position(adapter: Qwen2_5_VLAdapter, stock: Any, samples: list[Sample]) -> None:
-    out, _, setups, _ = adapter.run(samples, [s.question for s in samples], KeepAndMerge(), FULL, max_new_tokens=4, stop=False)
+    out, _, setups, _ = adapter.run(samples, [s.question for s in samples], KeepAndMerge(), FULL, max_new_tokens=4)
     enc = _encode(adapter, samples)
     for b, setup in enumerate(setups):
         n = setup.num_visual
@@ -231,7 +231,7 @@ class PruneInLLM(Strategy):
 def test_llm_selection_equals_stock_layers_without_cache(adapter: Qwen2_5_VLAdapter, stock: Any, samples: list[Sample]) -> None:
     """Reference without any cache: every step reruns the prompt and the generated tokens through the stock
     layers, dropping the unkept visual rows (and their 3-D positions) after layer 0."""
-    out, _, setups, _ = adapter.run(samples, [s.question for s in samples], PruneInLLM(), FULL, max_new_tokens=4, stop=False)
+    out, _, setups, _ = adapter.run(samples, [s.question for s in samples], PruneInLLM(), FULL, max_new_tokens=4)
     enc = _encode(adapter, samples)
     lm, cfg = stock.model.language_model, stock.config
     for b, setup in enumerate(setups):
@@ -335,7 +335,7 @@ def test_attention_signal_equals_eager_probabilities(adapter: Qwen2_5_VLAdapter,
 
     eager = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(ckpt), dtype=torch.float32, attn_implementation="eager").eval()
     strategy = RecordAttention(query)
-    adapter.run(samples[:1], PROMPTS[:1], strategy, FULL, max_new_tokens=1, stop=False)
+    adapter.run(samples[:1], PROMPTS[:1], strategy, FULL, max_new_tokens=1)
     enc = _encode(adapter, samples[:1])
     with torch.no_grad():
         att = eager(**enc, output_attentions=True).attentions[0][0].mean(dim=0)  # layer 0, heads averaged: [S, S]

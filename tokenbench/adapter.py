@@ -147,8 +147,12 @@ class Adapter(ABC):
         *,
         seed: int = 0,
         max_new_tokens: int = 8,
+        stop_strings: Sequence[str] = (),
     ) -> list[GenerationResult]:
         """Greedy generation under ``strategy``; one result per sample, in order.
+
+        Generation ends at the model's EOS, after ``max_new_tokens``, or once the new text
+        contains one of ``stop_strings`` (the task's :attr:`~tokenbench.Task.stop_strings`).
 
         ``prompts`` are the task's user texts (wrap them with :meth:`chat_prompt`).
         A strategy that raises or breaks the contract for one sample raises

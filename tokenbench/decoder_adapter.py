@@ -200,8 +200,8 @@ class DecoderAdapter(Adapter):
 
     @torch.no_grad()
     def run(self, samples: Sequence[Sample], prompts: Sequence[str], strategy: Strategy, budget: Budget, *,
-            seed: int = 0, max_new_tokens: int = 8, stop: bool = True) -> DecodeRun:
-        """The reduced forward pass and greedy decode; ``stop=False`` ignores the stop strings (EOS still ends)."""
+            seed: int = 0, max_new_tokens: int = 8, stop_strings: Sequence[str] = ()) -> DecodeRun:
+        """The reduced forward pass and greedy decode; generation ends at EOS or at any of ``stop_strings``."""
         texts = [self.chat_prompt(p) for p in prompts]
         inputs = self.processor(images=[s.load_image() for s in samples], text=texts, return_tensors="pt", padding=True)
         stages = strategy.schedule(self.info)
@@ -225,14 +225,14 @@ class DecoderAdapter(Adapter):
         ]
         out = prefill_and_decode(
             self.parts, layout, setups, strategy, stages, max_new_tokens=max_new_tokens, eos_ids=self.eos_ids,
-            stop=make_stop(self.tokenizer) if stop else None,
+            stop=make_stop(self.tokenizer, tuple(stop_strings)) if stop_strings else None,
         )
         return DecodeRun(out, texts, setups, text_rows.sum(dim=1).tolist())
 
     @torch.no_grad()
     def generate(self, samples: Sequence[Sample], prompts: Sequence[str], strategy: Strategy, budget: Budget, *,
-                 seed: int = 0, max_new_tokens: int = 8) -> list[GenerationResult]:
-        run = self.run(samples, prompts, strategy, budget, seed=seed, max_new_tokens=max_new_tokens)
+                 seed: int = 0, max_new_tokens: int = 8, stop_strings: Sequence[str] = ()) -> list[GenerationResult]:
+        run = self.run(samples, prompts, strategy, budget, seed=seed, max_new_tokens=max_new_tokens, stop_strings=stop_strings)
         out = run.output
         top2 = out.first_logits.topk(2, dim=-1).values
         return [

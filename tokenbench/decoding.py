@@ -397,8 +397,8 @@ def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
     return ids
 
 
-def make_stop(tokenizer: Any, stop_strings: tuple[str, ...] = ("\n", "</s>", "<|im_end|>")) -> Callable[[list[int]], bool]:
-    """A predicate: has the decoded text produced one of the stop strings?"""
+def make_stop(tokenizer: Any, stop_strings: tuple[str, ...]) -> Callable[[list[int]], bool]:
+    """A predicate: has the decoded text of the new tokens produced one of ``stop_strings`` (the task's)?"""
 
     def stop(tokens: list[int]) -> bool:
         text = tokenizer.decode(tokens[-4:], skip_special_tokens=False)

@@ -165,7 +165,8 @@ def _run_chunk(adapter: Adapter, task: Task, chunk: Sequence[tuple[int, Sample]]
     samples = [s for _, s in chunk]
     try:
         prompts = [task.prompt(s, adapter.family) for s in samples]
-        results = adapter.generate(samples, prompts, strategy, budget, seed=seed, max_new_tokens=task.max_new_tokens)
+        results = adapter.generate(samples, prompts, strategy, budget, seed=seed, max_new_tokens=task.max_new_tokens,
+                                   stop_strings=task.stop_strings)
         return [_record(task, s, pos, r, strategy, labels) for (pos, s), r in zip(chunk, results)]
     except StrategyFailure as exc:
         if not 0 <= exc.index < len(chunk):

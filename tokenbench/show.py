@@ -66,7 +66,8 @@ def show(request: Any, sample_id: str, out: str | Path) -> Path:
     panels = []
     for strategy in strategies:
         for budget in [FULL] if strategy.keeps_all else (request.budgets or [Budget("default")]):
-            result = adapter.generate([sample], [prompt], strategy, budget, seed=request.seed, max_new_tokens=task.max_new_tokens)[0]
+            result = adapter.generate([sample], [prompt], strategy, budget, seed=request.seed, max_new_tokens=task.max_new_tokens,
+                                      stop_strings=task.stop_strings)[0]
             panels.append((strategy.label, budget.label, result, task.score(sample, result.prediction)))
     return draw(sample, panels, out, relevant=lambda grid: task.relevant_tokens(sample, grid) or [])
 

@@ -67,6 +67,10 @@ class Task:
     metric_name: ClassVar[str] = "exact match"
     #: max new tokens a prediction needs
     max_new_tokens: ClassVar[int] = 8
+    #: generation also ends once the new text contains one of these (besides the model's
+    #: EOS): a short-answer task stops at a newline, as lmms-eval's ``until`` does; a
+    #: long-answer task sets ``()``
+    stop_strings: ClassVar[tuple[str, ...]] = ("\n",)
     #: True if the task needs a path (``NAME:PATH``)
     needs_path: ClassVar[bool] = False
     defaults: ClassVar[Mapping[str, Any]] = {}

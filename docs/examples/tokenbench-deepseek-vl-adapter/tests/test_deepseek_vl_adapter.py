@@ -157,7 +157,7 @@ def test_registered_listed_and_picked_by_model_type(ckpt: Path, tmp_path: Path) 
 @pytest.mark.parametrize("batch", [1, 2])
 def test_baseline_equals_stock_generate(adapter: DeepseekVLAdapter, stock: Any, samples: list[tokenbench.Sample], batch: int) -> None:
     group = samples[:batch]
-    out, _, setups, _ = adapter.run(group, [s.question for s in group], strategy("baseline"), FULL, max_new_tokens=12, stop=False)
+    out, _, setups, _ = adapter.run(group, [s.question for s in group], strategy("baseline"), FULL, max_new_tokens=12)
     enc = encode(adapter, group)
     assert batch == 1 or not bool(enc["attention_mask"].all())  # the batch is left-padded
     with torch.no_grad():
@@ -171,7 +171,7 @@ def test_baseline_equals_stock_generate(adapter: DeepseekVLAdapter, stock: Any, 
 
 def test_vision_stage_selection_equals_stock_model_on_the_kept_tokens(adapter: DeepseekVLAdapter, stock: Any, samples: list[tokenbench.Sample]) -> None:
     steps = 6
-    out, _, _, _ = adapter.run(samples[:1], QUESTIONS[:1], KeepEveryThird(), FULL, max_new_tokens=steps, stop=False)
+    out, _, _, _ = adapter.run(samples[:1], QUESTIONS[:1], KeepEveryThird(), FULL, max_new_tokens=steps)
     enc = encode(adapter, samples[:1])
     ids = enc["input_ids"]
     is_img = ids[0] == stock.config.image_token_id
