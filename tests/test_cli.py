@@ -92,3 +92,46 @@ def test_the_embedded_model_is_named_reference_not_by_its_install_path(tmp_path:
     assert main(["compare", "--model", "reference", *common]) == 0  # the same runs: nothing recomputed
     again = json.loads(capsys.readouterr().out)
     assert [r["run_id"] for r in again["results"]] == [r["run_id"] for r in first["results"]]
+
+
+# -- CPU threads ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("cores", "load", "online", "threads"),
+    [
+        (2, 0.0, None, 2), (2, 0.4, None, 2),  # a quiet machine: every core (34 s against 41 s with 1 thread, issue 20)
+        (2, 0.6, None, 1), (2, 2.1, None, 1), (2, 5.0, None, 1),  # one core busy or more: 1 thread, never 0
+        (16, 3.0, None, 13), (16, 3.6, None, 12),
+        (8, 32.0, 64, 4), (8, 0.0, 64, 8),  # a host-wide load over a 64-CPU host, 8 of them ours
+        (1, 0.0, None, 1),
+    ],
+)
+def test_threads_are_the_cores_not_already_busy(cores: int, load: float, online: int | None, threads: int) -> None:
+    from tokenbench.cli_options import cpu_threads
+
+    assert cpu_threads(cores, load, online) == threads
+
+
+def test_the_default_threads_follow_the_load_and_are_printed_once(tiny_llava: Path, jsonl_task: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
+    import tokenbench.cli_options as opts
+
+    monkeypatch.setattr(opts, "usable_cores", lambda: 2)
+    monkeypatch.setattr(opts, "machine_load", lambda: 2.14)
+    before = torch.get_num_threads()
+    args = ["compare", "--model", str(tiny_llava), "--task", f"jsonl:{jsonl_task}", "--strategies", "random", "--keep", "0.25",
+            "--store", str(tmp_path / "r.db")]
+    try:
+        assert main(args) == 0
+        assert torch.get_num_threads() == 1
+        err = capsys.readouterr().err
+        assert err.count("CPU thread") == 1
+        assert "tokenbench: 1 CPU thread (2 cores, 1-minute load average 2.1; --threads N to override)\n" in err
+        assert main([*args, "--threads", "2"]) == 0  # an explicit count is used as given, without a word
+        assert torch.get_num_threads() == 2 and "CPU thread" not in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)
+    assert main([*args, "--threads", "0"]) == 2
+    err_lines = capsys.readouterr().err.strip().splitlines()
+    assert len(err_lines) == 1 and "argument --threads: expected a positive integer, got 0" in err_lines[0]

@@ -14,7 +14,15 @@ import sys
 from typing import Any, NoReturn, Sequence
 
 from tokenbench import gate, leaderboard, show
-from tokenbench.cli_options import add_budget_options, add_model_options, budgets, key_values, strategy_specs
+from tokenbench.cli_options import (
+    add_budget_options,
+    add_model_options,
+    add_threads_option,
+    apply_threads,
+    budgets,
+    key_values,
+    strategy_specs,
+)
 from tokenbench.errors import TokenbenchError, UsageError
 from tokenbench.registry import FAMILIES, get_registry
 from tokenbench.store import DEFAULT_STORE
@@ -46,14 +54,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 # -- compare -------------------------------------------------------------------------
 def cmd_compare(args: argparse.Namespace) -> int:
-    from tokenbench.compare import CompareRequest, run_comparison
+    from tokenbench.compare import CompareRequest, prepare, run_comparison
     from tokenbench.harness import Progress
     from tokenbench.report import render
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     request = CompareRequest(
         strategies=strategy_specs(args.strategies),
         budgets=budgets(args),
@@ -77,8 +81,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
         require_matplotlib()
     reg = _registry(args)
+    prepared = prepare(request, reg)  # every check that needs no model, before anything else is printed
+    log = lambda m: print(f"tokenbench: {m}", file=sys.stderr)  # noqa: E731
+    apply_threads(args.threads, None if args.quiet else log)
     bar = Progress(False if args.quiet else None)
-    cmp = run_comparison(request, reg, progress=bar.update, log=lambda m: print(f"tokenbench: {m}", file=sys.stderr))
+    cmp = run_comparison(request, reg, prepared=prepared, progress=bar.update, log=log)
     text = render(cmp, args.format, adjust=args.adjust, by_kind=args.by == "kind", per_sample=args.per_sample)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as fh:
@@ -190,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--model-option", action="append", metavar="KEY=VALUE", help="adapter option, repeatable (Qwen2.5-VL: min_pixels, max_pixels)")
     c.add_argument("--limit", type=int, help="evaluate a fixed, seeded subset of N items, stratified by kind (a group such as an MMBench question's rotations counts once)")
     c.add_argument("--batch-size", type=int, default=8)
-    c.add_argument("--threads", type=int, help="torch CPU threads")
+    add_threads_option(c)
     c.add_argument("--store", default=DEFAULT_STORE, help=f"results database (resumes interrupted runs; default {DEFAULT_STORE})")
     c.add_argument("--on-error", choices=["skip", "fail"], default="skip", help="a failing sample is recorded (skip) or stops the run (fail)")
     c.add_argument("--timing-samples", type=int, default=0, metavar="N",
@@ -203,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--plot", metavar="FILE.png", help="write the accuracy/FLOPs Pareto plot")
     c.add_argument("--plot-axis", choices=["flops", "ttft"], default="flops", help="x axis of --plot: prefill FLOPs vs baseline, or TTFT (needs --timing-samples)")
     c.add_argument("--output", "-o", help="write the table to a file instead of stdout")
-    c.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+    c.add_argument("--quiet", "-q", action="store_true", help="no progress display, no line on the CPU threads chosen")
     c.set_defaults(func=cmd_compare)
 
     ls = sub.add_parser("list", help="list registered strategies, adapters and tasks")

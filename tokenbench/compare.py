@@ -191,10 +191,12 @@ def run_comparison(
     request: CompareRequest,
     registry: Registry,
     *,
+    prepared: Prepared | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Comparison:
-    task, samples, strategies, adapter_cls, model = prepare(request, registry)
+    """Run every strategy at every budget (``prepared``: :func:`prepare`'s result, if the caller already has it)."""
+    task, samples, strategies, adapter_cls, model = prepared if prepared is not None else prepare(request, registry)
     adapter = adapter_cls.load(model.location, device=request.device, dtype=request.dtype, **request.model_options)
     desc = adapter.describe()
     if model.name is not None:  # a named model's install path differs per machine; its name and weights hash do not
