@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -135,3 +136,21 @@ def test_the_default_threads_follow_the_load_and_are_printed_once(tiny_llava: Pa
     assert main([*args, "--threads", "0"]) == 2
     err_lines = capsys.readouterr().err.strip().splitlines()
     assert len(err_lines) == 1 and "argument --threads: expected a positive integer, got 0" in err_lines[0]
+
+
+# -- progress ---------------------------------------------------------------------------
+PROGRESS = re.compile(r"^tokenbench: run (\d) of 3 \((.+)\): (\d+) of 18 samples \((\d+) %\), elapsed (\d+ s|\d+ min \d\d s), (ETA .+|done)$")
+
+
+def test_a_run_off_a_terminal_prints_progress_lines(tiny_llava: Path, jsonl_task: Path, tmp_path: Path) -> None:
+    """stderr is a pipe here, as in a log file, CI or nohup: plain lines with the overall position."""
+    proc = subprocess.run([sys.executable, "-m", "tokenbench.cli", "compare", "--model", str(tiny_llava), "--task", f"jsonl:{jsonl_task}",
+                           "--strategies", "random,attention-only", "--keep", "0.25", "--batch-size", "4", "--store", str(tmp_path / "r.db")],
+                          capture_output=True, text=True, timeout=600, cwd=Path(__file__).parent)
+    assert proc.returncode == 0, proc.stderr
+    lines = [m for m in map(PROGRESS.match, proc.stderr.splitlines()) if m]
+    assert {int(m[1]) for m in lines} == {1, 2, 3}  # run k of K, every run
+    assert [m[2] for m in lines if m[1] == "2"][0] == "random @ 25.0%"
+    done = [int(m[3]) for m in lines]
+    assert done == sorted(done) and done[0] == 0 and lines[-1][0].endswith("18 of 18 samples (100 %), elapsed " + lines[-1][5] + ", done")
+    assert any(re.fullmatch(r"ETA \d+ s|ETA \d+ min \d\d s", m[6]) for m in lines)

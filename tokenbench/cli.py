@@ -55,7 +55,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 # -- compare -------------------------------------------------------------------------
 def cmd_compare(args: argparse.Namespace) -> int:
     from tokenbench.compare import CompareRequest, prepare, run_comparison
-    from tokenbench.harness import Progress
+    from tokenbench.progress import Progress
     from tokenbench.report import render
 
     request = CompareRequest(
@@ -82,10 +82,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         require_matplotlib()
     reg = _registry(args)
     prepared = prepare(request, reg)  # every check that needs no model, before anything else is printed
-    log = lambda m: print(f"tokenbench: {m}", file=sys.stderr)  # noqa: E731
-    apply_threads(args.threads, None if args.quiet else log)
-    bar = Progress(False if args.quiet else None)
-    cmp = run_comparison(request, reg, prepared=prepared, progress=bar.update, log=log)
+    progress = Progress(enabled=not args.quiet)
+    apply_threads(args.threads, None if args.quiet else progress.log)
+    cmp = run_comparison(request, reg, prepared=prepared, progress=progress, log=progress.log)
     text = render(cmp, args.format, adjust=args.adjust, by_kind=args.by == "kind", per_sample=args.per_sample)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as fh:
