@@ -154,3 +154,38 @@ def test_a_run_off_a_terminal_prints_progress_lines(tiny_llava: Path, jsonl_task
     done = [int(m[3]) for m in lines]
     assert done == sorted(done) and done[0] == 0 and lines[-1][0].endswith("18 of 18 samples (100 %), elapsed " + lines[-1][5] + ", done")
     assert any(re.fullmatch(r"ETA \d+ s|ETA \d+ min \d\d s", m[6]) for m in lines)
+
+
+def test_every_run_says_where_its_results_are_and_how_to_read_them_back(tiny_llava: Path, jsonl_task: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    import csv
+    import shlex
+
+    store = tmp_path / "my results.db"
+    assert main(["compare", "--model", str(tiny_llava), "--task", f"jsonl:{jsonl_task}", "--strategies", "random", "--keep", "0.25",
+                 "--store", str(store), "--quiet", "--format", "json"]) == 0
+    out, err = capsys.readouterr()
+    run_ids = [r["run_id"] for r in json.loads(out)["results"]]
+    assert f"tokenbench: 2 runs (12 sample records) stored in {store}\n" in err
+    line = next(ln for ln in err.splitlines() if ln.startswith("tokenbench: list them: "))
+    listing, export = line.removeprefix("tokenbench: list them: ").split("; export every sample: ")
+    argv = shlex.split(listing)
+    assert argv == ["tokenbench", "runs", "--store", str(store)]
+    assert main(argv[1:]) == 0
+    listed = capsys.readouterr().out
+    assert all(run_id in listed for run_id in run_ids)
+    monkeypatch.chdir(tmp_path)
+    argv = shlex.split(export)
+    assert argv[:2] == ["tokenbench", "runs"] and main(argv[1:]) == 0
+    with open(tmp_path / "results.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 12
+    assert {(r["strategy"], r["budget"], r["params"]) for r in rows} == {("baseline", "all", "{}"), ("random", "25.0%", "{}")}
+
+
+def test_store_help_names_the_default(capsys: pytest.CaptureFixture[str]) -> None:
+    from tokenbench.store import DEFAULT_STORE
+
+    for command in ("compare", "runs"):
+        assert main([command, "--help"]) == 0
+        assert f"default {DEFAULT_STORE}" in " ".join(capsys.readouterr().out.split())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from typing import Any, NoReturn, Sequence
 
@@ -89,6 +90,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.output:
         with open(args.output, "w", encoding="utf-8") as fh:
             fh.write(text)
+        print(f"tokenbench: wrote {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
     if args.plot:
@@ -100,7 +102,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
     failing = [(run, errs) for run, errs in failing if errs]
     for run, errs in failing:
         print(f"tokenbench: {run.label} @ {run.budget.label}: {len(errs)} of {len(run.records)} samples failed; first: {errs[0].sample_id}: {errs[0].error}", file=sys.stderr)
+    for line in where_stored(args.store, len(cmp.runs), sum(len(run.records) for run in cmp.runs)):
+        print(f"tokenbench: {line}", file=sys.stderr)
     return 1 if failing else 0
+
+
+def where_stored(store: str, runs: int, records: int) -> list[str]:
+    """Where a comparison's results went, and the commands that read them back.
+
+    >>> where_stored("my results.db", 3, 18)[1]
+    "list them: tokenbench runs --store 'my results.db'; export every sample: tokenbench runs --store 'my results.db' --export results.csv"
+    """
+    flag = f"--store {shlex.quote(store)}"
+    return [f"{runs} run{'' if runs == 1 else 's'} ({records} sample records) stored in {os.path.abspath(store)}",
+            f"list them: tokenbench runs {flag}; export every sample: tokenbench runs {flag} --export results.csv"]
 
 
 # -- runs ----------------------------------------------------------------------------
@@ -147,11 +162,15 @@ def _export(store: Any, path: str) -> int:
         return 0
     records = [{"run_id": run_id, **rec.__dict__} for run_id, rec in store.iter_all()]
     if path.endswith(".csv"):
+        configs = {run.run_id: run.config for run in store.runs()}
         with open(path, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=["run_id", "sample_id", "position", "kind", "score", "prediction", "prompt", "error", "record"])
+            writer = csv.DictWriter(fh, fieldnames=["run_id", "strategy", "params", "budget", "sample_id", "position", "kind", "score", "prediction",
+                                                    "prompt", "error", "record"])
             writer.writeheader()
             for r in records:
-                writer.writerow({**r, "record": json.dumps(r["record"], sort_keys=True)})
+                c = configs.get(r["run_id"], {})
+                writer.writerow({**r, "strategy": c.get("strategy"), "params": json.dumps(c.get("params", {}), sort_keys=True), "budget": c.get("budget"),
+                                 "record": json.dumps(r["record"], sort_keys=True)})
     else:
         with open(path, "w", encoding="utf-8") as fh:
             json.dump({"runs": [r.__dict__ for r in store.runs()], "samples": records}, fh, indent=1)
