@@ -39,7 +39,7 @@ def test_compare_table_is_printed(tiny_llava: Path, jsonl_task: Path, tmp_path: 
     assert main(["compare", "--model", str(tiny_llava), "--task", f"jsonl:{jsonl_task}", "--strategies", "random",
                  "--budget", "4,8", "--store", str(tmp_path / "r.db"), "--quiet", "--by", "kind"]) == 0
     out = capsys.readouterr().out
-    assert "acc % [95% CI]" in out and "p (adj.)" in out and "kind = colour" in out
+    assert "acc %" in out and "Δ pts [95% CI]" in out and "p adj." in out and "kind = colour" in out
     assert out.count("random") >= 4  # two budgets, overall and per kind
 
 
@@ -189,3 +189,40 @@ def test_store_help_names_the_default(capsys: pytest.CaptureFixture[str]) -> Non
     for command in ("compare", "runs"):
         assert main([command, "--help"]) == 0
         assert f"default {DEFAULT_STORE}" in " ".join(capsys.readouterr().out.split())
+
+
+# -- width -------------------------------------------------------------------------------
+LONG = "sppruner:context=False,merge=False"  # as tables label it: parameters sorted, values as parsed
+
+
+def test_the_default_tables_fit_100_columns(tiny_llava: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Six strategies, one with parameters, on shapes (relevant-recall column), by kind: 100 columns; --wide has everything."""
+    db = str(tmp_path / "r.db")
+    args = ["compare", "--model", str(tiny_llava), "--strategies", "random,attention-only,pooling,fastv,sparsevlm,sppruner:merge=false,context=false",
+            "--keep", "0.25", "--limit", "8", "--by", "kind", "--store", db, "--quiet"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert max(len(line) for line in out.splitlines()) <= 100, max(out.splitlines(), key=len)
+    assert "attention-only" in out and "sppruner:con" in out and LONG not in out and "recall %" in out and "kind = count" in out
+    assert main([*args, "--wide"]) == 0
+    wide = capsys.readouterr().out
+    assert LONG in wide and "acc % [95% CI]" in wide and max(len(line) for line in wide.splitlines()) > 100
+    assert main(["runs", "--store", db]) == 0
+    runs = capsys.readouterr().out
+    assert max(len(line) for line in runs.splitlines()) <= 100 and LONG in runs and '"alpha"' not in runs  # only what differs from the defaults
+    assert main(["runs", "--store", db, "--wide"]) == 0
+    assert '"alpha": 0.5' in capsys.readouterr().out  # every parameter, as JSON
+
+
+def test_wide_and_md_keep_the_full_headers(tiny_llava: Path, jsonl_task: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Only the terminal table is compact: md (and the leaderboards) and --wide keep every column and footnote as they were."""
+    headers = ["strategy", "budget", "n", "acc % [95% CI]", "Δ vs base, pts [95% CI]", "p (adj.)", "tokens in / layer-avg", "prefill FLOPs vs base"]
+    args = ["compare", "--model", str(tiny_llava), "--task", f"jsonl:{jsonl_task}", "--strategies", "random", "--keep", "0.25",
+            "--store", str(tmp_path / "r.db"), "--quiet"]
+    assert main([*args, "--format", "md"]) == 0
+    md = capsys.readouterr().out.splitlines()
+    assert [c.strip() for c in md[0].strip("|").split("|")] == headers and any(line.startswith("- torch ") for line in md)
+    assert main([*args, "--wide"]) == 0
+    wide = capsys.readouterr().out.splitlines()
+    assert re.split(r"\s{2,}", wide[0]) == headers and any(line.startswith("  torch ") for line in wide)
+    assert any(line.startswith("  tokens: ") and len(line) > 100 for line in wide)  # footnotes unwrapped, as before

@@ -86,7 +86,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     progress = Progress(enabled=not args.quiet)
     apply_threads(args.threads, None if args.quiet else progress.log)
     cmp = run_comparison(request, reg, prepared=prepared, progress=progress, log=progress.log)
-    text = render(cmp, args.format, adjust=args.adjust, by_kind=args.by == "kind", per_sample=args.per_sample)
+    text = render(cmp, args.format, adjust=args.adjust, by_kind=args.by == "kind", per_sample=args.per_sample, wide=args.wide)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as fh:
             fh.write(text)
@@ -140,14 +140,29 @@ def cmd_runs(args: argparse.Namespace) -> int:
     store = open_results(args.store)
     if args.export:
         return _export(store, args.export)
-    from tabulate import tabulate
+    if args.wide:
+        from tabulate import tabulate
 
-    rows = []
+        rows = []
+        for run in store.runs():
+            c = run.config
+            rows.append([run.run_id, c.get("model", {}).get("model", "?"), c.get("task", {}).get("name", "?"), c.get("strategy"),
+                         json.dumps(c.get("params", {}), sort_keys=True), c.get("budget"), run.n_samples, run.n_errors])
+        print(tabulate(rows, headers=["run", "model", "task", "strategy", "params", "budget", "samples", "errors"], tablefmt="simple"))
+        return 0
+    from tokenbench.leaderboard import model_name
+    from tokenbench.report import fit_width, plain_table, shorten
+    from tokenbench.stored import strategy_defaults
+    from tokenbench.strategy import strategy_label
+
+    reg, table = _registry(args), []
     for run in store.runs():
         c = run.config
-        rows.append([run.run_id, c.get("model", {}).get("model", "?"), c.get("task", {}).get("name", "?"), c.get("strategy"),
-                     json.dumps(c.get("params", {}), sort_keys=True), c.get("budget"), run.n_samples, run.n_errors])
-    print(tabulate(rows, headers=["run", "model", "task", "strategy", "params", "budget", "samples", "errors"], tablefmt="simple"))
+        name = str(c.get("strategy"))
+        table.append({"run": run.run_id, "model": shorten(model_name(c.get("model", {})), 24), "task": shorten(str(c.get("task", {}).get("name", "?")), 16),
+                      "strategy": strategy_label(name, c.get("params", {}), strategy_defaults(reg, name)),
+                      "budget": str(c.get("budget")), "samples": str(run.n_samples), "errors": str(run.n_errors)})
+    print(plain_table(fit_width(table, "strategy"), right=("samples", "errors")))
     return 0
 
 
@@ -222,6 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time the first N samples in a separate loop (warm-up, strategies interleaved, batch 1): TTFT, decode, memory (default 0: off)")
     c.add_argument("--timing-tokens", type=int, default=8, metavar="T", help="new tokens forced in every timed call (EOS ignored; default 8)")
     c.add_argument("--format", choices=["table", "md", "csv", "json"], default="table")
+    c.add_argument("--wide", action="store_true", help="table: every column in full (accuracy intervals, long names, long headers); "
+                                                       "by default it fits 100 columns")
     c.add_argument("--by", choices=["kind"], help="add a breakdown per question kind / benchmark category")
     c.add_argument("--adjust", choices=["holm", "bh", "none"], default="holm", help="multiple-comparison correction")
     c.add_argument("--per-sample", action="store_true", help="with --format json: per-sample records")
@@ -243,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "what leaderboards are published from; see docs/outputs.md)")
     transfer.add_argument("--import", dest="import_file", metavar="FILE.jsonl.gz",
                           help="add the runs of a results file to --store (to resume or extend them); refused if the store holds one already")
+    r.add_argument("--wide", action="store_true", help="every parameter as JSON and the full model name; by default the table fits 100 columns")
     r.set_defaults(func=cmd_runs)
 
     f = sub.add_parser("flops", help="analytic FLOPs of a published architecture at several budgets (no weights)")

@@ -101,6 +101,7 @@ def draw(sample: Any, panels: Sequence[tuple[str, str, Any, float]], out: str | 
     from matplotlib.patches import Rectangle
 
     from tokenbench.plots import new_figure
+    from tokenbench.report import shorten
 
     cells = [(label, budget, res, score, stage, kept) for label, budget, res, score in panels for stage, kept in stages(res)]
     if not cells:
@@ -129,14 +130,14 @@ def draw(sample: Any, panels: Sequence[tuple[str, str, Any, float]], out: str | 
         extra = f" +{merged} merged" if merged else ""
         rel = f"; relevant kept {sum(i in keep for i in relevant_here)}/{len(relevant_here)}" if relevant_here else ""
         verdict = "correct" if score >= 1 else "wrong" if score <= 0 else f"score {score:.2f}"
-        ax.set_title(f"{_short(label, 30)} @ {budget} — {stage}\n{len(keep)}/{res.num_visual} kept{extra}{rel}\n"
-                     f"pred: {_short(repr(res.prediction), 32)} ({verdict})", fontsize=8)
+        ax.set_title(f"{shorten(label, 30)} @ {budget} — {stage}\n{len(keep)}/{res.num_visual} kept{extra}{rel}\n"
+                     f"pred: {shorten(repr(res.prediction), 32)} ({verdict})", fontsize=8)
         ax.set_xlim(0, w)
         ax.set_ylim(h, 0)
         ax.set_xticks([])
         ax.set_yticks([])
     answers = " / ".join(sample.answers)
-    fig.suptitle(f"{sample.id}: {_short(sample.question, 40 * ncols)}\nanswer: {_short(answers, 40 * ncols)}", fontsize=10)
+    fig.suptitle(f"{sample.id}: {shorten(sample.question, 40 * ncols)}\nanswer: {shorten(answers, 40 * ncols)}", fontsize=10)
     handles = [Line2D([], [], color=KEPT_COLOUR, lw=1.5, label="kept token (outlined); dropped tokens dimmed")]
     if any(relevant(c[2].grid) for c in cells[:1]):
         handles.append(Line2D([], [], color=RELEVANT_COLOUR, lw=2, label="cells the answer depends on"))
@@ -146,8 +147,3 @@ def draw(sample: Any, panels: Sequence[tuple[str, str, Any, float]], out: str | 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
     return path
-
-
-def _short(text: str, limit: int) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
