@@ -154,6 +154,7 @@ def test_a_run_off_a_terminal_prints_progress_lines(tiny_llava: Path, jsonl_task
     done = [int(m[3]) for m in lines]
     assert done == sorted(done) and done[0] == 0 and lines[-1][0].endswith("18 of 18 samples (100 %), elapsed " + lines[-1][5] + ", done")
     assert any(re.fullmatch(r"ETA \d+ s|ETA \d+ min \d\d s", m[6]) for m in lines)
+    assert "Loading weights" not in proc.stderr  # transformers' bar is off
 
 
 def test_every_run_says_where_its_results_are_and_how_to_read_them_back(tiny_llava: Path, jsonl_task: Path, tmp_path: Path,
@@ -226,3 +227,16 @@ def test_wide_and_md_keep_the_full_headers(tiny_llava: Path, jsonl_task: Path, t
     wide = capsys.readouterr().out.splitlines()
     assert re.split(r"\s{2,}", wide[0]) == headers and any(line.startswith("  torch ") for line in wide)
     assert any(line.startswith("  tokens: ") and len(line) > 100 for line in wide)  # footnotes unwrapped, as before
+
+
+# -- smaller ones ------------------------------------------------------------------------
+def test_weight_loading_is_quiet_and_downloads_keep_their_bar() -> None:
+    from huggingface_hub.utils import are_progress_bars_disabled
+    from transformers.utils import logging
+
+    from tokenbench.cli_options import quiet_weight_loading
+
+    downloads = are_progress_bars_disabled()
+    quiet_weight_loading()
+    assert not logging.is_progress_bar_enabled()
+    assert are_progress_bars_disabled() == downloads

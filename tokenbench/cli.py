@@ -22,6 +22,7 @@ from tokenbench.cli_options import (
     apply_threads,
     budgets,
     key_values,
+    quiet_weight_loading,
     strategy_specs,
 )
 from tokenbench.errors import TokenbenchError, UsageError
@@ -85,6 +86,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     prepared = prepare(request, reg)  # every check that needs no model, before anything else is printed
     progress = Progress(enabled=not args.quiet)
     apply_threads(args.threads, None if args.quiet else progress.log)
+    quiet_weight_loading()
     cmp = run_comparison(request, reg, prepared=prepared, progress=progress, log=progress.log)
     text = render(cmp, args.format, adjust=args.adjust, by_kind=args.by == "kind", per_sample=args.per_sample, wide=args.wide)
     if args.output:

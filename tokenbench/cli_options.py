@@ -151,3 +151,18 @@ def apply_threads(requested: int | None, report: Callable[[str], None] | None = 
         report(f"{threads} CPU thread{'' if threads == 1 else 's'} ({cores} core{'' if cores == 1 else 's'}, {why}; --threads N to override)")
     return threads
 
+
+def quiet_weight_loading() -> None:
+    """Silence transformers' "Loading weights" bar, shown on every model load, even of the 10 MB reference model.
+
+    transformers' switch (:func:`transformers.utils.logging.disable_progress_bar`) also
+    turns off huggingface_hub's bars; the download bars are turned back on when they were
+    on, since a multi-GB download without one looks like a hang.
+    """
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+    from transformers.utils import logging
+
+    downloads_shown = not are_progress_bars_disabled()
+    logging.disable_progress_bar()
+    if downloads_shown:
+        enable_progress_bars()

@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tokenbench.cli_options import add_budget_options, add_threads_option, apply_threads, strategy_specs
+from tokenbench.cli_options import add_budget_options, add_threads_option, apply_threads, quiet_weight_loading, strategy_specs
 from tokenbench.budget import Budget
 from tokenbench.errors import PluginError, UsageError
 
@@ -85,6 +85,7 @@ def cmd_gate(args: argparse.Namespace) -> int:
             print(f"gate: cannot compare: {why}")
             return 1
     apply_threads(args.threads, lambda line: print(f"gate: {line}", file=sys.stderr))
+    quiet_weight_loading()
     cmp, rows = _run(config, device, dtype, args.store)
     new = make_reference(cmp, rows, config, mode, (old or {}).get("tolerances", TOLERANCES))
     if args.update:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from tokenbench.cli_options import add_budget_options, add_model_options, budgets, key_values, strategy_specs
+from tokenbench.cli_options import add_budget_options, add_model_options, budgets, key_values, quiet_weight_loading, strategy_specs
 from tokenbench.errors import UsageError
 
 KEPT_COLOUR = "#00d5ff"
@@ -39,6 +39,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from tokenbench.plots import require_matplotlib
 
     require_matplotlib("tokenbench show")
+    quiet_weight_loading()
     request = CompareRequest(strategies=strategy_specs(args.strategies), budgets=budgets(args), model=args.model, task=args.task,
                              task_options=key_values(args.task_option, "--task-option"), adapter=args.adapter, seed=args.seed,
                              device=args.device, dtype=args.dtype)
