@@ -230,6 +230,17 @@ def test_wide_and_md_keep_the_full_headers(tiny_llava: Path, jsonl_task: Path, t
 
 
 # -- smaller ones ------------------------------------------------------------------------
+def test_show_says_an_id_is_needed_and_names_the_one_at_that_position(tiny_llava: Path, jsonl_task: Path, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["show", "--model", str(tiny_llava), "--task", f"jsonl:{jsonl_task}", "--strategies", "random", "--sample", "3",
+                 "--out", str(tmp_path / "x.png")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert err[0] == ("tokenbench: error: unknown sample '3' in task jsonl: --sample takes an id, not a position; "
+                      "the sample at position 3 is 's3' (6 samples, first 's0', last 's5')")
+    assert "runs --export" not in err[0]
+
+
 def test_weight_loading_is_quiet_and_downloads_keep_their_bar() -> None:
     from huggingface_hub.utils import are_progress_bars_disabled
     from transformers.utils import logging

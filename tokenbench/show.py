@@ -52,13 +52,12 @@ def show(request: Any, sample_id: str, out: str | Path) -> Path:
     """Run ``request``'s strategies on one sample and write the figure to ``out``."""
     from tokenbench.budget import FULL, Budget
     from tokenbench.compare import prepare
-    from tokenbench.registry import get_registry, unknown_name_message
+    from tokenbench.registry import get_registry
 
     task, samples, strategies, adapter_cls, model = prepare(request, get_registry())
     by_id = {s.id: s for s in samples}
     if sample_id not in by_id:
-        raise UsageError(unknown_name_message("sample", sample_id, by_id) if len(by_id) <= 50 else
-                         f"unknown sample {sample_id!r} in task {task.name} ({len(by_id)} samples; see 'tokenbench runs --export')")
+        raise UsageError(unknown_sample_message(sample_id, task.name, [s.id for s in samples]))
     sample = by_id[sample_id]
     wanted = {s.name for s in request.strategies}
     strategies = [s for s in strategies if s.name in wanted]
@@ -70,6 +69,33 @@ def show(request: Any, sample_id: str, out: str | Path) -> Path:
             result = adapter.generate([sample], [prompt], strategy, budget, seed=request.seed, max_new_tokens=task.max_new_tokens)[0]
             panels.append((strategy.label, budget.label, result, task.score(sample, result.prediction)))
     return draw(sample, panels, out, relevant=lambda grid: task.relevant_tokens(sample, grid) or [])
+
+
+def unknown_sample_message(sample_id: str, task: str, ids: Sequence[str]) -> str:
+    """What ``--sample`` may be: close ids, the id at a position given as a number, and examples.
+
+    >>> ids = [f"shapes-{i:05d}" for i in range(1200)]
+    >>> unknown_sample_message("3", "shapes", ids)
+    "unknown sample '3' in task shapes: --sample takes an id, not a position; the sample at position 3 is 'shapes-00003' (1200 samples, first ...)"
+    >>> unknown_sample_message("shapes-3", "shapes", ids)
+    "unknown sample 'shapes-3' in task shapes; did you mean 'shapes-00003'? (1200 samples, first 'shapes-00000', last 'shapes-01199')"
+    """
+    import difflib
+    import re
+
+    def unpadded(text: str) -> str:  # 'shapes-00003' and 'shapes-3' are the same number
+        return re.sub(r"\d+", lambda m: str(int(m.group())), text)
+
+    wanted = unpadded(sample_id)
+    close = [i for i in ids if unpadded(i) == wanted][:3] or difflib.get_close_matches(sample_id, ids, n=3, cutoff=0.6)
+    if sample_id.isdigit() and int(sample_id) < len(ids):
+        hint = f": --sample takes an id, not a position; the sample at position {int(sample_id)} is {ids[int(sample_id)]!r}"
+    elif close:
+        hint = "; did you mean " + " or ".join(repr(c) for c in close) + "?"
+    else:
+        hint = ""
+    examples = f", first {ids[0]!r}, last {ids[-1]!r}" if len(ids) > 1 else f": {ids[0]!r}" if ids else ""
+    return f"unknown sample {sample_id!r} in task {task}{hint} ({len(ids)} sample{'' if len(ids) == 1 else 's'}{examples})"
 
 
 def _crop_to_grid(image: Any, grid: tuple[int, int], size: int = 384) -> Any:
