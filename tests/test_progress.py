@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import re
 
+import pytest
+
 from tokenbench.progress import Progress, format_duration
 
 LINE = re.compile(r"^tokenbench: run (\d+) of (\d+) \((.+)\): (\d+) of (\d+) samples \((\d+) %\), elapsed (.+?), (ETA .+|done)$")
@@ -67,9 +69,26 @@ def test_a_terminal_gets_one_bar_over_every_run() -> None:
     progress.update(2, "random @ 25.0%", 8, 8)
     progress.close()
     text = out.getvalue()
-    assert "\r" in text and "run 2/2 random @ 25.0%" in text and "16/16 samples" in text and "a message above the bar\n" in text
+    assert "\r" in text and "run 2/2 random @ 25.0%" in text and "16/16 samples, elapsed " in text and "a message above the bar\n" in text
     assert "tokenbench: run" not in text  # no plain lines on a terminal
 
 
 def test_durations_say_their_unit() -> None:
     assert [format_duration(s) for s in (0, 59.4, 60, 3599, 3600, 86399)] == ["0 s", "59 s", "1 min 00 s", "59 min 59 s", "1 h 00 min", "23 h 59 min"]
+
+
+def test_a_terminal_without_a_width_gets_the_plain_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pseudo-terminal of 0 columns (script, some CI runners) would draw an empty bar."""
+    import os
+
+    class Pty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+        def fileno(self) -> int:
+            return 2
+
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd: os.terminal_size((0, 0)))
+    assert not Progress(Pty()).tty
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd: os.terminal_size((100, 30)))
+    assert Progress(Pty()).tty and not Progress(io.StringIO()).tty

@@ -9,6 +9,7 @@ but not towards the rate, so a resumed comparison does not promise a finish it c
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -31,19 +32,29 @@ def format_duration(seconds: float) -> str:
     return f"{s // 3600} h {s % 3600 // 60:02d} min"
 
 
+def _is_terminal(stream: TextIO) -> bool:
+    """A terminal with a width: a pseudo-terminal of 0 columns (``script``, some CI runners) would show an empty bar."""
+    if not stream.isatty():
+        return False
+    try:
+        return os.get_terminal_size(stream.fileno()).columns > 0
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
 class Progress:
     """Progress over ``runs`` runs of ``samples`` samples each (:meth:`begin`), fed by :meth:`update`.
 
     ``enabled=False`` shows nothing (``--quiet``); :meth:`log` prints in every case, above
-    the bar when one is shown. ``tty`` (default: whether ``stream`` is a terminal) picks
-    the bar or the plain lines.
+    the bar when one is shown. ``tty`` (default: whether ``stream`` is a terminal with a
+    width) picks the bar or the plain lines.
     """
 
     def __init__(self, stream: TextIO | None = None, *, enabled: bool = True, tty: bool | None = None,
                  interval_s: float = 30.0, steps: int = 10, clock: Callable[[], float] = time.monotonic) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = enabled
-        self.tty = self.stream.isatty() if tty is None else tty
+        self.tty = _is_terminal(self.stream) if tty is None else tty
         self.interval_s = interval_s
         self.steps = steps
         self.clock = clock
@@ -68,7 +79,7 @@ class Progress:
             from tqdm import tqdm
 
             self._bar = tqdm(total=self.total, file=self.stream, dynamic_ncols=True, mininterval=0.5,
-                             bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} samples, {postfix}")
+                             bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} samples{postfix}")  # tqdm puts ", " before a postfix
 
     def update(self, run: int, label: str, done: int, total: int) -> None:
         """Run ``run`` (1-based) of :meth:`begin`'s runs, named ``label``, has ``done`` of its ``total`` samples."""
