@@ -12,6 +12,13 @@ from tokenbench.progress import Progress, format_duration
 LINE = re.compile(r"^tokenbench: run (\d+) of (\d+) \((.+)\): (\d+) of (\d+) samples \((\d+) %\), elapsed (.+?), (ETA .+|done)$")
 
 
+def position(line: str) -> int:
+    """The overall samples done that a plain progress line reports."""
+    match = LINE.match(line)
+    assert match, line
+    return int(match[4])
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 0.0
@@ -31,7 +38,7 @@ def test_plain_lines_at_each_tenth_with_an_eta_from_computed_samples_only() -> N
     progress.close()
     lines = out.getvalue().splitlines()
     assert all(LINE.match(line) for line in lines), lines
-    assert [int(LINE.match(line)[4]) for line in lines] == [50, 50, 60, 70, 80, 90, 100]  # run 1, run 2's start, then every 10 %
+    assert [position(line) for line in lines] == [50, 50, 60, 70, 80, 90, 100]  # run 1, run 2's start, then every 10 %
     assert lines[0] == "tokenbench: run 1 of 2 (baseline @ all): 50 of 100 samples (50 %), elapsed 0 s, ETA not yet known"
     # 10 samples computed in 20 s, 40 left: 80 s (counting the 50 resumed ones as work would promise 13 s)
     assert lines[2] == "tokenbench: run 2 of 2 (random @ 25.0%): 60 of 100 samples (60 %), elapsed 20 s, ETA 1 min 20 s"
@@ -45,7 +52,7 @@ def test_plain_lines_every_interval_between_tenths() -> None:
     for done in range(0, 91, 1):  # 1 sample every 5 s: 9 % in 450 s, no tenth crossed
         clock.now = 5.0 * done
         progress.update(1, "fastv @ 64", done, 1000)
-    positions = [int(LINE.match(line)[4]) for line in out.getvalue().splitlines()]
+    positions = [position(line) for line in out.getvalue().splitlines()]
     assert positions == list(range(0, 91, 6))  # the start, then every 30 s
 
 
