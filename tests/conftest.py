@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,3 +43,14 @@ def jsonl_task(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tokenbench.testing import write_jsonl_task
 
     return write_jsonl_task(tmp_path_factory.mktemp("task"), n=6, size=48)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _threads_independent_of_the_load() -> Iterator[None]:
+    """compare and gate choose torch's CPU threads from the load average (tokenbench.cli_options.cpu_threads);
+    in tests the load reads as 0, so every in-process run, module-scoped fixtures included, uses torch's default."""
+    import tokenbench.cli_options
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tokenbench.cli_options, "machine_load", lambda: 0.0)
+        yield

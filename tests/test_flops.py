@@ -271,3 +271,10 @@ def test_flops_report() -> None:
     table = flops_table("llava-1.5-7b", [576, 192])
     assert "TFLOPs" in table and "FV-units" in table and "2.986" in table and "0.976" in table
     assert "qwen2.5-vl-7b" in flops_table("qwen2.5-vl-7b", [256, 64], text_tokens=16)
+
+
+def test_flops_table_full_budget_row_has_no_negative_zero() -> None:
+    """The FastV column's change is signed by its value: none on the full budget, + above it."""
+    rows = flops_table("llava-1.5-7b", [576, 192, 600]).splitlines()[2:5]
+    assert "2.986 (0.0 %)" in rows[0] and "−0.0" not in rows[0] and "-0.0" not in rows[0]
+    assert "(−67.3 %)" in rows[1] and "(+4.3 %)" in rows[2]

@@ -330,3 +330,24 @@ def test_the_published_leaderboard_regenerates_byte_for_byte(tmp_path: Path) -> 
             published = repo / "leaderboards" / path.name
             assert published.is_file(), f"{path.name} is rendered from {store.name} but not published"
             assert path.read_bytes() == published.read_bytes(), f"{published} differs from what {store.name} renders"
+
+
+def test_leaderboard_defaults_to_a_new_folder_and_says_what_it_replaces(compared: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """Run from the repository's root, the defaults must not write over the committed leaderboards/."""
+    from tokenbench.leaderboard import DEFAULT_OUT
+
+    monkeypatch.chdir(tmp_path)
+    committed = tmp_path / "leaderboards" / "tiny-llava--jsonl.md"
+    committed.parent.mkdir()
+    committed.write_text("committed\n", encoding="utf-8")
+    assert main(["leaderboard", "--store", str(compared["db"])]) == 0
+    assert committed.read_text(encoding="utf-8") == "committed\n"
+    new = Path(DEFAULT_OUT) / "tiny-llava--jsonl.md"
+    assert DEFAULT_OUT != "leaderboards" and new.is_file()
+    assert capsys.readouterr().err == f"tokenbench: wrote {new}\n"
+    assert main(["leaderboard", "--store", str(compared["db"])]) == 0
+    assert capsys.readouterr().err == f"tokenbench: unchanged: {new}\n"
+    assert main(["leaderboard", "--store", str(compared["db"]), "--out", "leaderboards"]) == 0  # named: rewritten, and said so
+    assert capsys.readouterr().err == f"tokenbench: replaced {Path('leaderboards') / 'tiny-llava--jsonl.md'}\n"
+    assert committed.read_bytes() == new.read_bytes()

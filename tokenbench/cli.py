@@ -10,11 +10,21 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from typing import Any, NoReturn, Sequence
 
 from tokenbench import gate, leaderboard, show
-from tokenbench.cli_options import add_budget_options, add_model_options, budgets, key_values, strategy_specs
+from tokenbench.cli_options import (
+    add_budget_options,
+    add_model_options,
+    add_threads_option,
+    apply_threads,
+    budgets,
+    key_values,
+    quiet_weight_loading,
+    strategy_specs,
+)
 from tokenbench.errors import TokenbenchError, UsageError
 from tokenbench.registry import FAMILIES, get_registry
 from tokenbench.store import DEFAULT_STORE
@@ -46,14 +56,10 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 # -- compare -------------------------------------------------------------------------
 def cmd_compare(args: argparse.Namespace) -> int:
-    from tokenbench.compare import CompareRequest, run_comparison
-    from tokenbench.harness import Progress
+    from tokenbench.compare import CompareRequest, prepare, run_comparison
+    from tokenbench.progress import Progress
     from tokenbench.report import render
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     request = CompareRequest(
         strategies=strategy_specs(args.strategies),
         budgets=budgets(args),
@@ -77,12 +83,16 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
         require_matplotlib()
     reg = _registry(args)
-    bar = Progress(False if args.quiet else None)
-    cmp = run_comparison(request, reg, progress=bar.update, log=lambda m: print(f"tokenbench: {m}", file=sys.stderr))
-    text = render(cmp, args.format, adjust=args.adjust, by_kind=args.by == "kind", per_sample=args.per_sample)
+    prepared = prepare(request, reg)  # every check that needs no model, before anything else is printed
+    progress = Progress(enabled=not args.quiet)
+    apply_threads(args.threads, None if args.quiet else progress.log)
+    quiet_weight_loading()
+    cmp = run_comparison(request, reg, prepared=prepared, progress=progress, log=progress.log)
+    text = render(cmp, args.format, adjust=args.adjust, by_kind=args.by == "kind", per_sample=args.per_sample, wide=args.wide)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as fh:
             fh.write(text)
+        print(f"tokenbench: wrote {args.output}", file=sys.stderr)
     else:
         sys.stdout.write(text)
     if args.plot:
@@ -94,7 +104,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
     failing = [(run, errs) for run, errs in failing if errs]
     for run, errs in failing:
         print(f"tokenbench: {run.label} @ {run.budget.label}: {len(errs)} of {len(run.records)} samples failed; first: {errs[0].sample_id}: {errs[0].error}", file=sys.stderr)
+    for line in where_stored(args.store, len(cmp.runs), sum(len(run.records) for run in cmp.runs)):
+        print(f"tokenbench: {line}", file=sys.stderr)
     return 1 if failing else 0
+
+
+def where_stored(store: str, runs: int, records: int) -> list[str]:
+    """Where a comparison's results went, and the commands that read them back.
+
+    >>> where_stored("my results.db", 3, 18)[1]
+    "list them: tokenbench runs --store 'my results.db'; export every sample: tokenbench runs --store 'my results.db' --export results.csv"
+    """
+    flag = f"--store {shlex.quote(store)}"
+    return [f"{runs} run{'' if runs == 1 else 's'} ({records} sample records) stored in {os.path.abspath(store)}",
+            f"list them: tokenbench runs {flag}; export every sample: tokenbench runs {flag} --export results.csv"]
 
 
 # -- runs ----------------------------------------------------------------------------
@@ -119,14 +142,29 @@ def cmd_runs(args: argparse.Namespace) -> int:
     store = open_results(args.store)
     if args.export:
         return _export(store, args.export)
-    from tabulate import tabulate
+    if args.wide:
+        from tabulate import tabulate
 
-    rows = []
+        rows = []
+        for run in store.runs():
+            c = run.config
+            rows.append([run.run_id, c.get("model", {}).get("model", "?"), c.get("task", {}).get("name", "?"), c.get("strategy"),
+                         json.dumps(c.get("params", {}), sort_keys=True), c.get("budget"), run.n_samples, run.n_errors])
+        print(tabulate(rows, headers=["run", "model", "task", "strategy", "params", "budget", "samples", "errors"], tablefmt="simple"))
+        return 0
+    from tokenbench.leaderboard import model_name
+    from tokenbench.report import fit_width, plain_table, shorten
+    from tokenbench.stored import strategy_defaults
+    from tokenbench.strategy import strategy_label
+
+    reg, table = _registry(args), []
     for run in store.runs():
         c = run.config
-        rows.append([run.run_id, c.get("model", {}).get("model", "?"), c.get("task", {}).get("name", "?"), c.get("strategy"),
-                     json.dumps(c.get("params", {}), sort_keys=True), c.get("budget"), run.n_samples, run.n_errors])
-    print(tabulate(rows, headers=["run", "model", "task", "strategy", "params", "budget", "samples", "errors"], tablefmt="simple"))
+        name = str(c.get("strategy"))
+        table.append({"run": run.run_id, "model": shorten(model_name(c.get("model", {})), 24), "task": shorten(str(c.get("task", {}).get("name", "?")), 16),
+                      "strategy": strategy_label(name, c.get("params", {}), strategy_defaults(reg, name)),
+                      "budget": str(c.get("budget")), "samples": str(run.n_samples), "errors": str(run.n_errors)})
+    print(plain_table(fit_width(table, "strategy"), right=("samples", "errors")))
     return 0
 
 
@@ -141,11 +179,15 @@ def _export(store: Any, path: str) -> int:
         return 0
     records = [{"run_id": run_id, **rec.__dict__} for run_id, rec in store.iter_all()]
     if path.endswith(".csv"):
+        configs = {run.run_id: run.config for run in store.runs()}
         with open(path, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=["run_id", "sample_id", "position", "kind", "score", "prediction", "prompt", "error", "record"])
+            writer = csv.DictWriter(fh, fieldnames=["run_id", "strategy", "params", "budget", "sample_id", "position", "kind", "score", "prediction",
+                                                    "prompt", "error", "record"])
             writer.writeheader()
             for r in records:
-                writer.writerow({**r, "record": json.dumps(r["record"], sort_keys=True)})
+                c = configs.get(r["run_id"], {})
+                writer.writerow({**r, "strategy": c.get("strategy"), "params": json.dumps(c.get("params", {}), sort_keys=True), "budget": c.get("budget"),
+                                 "record": json.dumps(r["record"], sort_keys=True)})
     else:
         with open(path, "w", encoding="utf-8") as fh:
             json.dump({"runs": [r.__dict__ for r in store.runs()], "samples": records}, fh, indent=1)
@@ -190,20 +232,22 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--model-option", action="append", metavar="KEY=VALUE", help="adapter option, repeatable (Qwen2.5-VL: min_pixels, max_pixels)")
     c.add_argument("--limit", type=int, help="evaluate a fixed, seeded subset of N items, stratified by kind (a group such as an MMBench question's rotations counts once)")
     c.add_argument("--batch-size", type=int, default=8)
-    c.add_argument("--threads", type=int, help="torch CPU threads")
+    add_threads_option(c)
     c.add_argument("--store", default=DEFAULT_STORE, help=f"results database (resumes interrupted runs; default {DEFAULT_STORE})")
     c.add_argument("--on-error", choices=["skip", "fail"], default="skip", help="a failing sample is recorded (skip) or stops the run (fail)")
     c.add_argument("--timing-samples", type=int, default=0, metavar="N",
                    help="time the first N samples in a separate loop (warm-up, strategies interleaved, batch 1): TTFT, decode, memory (default 0: off)")
     c.add_argument("--timing-tokens", type=int, default=8, metavar="T", help="new tokens forced in every timed call (EOS ignored; default 8)")
     c.add_argument("--format", choices=["table", "md", "csv", "json"], default="table")
+    c.add_argument("--wide", action="store_true", help="table: every column in full (accuracy intervals, long names, long headers); "
+                                                       "by default it fits 100 columns")
     c.add_argument("--by", choices=["kind"], help="add a breakdown per question kind / benchmark category")
     c.add_argument("--adjust", choices=["holm", "bh", "none"], default="holm", help="multiple-comparison correction")
     c.add_argument("--per-sample", action="store_true", help="with --format json: per-sample records")
     c.add_argument("--plot", metavar="FILE.png", help="write the accuracy/FLOPs Pareto plot")
     c.add_argument("--plot-axis", choices=["flops", "ttft"], default="flops", help="x axis of --plot: prefill FLOPs vs baseline, or TTFT (needs --timing-samples)")
     c.add_argument("--output", "-o", help="write the table to a file instead of stdout")
-    c.add_argument("--quiet", "-q", action="store_true", help="no progress display")
+    c.add_argument("--quiet", "-q", action="store_true", help="no progress display, no line on the CPU threads chosen")
     c.set_defaults(func=cmd_compare)
 
     ls = sub.add_parser("list", help="list registered strategies, adapters and tasks")
@@ -218,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "what leaderboards are published from; see docs/outputs.md)")
     transfer.add_argument("--import", dest="import_file", metavar="FILE.jsonl.gz",
                           help="add the runs of a results file to --store (to resume or extend them); refused if the store holds one already")
+    r.add_argument("--wide", action="store_true", help="every parameter as JSON and the full model name; by default the table fits 100 columns")
     r.set_defaults(func=cmd_runs)
 
     f = sub.add_parser("flops", help="analytic FLOPs of a published architecture at several budgets (no weights)")

@@ -1,13 +1,17 @@
 """Command-line options shared by several subcommands, defined once.
 
-``compare``, ``show`` and ``gate`` take the same budget flags, and ``compare`` and
-``show`` the same model and task flags: each subcommand builds its parser from these
-helpers, so a flag's name, help and checks cannot drift apart.
+``compare``, ``show`` and ``gate`` take the same budget flags, ``compare`` and
+``show`` the same model and task flags, ``compare`` and ``gate`` the same ``--threads``:
+each subcommand builds its parser from these helpers, so a flag's name, help and checks
+cannot drift apart.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import math
+import os
 from typing import Any, Callable, Sequence, TypeVar
 
 from tokenbench.budget import Budget
@@ -70,3 +74,95 @@ def strategy_specs(text: str) -> Any:
     from tokenbench.harness import parse_strategies
 
     return parsed(parse_strategies, text)
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type`` for a count that must be at least 1.
+
+    >>> positive_int("3")
+    3
+    """
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+# -- CPU threads -----------------------------------------------------------------------
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``; without it, :func:`apply_threads` picks the cores not already busy."""
+    parser.add_argument("--threads", type=positive_int, metavar="N",
+                        help="torch CPU threads (default: the cores not already busy, from the 1-minute load average; "
+                             "printed at the start)")
+
+
+def cpu_threads(cores: int, load: float, online: int | None = None) -> int:
+    """Torch CPU threads for a run: the ``cores`` not already busy, at least 1.
+
+    ``load`` is the 1-minute load average, counted over ``online`` CPUs (the machine's,
+    default ``cores``): ``cores * load / online`` of our cores count as busy. PyTorch's
+    OpenMP threads spin while they wait for each other, so one thread on a core that
+    another process keeps busy holds all of them back: on 2 cores at load 4, 2 threads
+    took 21-30 s where 1 took 10-16 s (README, "CPU threads").
+
+    >>> cpu_threads(2, 0.1), cpu_threads(2, 0.6), cpu_threads(2, 2.1), cpu_threads(16, 3.0)
+    (2, 1, 1, 13)
+    >>> cpu_threads(8, 32.0, online=64)  # a host-wide load on a 64-CPU host, 8 of them ours
+    4
+    """
+    busy = load * cores / (online or cores)
+    return max(1, min(cores, math.floor(cores - busy + 0.5)))
+
+
+@functools.cache
+def usable_cores() -> int:
+    """The threads torch uses by default, within this process's CPU affinity (read once, before any change)."""
+    import torch
+
+    cores = torch.get_num_threads()
+    if hasattr(os, "sched_getaffinity"):
+        cores = min(cores, len(os.sched_getaffinity(0)))
+    return max(1, cores)
+
+
+def machine_load() -> float | None:
+    """The 1-minute load average, or ``None`` where the system has none."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def apply_threads(requested: int | None, report: Callable[[str], None] | None = None) -> int:
+    """Set torch's CPU threads: ``requested`` (``--threads``), else :func:`cpu_threads` on this machine, reported once."""
+    import torch
+
+    if requested is not None:
+        torch.set_num_threads(requested)
+        return requested
+    cores, load = usable_cores(), machine_load()
+    threads = cores if load is None else cpu_threads(cores, load, os.cpu_count())
+    torch.set_num_threads(threads)
+    if report is not None:
+        why = "load average unknown" if load is None else f"1-minute load average {load:.1f}"
+        report(f"{threads} CPU thread{'' if threads == 1 else 's'} ({cores} core{'' if cores == 1 else 's'}, {why}; --threads N to override)")
+    return threads
+
+
+def quiet_weight_loading() -> None:
+    """Silence transformers' "Loading weights" bar, shown on every model load, even of the 10 MB reference model.
+
+    transformers' switch (:func:`transformers.utils.logging.disable_progress_bar`) also
+    turns off huggingface_hub's bars; the download bars are turned back on when they were
+    on, since a multi-GB download without one looks like a hang.
+    """
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+    from transformers.utils import logging
+
+    downloads_shown = not are_progress_bars_disabled()
+    logging.disable_progress_bar()
+    if downloads_shown:
+        enable_progress_bars()

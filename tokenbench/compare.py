@@ -21,12 +21,12 @@ from tokenbench.environment import environment
 from tokenbench.errors import ModelLoadError, UsageError
 from tokenbench.harness import StrategySpec, evaluate
 from tokenbench.named_model import NamedModel
+from tokenbench.progress import Progress
 from tokenbench.registry import Registry, unknown_name_message
 from tokenbench.results import Comparison, RunResult
 from tokenbench.store import DEFAULT_STORE, SampleRecord, Store
 from tokenbench.strategy import Strategy
 from tokenbench.task import Sample, Task, stratified_subset
-
 
 
 @dataclass(frozen=True)
@@ -224,14 +224,21 @@ def run_config(adapter_desc: dict[str, Any], task: Task, strategy: Strategy, bud
     }
 
 
+def planned_runs(strategies: Sequence[Strategy], budgets: Sequence[Budget]) -> list[tuple[Strategy, Budget]]:
+    """Every (strategy, budget) a comparison runs, in order: a strategy that keeps all tokens runs once, unreduced."""
+    return [(s, b) for s in strategies for b in ([FULL] if s.keeps_all else (list(budgets) or [Budget("default")]))]
+
+
 def run_comparison(
     request: CompareRequest,
     registry: Registry,
     *,
-    progress: Callable[[str, int, int], None] | None = None,
+    prepared: Prepared | None = None,
+    progress: Progress | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Comparison:
-    task, samples, strategies, adapter_cls, model = prepare(request, registry)
+    """Run every strategy at every budget (``prepared``: :func:`prepare`'s result, if the caller already has it)."""
+    task, samples, strategies, adapter_cls, model = prepared if prepared is not None else prepare(request, registry)
     adapter = adapter_cls.load(model.location, device=request.device, dtype=request.dtype, **request.model_options)
     desc = adapter.describe()
     if model.name is not None:  # a named model's install path differs per machine; its name and weights hash do not
@@ -241,32 +248,35 @@ def run_comparison(
     store = Store(request.store)
     runs: list[RunResult] = []
     timed: list[tuple[RunResult, Strategy, Budget]] = []
+    plan = planned_runs(strategies, request.budgets)
+    if progress is not None:
+        progress.begin(len(plan), len(samples))
     try:
-        for strategy in strategies:
-            budgets = [FULL] if strategy.keeps_all else (request.budgets or [Budget("default")])
-            for budget in budgets:
-                config = run_config(desc, task, strategy, budget, request, template)
-                run_id = store.open_run(config)
-                label = f"{strategy.name} @ {budget.label}"
-                done = evaluate(
-                    adapter, task, samples, strategy, budget, store, run_id,
-                    seed=request.seed, batch_size=request.batch_size, on_error=request.on_error,
-                    progress=functools.partial(progress, label) if progress else None,
-                )
-                if done and log:
-                    log(f"{label}: resumed, {done} of {len(samples)} samples already done (run {run_id})")
-                records = store.samples(run_id, [s.id for s in samples])
-                flops = _run_flops(adapter, store, run_id, records)
-                if done < len(samples) or store.measurement(run_id, "environment") is None:
-                    store.put_measurement(run_id, "environment", env)  # provenance for leaderboards
-                runs.append(RunResult(strategy.name, dict(strategy.params), budget, run_id, config, records, flops, done, dict(strategy.defaults)))
-                timed.append((runs[-1], strategy, budget))
+        for k, (strategy, budget) in enumerate(plan, 1):
+            config = run_config(desc, task, strategy, budget, request, template)
+            run_id = store.open_run(config)
+            label = f"{strategy.label} @ {budget.label}"
+            done = evaluate(
+                adapter, task, samples, strategy, budget, store, run_id,
+                seed=request.seed, batch_size=request.batch_size, on_error=request.on_error,
+                progress=functools.partial(progress.update, k, label) if progress is not None else None,
+            )
+            if done and log:
+                log(f"{label}: resumed, {done} of {len(samples)} samples already done (run {run_id})")
+            records = store.samples(run_id, [s.id for s in samples])
+            flops = _run_flops(adapter, store, run_id, records)
+            if done < len(samples) or store.measurement(run_id, "environment") is None:
+                store.put_measurement(run_id, "environment", env)  # provenance for leaderboards
+            runs.append(RunResult(strategy.name, dict(strategy.params), budget, run_id, config, records, flops, done, dict(strategy.defaults)))
+            timed.append((runs[-1], strategy, budget))
         if request.timing_samples > 0:
             from tokenbench.timing import TimingSettings, time_runs
 
             settings = TimingSettings(request.timing_samples, new_tokens=request.timing_tokens)
             time_runs(adapter, task, samples, timed, store, settings, seed=request.seed, device=request.device, log=log)
     finally:
+        if progress is not None:
+            progress.close()
         store.close()
     by_id = {s.id: s for s in samples}
     metrics = {}

@@ -28,7 +28,7 @@ from tokenbench.flops_analytic import (
     vision_tower_macs,
 )
 
-__all__ = ["flops_rows", "flops_table", "vision_and_projector_flops"]
+__all__ = ["flops_rows", "flops_table", "signed_pct", "vision_and_projector_flops"]
 
 _TERA = 1e12
 
@@ -91,6 +91,18 @@ def flops_rows(config_name: str, budgets: Sequence[int], text_tokens: int = 0) -
     return rows
 
 
+def signed_pct(change: float) -> str:
+    """A change in percent with its sign (a true minus), and none on what rounds to zero.
+
+    >>> signed_pct(-66.04), signed_pct(-0.0), signed_pct(0.04), signed_pct(12.5)
+    ('−66.0 %', '0.0 %', '0.0 %', '+12.5 %')
+    """
+    text = f"{abs(change):.1f}"
+    if float(text) == 0:
+        return f"{text} %"
+    return f"{'−' if change < 0 else '+'}{text} %"
+
+
 def flops_table(config_name: str, budgets: Sequence[int], text_tokens: int = 0) -> str:
     """Plain-text table of :func:`flops_rows` with units and footnotes on the two conventions."""
     rows = flops_rows(config_name, budgets, text_tokens)
@@ -108,7 +120,7 @@ def flops_table(config_name: str, budgets: Sequence[int], text_tokens: int = 0) 
         (
             f"{r['visual_tokens']} tok",
             f"{r['tokens_kept_pct']:.1f} %",
-            f"{r['fastv_formula_units'] / _TERA:.3f} (−{r['fastv_formula_reduction_pct']:.1f} %)",
+            f"{r['fastv_formula_units'] / _TERA:.3f} ({signed_pct(-r['fastv_formula_reduction_pct'])})",
             f"{r['llm_prefill_flops'] / _TERA:.3f}",
             f"{r['vision_projector_flops'] / _TERA:.3f}",
             f"{r['total_flops'] / _TERA:.3f}",

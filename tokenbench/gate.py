@@ -29,7 +29,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tokenbench.cli_options import add_budget_options, strategy_specs
+from tokenbench.cli_options import add_budget_options, add_threads_option, apply_threads, quiet_weight_loading, strategy_specs
 from tokenbench.budget import Budget
 from tokenbench.errors import PluginError, UsageError
 
@@ -59,7 +59,7 @@ def add_parser(sub: Any) -> None:
     g.add_argument("--timing-samples", type=int, help="with --update: samples in the timed loop (statistical mode's TTFT check; default 0: none)")
     g.add_argument("--device", help="run on this device (default: the reference's; it must be of the same kind; with --update: recorded)")
     g.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="run in this dtype (default: the reference's; with --update: recorded)")
-    g.add_argument("--threads", type=int, help="torch CPU threads")
+    add_threads_option(g)
     g.set_defaults(func=cmd_gate)
 
 
@@ -84,10 +84,8 @@ def cmd_gate(args: argparse.Namespace) -> int:
         if why:
             print(f"gate: cannot compare: {why}")
             return 1
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads, lambda line: print(f"gate: {line}", file=sys.stderr))
+    quiet_weight_loading()
     cmp, rows = _run(config, device, dtype, args.store)
     new = make_reference(cmp, rows, config, mode, (old or {}).get("tolerances", TOLERANCES))
     if args.update:

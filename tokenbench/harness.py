@@ -7,8 +7,6 @@ is recorded as an error with its reason; the run goes on.
 
 from __future__ import annotations
 
-import sys
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -57,24 +55,6 @@ def parse_strategies(text: str) -> list[StrategySpec]:
             spec.params[key.strip()] = value.strip()
         specs.append(spec)
     return specs
-
-
-class Progress:
-    """A one-line progress display on a terminal; silent otherwise."""
-
-    def __init__(self, enabled: bool | None = None) -> None:
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self._last = 0.0
-
-    def update(self, label: str, done: int, total: int) -> None:
-        now = time.monotonic()
-        if not self.enabled or (now - self._last < 0.2 and done < total):
-            return
-        self._last = now
-        sys.stderr.write(f"\r{label}: {done}/{total} samples")
-        if done >= total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
 
 
 def check_counts(result: GenerationResult, labels: Sequence[str]) -> str | None:

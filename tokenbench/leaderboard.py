@@ -23,6 +23,10 @@ from typing import Any
 from tokenbench.errors import UsageError
 from tokenbench.store import DEFAULT_STORE
 
+#: where ``tokenbench leaderboard`` writes without ``--out``: not ``leaderboards/``, whose
+#: committed files a run from the repository's root would otherwise overwrite
+DEFAULT_OUT = "tokenbench-leaderboards"
+
 _ESCAPES = {"\\": "\\\\", "|": "\\|", "`": "\\`", "*": "\\*", "_": "\\_", "[": "\\[", "]": "\\]", "#": "\\#",
             "<": "&lt;", ">": "&gt;", "&": "&amp;"}
 
@@ -47,7 +51,9 @@ def add_parser(sub: Any) -> None:
                         description="One markdown file per model × task from the stored runs, byte-for-byte reproducible.")
     lb.add_argument("--store", default=DEFAULT_STORE, metavar="FILE.db|FILE.jsonl.gz",
                     help="results database (from tokenbench compare) or results file (*.jsonl.gz, from tokenbench runs --export)")
-    lb.add_argument("--out", default="leaderboards", metavar="DIR", help="output folder (default: leaderboards)")
+    lb.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+                    help=f"output folder (default: {DEFAULT_OUT}, a new folder: the repository's published leaderboards/ is rewritten "
+                         "only when named)")
     lb.add_argument("--runs", help="only these run ids (comma list); default: every run in the store")
     lb.set_defaults(func=cmd_leaderboard)
 
@@ -56,8 +62,10 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     if not Path(args.store).is_file():
         raise UsageError(f"{args.store}: no results store or results file there; run 'tokenbench compare' first or pass --store PATH")
     run_ids = [r.strip() for r in args.runs.split(",") if r.strip()] if args.runs else None
+    before = {path: path.read_bytes() for path in Path(args.out).glob("*.md")}
     for path in write_leaderboards(args.store, args.out, run_ids):
-        print(f"tokenbench: wrote {path}", file=sys.stderr)
+        what = "wrote" if path not in before else "unchanged:" if before[path] == path.read_bytes() else "replaced"
+        print(f"tokenbench: {what} {path}", file=sys.stderr)
     return 0
 
 

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import math
+import textwrap
 from typing import Any, Sequence
 
 import numpy as np
@@ -126,28 +127,133 @@ def _p(x: float | None) -> str:
     return "<0.001" if x < 0.001 else f"{x:.3f}"
 
 
+def _n(r: dict[str, Any]) -> str:
+    return str(r["n"]) + (f" ({r['errors']} err)" if r["errors"] else "")
+
+
+def _delta(r: dict[str, Any]) -> str:
+    if r["delta_vs_baseline"] is None:
+        return "—"
+    return f"{100 * r['delta_vs_baseline']:+.1f} [{_pct(r['delta_ci95'][0])}, {_pct(r['delta_ci95'][1])}]"
+
+
+def _ratio(x: float | None, digits: int) -> str:
+    return "—" if x is None else f"{x:.{digits}f}×"
+
+
+def _ttft(r: dict[str, Any]) -> str:
+    return "failed" if r.get("timing_error") else _ratio(r.get("ttft_speedup"), 2)
+
+
 def display_rows(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """Human-readable cells; every column header says its unit."""
+    """Human-readable cells; every column header says its unit (``--format md``, ``--wide`` and the leaderboards)."""
     out = []
     for r in rows:
         lo, hi = r["ci95"]
-        delta = "—" if r["delta_vs_baseline"] is None else f"{100 * r['delta_vs_baseline']:+.1f} [{_pct(r['delta_ci95'][0])}, {_pct(r['delta_ci95'][1])}]"
         cells = {
             "strategy": r["label"],
             "budget": r["budget"],
-            "n": str(r["n"]) + (f" ({r['errors']} err)" if r["errors"] else ""),
+            "n": _n(r),
             "acc % [95% CI]": f"{_pct(r['accuracy'])} [{_pct(lo)}, {_pct(hi)}]",
-            "Δ vs base, pts [95% CI]": delta,
+            "Δ vs base, pts [95% CI]": _delta(r),
             "p (adj.)": _p(r["p_adjusted"]),
             "tokens in / layer-avg": "—" if r["visual_tokens_llm_input"] is None else f"{r['visual_tokens_llm_input']:.0f} / {r['visual_tokens_layer_avg']:.1f}",
-            "prefill FLOPs vs base": "—" if r["flops_rel_baseline"] is None else f"{r['flops_rel_baseline']:.3f}×",
+            "prefill FLOPs vs base": _ratio(r["flops_rel_baseline"], 3),
         }
         if "latency_ms" in r:
-            cells["TTFT vs base"] = "failed" if r.get("timing_error") else "—" if r.get("ttft_speedup") is None else f"{r['ttft_speedup']:.2f}×"
+            cells["TTFT vs base"] = _ttft(r)
         if "relevant_token_recall" in r:
             cells["relevant recall %"] = _pct(r["relevant_token_recall"])
         out.append(cells)
     return out
+
+
+#: columns of the terminal table (``--format table`` without ``--wide``)
+TABLE_WIDTH = 100
+
+
+def compact_rows(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """The terminal table's cells: :func:`display_rows` without the accuracy interval, with short headers.
+
+    The legend (:data:`COMPACT_LEGEND`) names what each short header means; ``--wide``
+    shows :func:`display_rows`.
+    """
+    out = []
+    for r in rows:
+        cells = {
+            "strategy": r["label"],
+            "budget": r["budget"],
+            "n": _n(r),
+            "acc %": _pct(r["accuracy"]),
+            "Δ pts [95% CI]": _delta(r),
+            "p adj.": _p(r["p_adjusted"]),
+            "tok in/avg": "—" if r["visual_tokens_llm_input"] is None else f"{r['visual_tokens_llm_input']:.0f}/{r['visual_tokens_layer_avg']:.0f}",
+            "FLOPs/base": _ratio(r["flops_rel_baseline"], 3),
+        }
+        if "latency_ms" in r:
+            cells["TTFT/base"] = _ttft(r)
+        if "relevant_token_recall" in r:
+            cells["recall %"] = _pct(r["relevant_token_recall"])
+        out.append(cells)
+    return out
+
+
+COMPACT_LEGEND = ("columns: acc % = accuracy (its 95% CI: --wide); Δ pts = paired difference to the baseline in percentage points; "
+                  "p adj. = its adjusted p; tok in/avg = visual tokens entering the language model / their layer average; "
+                  "FLOPs/base, TTFT/base = ratios to the baseline; recall % = relevant tokens kept; long names end in …: --wide")
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` on one line, cut to ``limit`` characters with an ellipsis.
+
+    >>> shorten("sppruner:context=false,merge=false", 20)
+    'sppruner:context=fa…'
+    """
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def fit_width(table: list[dict[str, str]], column: str, width: int = TABLE_WIDTH, minimum: int = 10) -> list[dict[str, str]]:
+    """``table`` with ``column``'s cells shortened so that :func:`plain_table` fits ``width`` characters.
+
+    The other columns keep their width; ``column`` keeps at least ``minimum`` characters.
+    """
+    headers = _headers(table)
+    if column not in headers:
+        return table
+    others = sum(_width(table, h) for h in headers if h != column)
+    room = max(minimum, len(column), width - others - len(_GAP) * (len(headers) - 1))
+    return [{**row, column: shorten(row[column], room)} if column in row else row for row in table]
+
+
+_GAP = "  "
+
+
+def _headers(table: list[dict[str, str]]) -> list[str]:
+    return list(dict.fromkeys(h for row in table for h in row))
+
+
+def _width(table: list[dict[str, str]], header: str) -> int:
+    return max(len(header), *(len(row.get(header, "")) for row in table))
+
+
+def plain_table(table: list[dict[str, str]], right: Sequence[str] = ()) -> str:
+    """tabulate's ``simple`` layout without its padding of headers: every column as wide as its widest cell.
+
+    >>> print(plain_table([{"strategy": "random", "n": "60"}, {"strategy": "fastv", "n": "500"}], right=["n"]))
+    strategy    n
+    --------  ---
+    random     60
+    fastv     500
+    """
+    headers = _headers(table)
+    widths = [_width(table, h) for h in headers]
+
+    def line(cells: Sequence[str]) -> str:
+        return _GAP.join(c.rjust(w) if h in right else c.ljust(w) for h, c, w in zip(headers, cells, widths)).rstrip()
+
+    rows = [line(headers), _GAP.join("-" * w for w in widths)] + [line([row.get(h, "") for h in headers]) for row in table]
+    return "\n".join(rows)
 
 
 def footnotes(cmp: Comparison, rows: list[dict[str, Any]], adjust: str) -> list[str]:
@@ -191,7 +297,9 @@ def position_note(cmp: Comparison) -> str:
     return "position ids after reduction: " + "; ".join(f"{policy} for {', '.join(labels)}" for policy, labels in sorted(policies.items()))
 
 
-def render(cmp: Comparison, fmt: str = "table", *, adjust: str = "holm", by_kind: bool = False, per_sample: bool = False) -> str:
+def render(cmp: Comparison, fmt: str = "table", *, adjust: str = "holm", by_kind: bool = False, per_sample: bool = False,
+           wide: bool = False) -> str:
+    """The comparison as ``fmt``; ``table`` fits :data:`TABLE_WIDTH` columns unless ``wide``."""
     rows = build_rows(cmp, adjust=adjust)
     if fmt == "json":
         return to_json(cmp, rows, adjust=adjust, by_kind=by_kind, per_sample=per_sample)
@@ -199,16 +307,29 @@ def render(cmp: Comparison, fmt: str = "table", *, adjust: str = "holm", by_kind
         return _csv(rows, cmp, by_kind, adjust)
     from tabulate import tabulate
 
+    compact = fmt == "table" and not wide
     tablefmt = "github" if fmt == "md" else "simple"
-    parts = [tabulate(display_rows(rows), headers="keys", tablefmt=tablefmt, disable_numparse=True)]
+
+    def table(rs: list[dict[str, Any]]) -> str:
+        if compact:
+            return plain_table(fit_width(compact_rows(rs), "strategy"))
+        return str(tabulate(display_rows(rs), headers="keys", tablefmt=tablefmt, disable_numparse=True))
+
+    parts = [table(rows)]
     if by_kind:
         for kind in kinds_of(cmp):
             krows = build_rows(cmp, adjust=adjust, kind=kind)
             title = f"kind = {kind}"
             parts.append(("### " if fmt == "md" else "") + title)
-            parts.append(tabulate(display_rows(krows), headers="keys", tablefmt=tablefmt, disable_numparse=True))
+            parts.append(table(krows))
     prefix = "- " if fmt == "md" else "  "
-    parts.append("\n".join(prefix + n for n in footnotes(cmp, rows, adjust)))
+    notes = footnotes(cmp, rows, adjust)
+    if compact:
+        notes = [COMPACT_LEGEND, *notes]
+        parts.append("\n".join(textwrap.fill(n, TABLE_WIDTH, initial_indent=prefix, subsequent_indent=prefix + "  ", break_on_hyphens=False)
+                               for n in notes))
+    else:
+        parts.append("\n".join(prefix + n for n in notes))
     return "\n\n".join(parts) + "\n"
 
 

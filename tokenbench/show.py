@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from tokenbench.cli_options import add_budget_options, add_model_options, budgets, key_values, strategy_specs
+from tokenbench.cli_options import add_budget_options, add_model_options, budgets, key_values, quiet_weight_loading, strategy_specs
 from tokenbench.errors import UsageError
 
 KEPT_COLOUR = "#00d5ff"
@@ -39,6 +39,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from tokenbench.plots import require_matplotlib
 
     require_matplotlib("tokenbench show")
+    quiet_weight_loading()
     request = CompareRequest(strategies=strategy_specs(args.strategies), budgets=budgets(args), model=args.model, task=args.task,
                              task_options=key_values(args.task_option, "--task-option"), adapter=args.adapter, seed=args.seed,
                              device=args.device, dtype=args.dtype)
@@ -51,13 +52,12 @@ def show(request: Any, sample_id: str, out: str | Path) -> Path:
     """Run ``request``'s strategies on one sample and write the figure to ``out``."""
     from tokenbench.budget import FULL, Budget
     from tokenbench.compare import prepare
-    from tokenbench.registry import get_registry, unknown_name_message
+    from tokenbench.registry import get_registry
 
     task, samples, strategies, adapter_cls, model = prepare(request, get_registry())
     by_id = {s.id: s for s in samples}
     if sample_id not in by_id:
-        raise UsageError(unknown_name_message("sample", sample_id, by_id) if len(by_id) <= 50 else
-                         f"unknown sample {sample_id!r} in task {task.name} ({len(by_id)} samples; see 'tokenbench runs --export')")
+        raise UsageError(unknown_sample_message(sample_id, task.name, [s.id for s in samples]))
     sample = by_id[sample_id]
     wanted = {s.name for s in request.strategies}
     strategies = [s for s in strategies if s.name in wanted]
@@ -70,6 +70,33 @@ def show(request: Any, sample_id: str, out: str | Path) -> Path:
                                       stop_strings=task.stop_strings)[0]
             panels.append((strategy.label, budget.label, result, task.score(sample, result.prediction)))
     return draw(sample, panels, out, relevant=lambda grid: task.relevant_tokens(sample, grid) or [])
+
+
+def unknown_sample_message(sample_id: str, task: str, ids: Sequence[str]) -> str:
+    """What ``--sample`` may be: close ids, the id at a position given as a number, and examples.
+
+    >>> ids = [f"shapes-{i:05d}" for i in range(1200)]
+    >>> unknown_sample_message("3", "shapes", ids)
+    "unknown sample '3' in task shapes: --sample takes an id, not a position; the sample at position 3 is 'shapes-00003' (1200 samples, first ...)"
+    >>> unknown_sample_message("shapes-3", "shapes", ids)
+    "unknown sample 'shapes-3' in task shapes; did you mean 'shapes-00003'? (1200 samples, first 'shapes-00000', last 'shapes-01199')"
+    """
+    import difflib
+    import re
+
+    def unpadded(text: str) -> str:  # 'shapes-00003' and 'shapes-3' are the same number
+        return re.sub(r"\d+", lambda m: str(int(m.group())), text)
+
+    wanted = unpadded(sample_id)
+    close = [i for i in ids if unpadded(i) == wanted][:3] or difflib.get_close_matches(sample_id, ids, n=3, cutoff=0.6)
+    if sample_id.isdigit() and int(sample_id) < len(ids):
+        hint = f": --sample takes an id, not a position; the sample at position {int(sample_id)} is {ids[int(sample_id)]!r}"
+    elif close:
+        hint = "; did you mean " + " or ".join(repr(c) for c in close) + "?"
+    else:
+        hint = ""
+    examples = f", first {ids[0]!r}, last {ids[-1]!r}" if len(ids) > 1 else f": {ids[0]!r}" if ids else ""
+    return f"unknown sample {sample_id!r} in task {task}{hint} ({len(ids)} sample{'' if len(ids) == 1 else 's'}{examples})"
 
 
 def _crop_to_grid(image: Any, grid: tuple[int, int], size: int = 384) -> Any:
@@ -102,6 +129,7 @@ def draw(sample: Any, panels: Sequence[tuple[str, str, Any, float]], out: str | 
     from matplotlib.patches import Rectangle
 
     from tokenbench.plots import new_figure
+    from tokenbench.report import shorten
 
     cells = [(label, budget, res, score, stage, kept) for label, budget, res, score in panels for stage, kept in stages(res)]
     if not cells:
@@ -130,14 +158,14 @@ def draw(sample: Any, panels: Sequence[tuple[str, str, Any, float]], out: str | 
         extra = f" +{merged} merged" if merged else ""
         rel = f"; relevant kept {sum(i in keep for i in relevant_here)}/{len(relevant_here)}" if relevant_here else ""
         verdict = "correct" if score >= 1 else "wrong" if score <= 0 else f"score {score:.2f}"
-        ax.set_title(f"{_short(label, 30)} @ {budget} — {stage}\n{len(keep)}/{res.num_visual} kept{extra}{rel}\n"
-                     f"pred: {_short(repr(res.prediction), 32)} ({verdict})", fontsize=8)
+        ax.set_title(f"{shorten(label, 30)} @ {budget} — {stage}\n{len(keep)}/{res.num_visual} kept{extra}{rel}\n"
+                     f"pred: {shorten(repr(res.prediction), 32)} ({verdict})", fontsize=8)
         ax.set_xlim(0, w)
         ax.set_ylim(h, 0)
         ax.set_xticks([])
         ax.set_yticks([])
     answers = " / ".join(sample.answers)
-    fig.suptitle(f"{sample.id}: {_short(sample.question, 40 * ncols)}\nanswer: {_short(answers, 40 * ncols)}", fontsize=10)
+    fig.suptitle(f"{sample.id}: {shorten(sample.question, 40 * ncols)}\nanswer: {shorten(answers, 40 * ncols)}", fontsize=10)
     handles = [Line2D([], [], color=KEPT_COLOUR, lw=1.5, label="kept token (outlined); dropped tokens dimmed")]
     if any(relevant(c[2].grid) for c in cells[:1]):
         handles.append(Line2D([], [], color=RELEVANT_COLOUR, lw=2, label="cells the answer depends on"))
@@ -147,8 +175,3 @@ def draw(sample: Any, panels: Sequence[tuple[str, str, Any, float]], out: str | 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
     return path
-
-
-def _short(text: str, limit: int) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -56,7 +56,8 @@ def _run_order(run: RunInfo) -> tuple[int, str, str, str]:
     return (0 if c.get("strategy") == "baseline" else 1, str(c.get("strategy")), str(c.get("budget")), run.run_id)
 
 
-def _strategy_defaults(registry: Any, name: str) -> dict[str, Any]:
+def strategy_defaults(registry: Any, name: str) -> dict[str, Any]:
+    """The registered strategy's parameter defaults; none for a strategy no longer installed (every parameter is then shown)."""
     try:
         return dict(registry.load("strategies", name).defaults)
     except Exception:  # noqa: BLE001 - a plugin no longer installed: show every parameter
@@ -125,7 +126,7 @@ def comparison_from_store(store: Store, run_ids: Sequence[str] | None = None, re
         records = store.samples(info.run_id)
         flops = store.measurement(info.run_id, "flops")
         results.append(RunResult(str(c.get("strategy")), dict(c.get("params") or {}), budget_from_label(str(c.get("budget"))), info.run_id, c,
-                                 records, dict(flops["mean"]) if flops else None, resumed=0, defaults=_strategy_defaults(reg, str(c.get("strategy"))),
+                                 records, dict(flops["mean"]) if flops else None, resumed=0, defaults=strategy_defaults(reg, str(c.get("strategy"))),
                                  timing=timings.get(info.run_id)))
     base_run = results[0]
     sample_ids = [r.sample_id for r in base_run.records]
