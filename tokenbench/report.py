@@ -288,8 +288,10 @@ def position_note(cmp: Comparison) -> str:
     """Which position ids each reducing strategy hands the language model (its ``position_policy``)."""
     policies: dict[str, list[str]] = {}
     for run in cmp.runs:
-        if run.strategy != "baseline" and run.label not in policies.get(run.position_policy, []):
-            policies.setdefault(run.position_policy, []).append(run.label)
+        # the strategy's name, and the switch when a run changed its policy (other parameters do not matter here)
+        name = run.strategy + (f":positions={run.params['positions']}" if "positions" in run.params else "")
+        if run.strategy != "baseline" and name not in policies.get(run.position_policy, []):
+            policies.setdefault(run.position_policy, []).append(name)
     if not policies:
         return "position ids: the baseline keeps every token"
     if len(policies) == 1:

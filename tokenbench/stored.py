@@ -21,7 +21,7 @@ from tokenbench.errors import UsageError
 from tokenbench.store import RunInfo, Store
 
 #: the configuration keys that vary inside one comparison
-ROW_KEYS = ("strategy", "params", "budget")
+ROW_KEYS = ("strategy", "params", "budget", "position_policy")
 
 
 def budget_from_label(label: str) -> Budget:
@@ -36,7 +36,7 @@ def budget_from_label(label: str) -> Budget:
 
 
 def group_key(config: dict[str, Any]) -> str:
-    """Canonical JSON of a run's configuration without strategy, parameters and budget."""
+    """Canonical JSON of a run's configuration without what differs between the rows of one comparison (strategy, parameters, budget, position ids)."""
     rest = {k: v for k, v in config.items() if k not in ROW_KEYS}
     return json.dumps(rest, sort_keys=True, default=str)
 
