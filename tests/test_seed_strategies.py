@@ -168,7 +168,7 @@ def test_sparsevlm_raters_match_hand_computation():
 
 
 def test_sparsevlm_keep_lists_and_scaling():
-    from tokenbench.strategies.sparsevlm import keep_counts, layer_average, nearest_list, pruning_layers
+    from tokenbench.strategies.sparsevlm import keep_counts, layer_average, nearest_list, pruning_layers, release_average
 
     assert keep_counts(576, 192, 32) == ((2, 6, 15), (300, 200, 110))
     assert keep_counts(576, 128, 32) == ((2, 6, 15), (303, 110, 36))
@@ -177,12 +177,52 @@ def test_sparsevlm_keep_lists_and_scaling():
     assert pruning_layers(4) == ((0, 1, 2), (0, 1, 2))
     assert pruning_layers(3)[0] == (0, 1)  # clamped below L − 1, collided stages merged
     assert nearest_list(144, 36) == 128
-    for n, b, depth in [(144, 36, 32), (144, 20, 32), (576, 100, 32), (576, 192, 40), (2304, 640, 32), (36, 9, 4), (576, 500, 28)]:
+    cases = [(144, 36, 32), (144, 20, 32), (576, 100, 32), (576, 96, 32), (576, 192, 40), (2304, 640, 32), (36, 9, 4),
+             (576, 500, 28), (144, 16, 4), (144, 32, 4), (144, 48, 4), (729, 200, 28), (1024, 160, 40)]
+    for n, b, depth in cases:
         layers, counts = keep_counts(n, b, depth)
-        assert abs(layer_average(n, depth, layers, counts) - b) <= 0.5, (n, b, depth, counts)
+        # b under the release's own count: recycled tokens included
+        assert abs(release_average(n, depth, layers, counts) - b) <= 0.5, (n, b, depth, counts)
         assert all(1 <= c <= n for c in counts) and list(counts) == sorted(counts, reverse=True)
-    layers, counts = keep_counts(144, 36, 32)
-    assert counts == (93, 34, 11)  # (303, 110, 36) · 144/576 · s, rounded half-up
+        # without recycling (recycle=False) nothing recycled is counted: the kept-only average
+        layers, counts = keep_counts(n, b, depth, recycle_ratio=None)
+        assert abs(layer_average(n, depth, layers, counts) - b) <= 0.5, (n, b, depth, counts)
+    assert keep_counts(144, 36, 32) == ((2, 6, 15), (88, 32, 11))  # (303, 110, 36) · 144/576 · s, rounded half-up
+    assert keep_counts(144, 36, 32, recycle_ratio=None) == ((2, 6, 15), (93, 34, 11))
+
+
+def _release_num_token(counts, n=576, layers=(2, 6, 15), depth=32):
+    """The release's printed count, by hand: modelling_sparse_llama.py (v1.5) lines 288, 292, 311, 363, 371."""
+    per_layer = []
+    present = n
+    for layer in range(depth):
+        if layer in layers:
+            k = counts[layers.index(layer)]
+            dropped = present - k
+            recycled = int(dropped * 0.3) + 1  # line 288: "Top 30%"
+            cluster_num = int(recycled / 10) + 1  # line 292
+            present = k + cluster_num  # line 311: v_token_num = pred_score_vis.sum() + cluster_num
+        per_layer.append(present)  # line 363: num_token.append(v_token_num), after the layer
+    return sum(per_layer) / depth  # line 371
+
+
+def test_sparsevlm_release_count_of_the_released_lists():
+    from tokenbench.strategies.sparsevlm import KEEP_LISTS, layer_average, release_average
+
+    # 192: 2·576 + 4·(300 + 9) + 9·(200 + 4) + 17·(110 + 3) = 6145; 128: 4116; 64: 2074 (of 32 layers)
+    assert _release_num_token((300, 200, 110)) == 6145 / 32 == 192.03125
+    assert _release_num_token((303, 110, 36)) == 4116 / 32 == 128.625
+    assert _release_num_token((66, 30, 17)) == 2074 / 32 == 64.8125
+    for b, counts in KEEP_LISTS.items():
+        assert release_average(576, 32, (2, 6, 15), counts) == _release_num_token(counts)
+    # the kept-only count (the release's comment on score.py line 7): 188.19 / 123.94 / 61.72
+    assert [layer_average(576, 32, (2, 6, 15), KEEP_LISTS[b]) for b in (192, 128, 64)] == [188.1875, 123.9375, 61.71875]
+    # and as rescaled elsewhere, by hand too
+    for n, b, depth in [(576, 100, 32), (576, 96, 32), (2304, 640, 32)]:
+        from tokenbench.strategies.sparsevlm import keep_counts
+
+        layers, counts = keep_counts(n, b, depth)
+        assert abs(_release_num_token(counts, n, layers, depth) - b) <= 0.5, (n, b, depth, counts)
 
 
 def test_sparsevlm_192_of_576_end_to_end(tiny576):
