@@ -213,7 +213,7 @@ def test_sparsevlm_release_count_of_the_released_lists():
     assert _release_num_token((300, 200, 110)) == 6145 / 32 == 192.03125
     assert _release_num_token((303, 110, 36)) == 4116 / 32 == 128.625
     assert _release_num_token((66, 30, 17)) == 2074 / 32 == 64.8125
-    for b, counts in KEEP_LISTS.items():
+    for counts in KEEP_LISTS.values():
         assert release_average(576, 32, (2, 6, 15), counts) == _release_num_token(counts)
     # the kept-only count (the release's comment on score.py line 7): 188.19 / 123.94 / 61.72
     assert [layer_average(576, 32, (2, 6, 15), KEEP_LISTS[b]) for b in (192, 128, 64)] == [188.1875, 123.9375, 61.71875]
@@ -232,10 +232,55 @@ def test_sparsevlm_192_of_576_end_to_end(tiny576):
     samples = _samples(96)
     results = _generate(adapter, samples, SparseVLM(), Budget("count", 192))  # a batch of two, left-padded
     for r in results:
-        assert {k: len(v) for k, v in r.kept.items()} == {"vision": 576, "llm@2": 300, "llm@6": 200, "llm@15": 110}
+        # kept: the unmerged tokens; kept_merged: recycled tokens of earlier stages kept again
+        assert {k: len(v) + r.kept_merged[k] for k, v in r.kept.items()} == {"vision": 576, "llm@2": 300, "llm@6": 200, "llm@15": 110}
+        assert r.kept_merged["vision"] == r.kept_merged["llm@2"] == 0
+        assert r.kept_merged["llm@6"] <= 9 and r.kept_merged["llm@15"] <= 4 + r.kept_merged["llm@6"]
         # recycled tokens are reported separately: ⌊0.3·dropped⌋ + 1 clustered into ⌊m/10⌋ + 1
         assert r.merged == {"vision": 0, "llm@2": 9, "llm@6": 4, "llm@15": 3}  # 276 → 83 → 9; 109 → 33 → 4; 94 → 29 → 3
         assert r.tokens_per_layer == [576] * 3 + [300 + 9] * 4 + [200 + 4] * 9 + [110 + 3] * 16
+
+
+def test_sparsevlm_kept_excludes_recycled_tokens_and_recall_does_not_count_them(tiny):
+    """A recycled token carries its donor's index; a later stage that keeps it must not report that index as kept."""
+    from tokenbench.harness import check_counts
+    from tokenbench.strategies.sparsevlm import SparseVLM
+    from tokenbench.tasks.shapes.task import ShapesTask
+
+    seen: dict[str, list] = {}
+
+    class Spy(SparseVLM):
+        def select(self, ctx):
+            sel = super().select(ctx)
+            donors = [] if sel.merged_positions is None else ctx.origin[sel.merged_positions].tolist()
+            seen.setdefault(ctx.sample_id, []).append((ctx.stage.label, ctx.origin.tolist(), sel.keep.tolist(), donors))
+            return sel
+
+    _, adapter = tiny
+    samples = _samples(48)
+    results = _generate(adapter, samples, Spy(), Budget("count", 12))
+    survived_last = 0
+    for sample, r in zip(samples, results):
+        recycled: set[int] = set()  # origins of the recycled tokens present
+        for label, origin, keep, donors in seen[sample.id]:
+            kept_origins = [origin[i] for i in keep]
+            survivors = [o for o in kept_origins if o in recycled]
+            assert r.kept[label] == sorted(o for o in kept_origins if o not in recycled) == sorted(set(r.kept[label]))
+            assert r.kept_merged[label] == len(survivors) and r.merged[label] == len(donors)
+            recycled = set(survivors) | set(donors)
+        assert check_counts(r, list(r.kept)) is None  # kept + kept_merged + merged = the tokens the next layer sees
+        last = list(r.kept)[-1]
+        if not r.kept_merged[last]:
+            continue
+        survived_last += 1
+        d = survivors[0]  # a recycled token the last stage kept, under its donor's index
+        u = r.kept[last][0]
+        assert d not in r.kept[last]
+        cell = lambda t: (t // 6) * 2 * 12 + (t % 6) * 2  # noqa: E731 - a 12×12 scene cell on token t of the 6×6 grid
+        probe = Sample(id="probe", image=sample.image, question=sample.question, answers=("red",), meta={"relevant_cells": [cell(d), cell(u)]})
+        # the recycled token under d's index does not count: d itself was dropped (it is a donor)
+        assert ShapesTask().diagnostics(probe, r)["relevant_token_recall"] == 0.5
+    assert survived_last, "no recycled token survived the last stage: the test model no longer exercises this"
 
 
 def test_sparsevlm_clustering_is_deterministic_density_peaks():
