@@ -2,7 +2,9 @@
 
 SparseVLM (Zhang et al., "SparseVLM: Visual Token Sparsification for Efficient
 Vision-Language Model Inference", ICML 2025, arXiv 2410.04417; released code
-Gumpest/SparseVLMs, v1.5, ``llava/model/language_model/{modelling_sparse_llama,score,utils}.py``).
+Gumpest/SparseVLMs, tag v1.5 = commit b9619e6,
+``llava/model/language_model/{modelling_sparse_llama,score,utils}.py``; line numbers below
+are of that commit).
 
 Algorithm (as tokenbench runs it; N visual tokens, L decoder layers, budget b):
 
@@ -22,23 +24,38 @@ Algorithm (as tokenbench runs it; N visual tokens, L decoder layers, budget b):
    to it. After each pruning layer ``l`` (stage ``llm@l``) every visual token present
    (recycled ones included) is scored by the raters' head-averaged attention to it,
    averaged over raters, and the top ``k_l`` are kept (ties to the lower index).
-3. Keep counts: the released lists for N = 576: b = 192 → (300, 200, 110),
-   128 → (303, 110, 36), 64 → (66, 30, 17). For another (N, b, depth): take the list
-   whose fraction (192/576, 128/576, 64/576) is nearest to b/N (a tie goes to the larger
-   budget), scale it by N/576, then multiply it by the factor ``s`` (found by bisection)
-   that makes its layer-averaged count equal b under the authors' convention — layers
-   before the first pruning layer count N, a pruning layer ``l`` and the layers after it
-   count ``k_l`` — with every count clamped to [1, N]; counts are then rounded half-up and
-   made non-increasing, so the average is b to within 0.5 token (if even counts of 1
-   cannot get down to b, because too many early layers see N, every count is 1). At the
-   released operating point itself (N = 576, b ∈ {64, 128, 192}, layers (2, 6, 15), i.e.
-   a 32-layer model) the released lists are used verbatim: by this convention they
-   average 188.2, 123.9 and 61.7 tokens (the release's own comment tallies
-   2·576 + 4·300 + 10·200 + 16·110 = 191·32, counting layer 15 at 200), and reproducing
-   the released code exactly there is preferred over moving them by ≤ 4 tokens. ``budget_convention`` is
-   ``"layer_average"``; the measured counts (the adapter's ``tokens_per_layer``, where the
-   pruning layer itself still sees every token, plus recycled tokens) are higher, and the
-   tables show them next to the budget.
+3. Keep counts: the released lists for N = 576 (``score.py`` lines 7–9 at tag v1.5):
+   b = 192 → (300, 200, 110), 128 → (303, 110, 36), 64 → (66, 30, 17). Two counts of
+   them differ by the recycled tokens:
+
+   - the release's own count, the one its code prints (``modelling_sparse_llama.py`` at
+     v1.5: ``num_token.append(v_token_num)`` after every layer, line 363, averaged over
+     the layers, line 371, with ``v_token_num = pred_score_vis.sum() + cluster_num``
+     after a pruning layer, line 311): layers before the first pruning layer count N, a
+     pruning layer ``l`` and the layers after it count ``k_l`` plus the recycled tokens
+     made there (``⌊(⌊0.3·n_d⌋ + 1)/10⌋ + 1`` of the ``n_d`` dropped, lines 288 and 292;
+     ``n_d`` counts earlier recycled tokens present). The released lists average
+     192.03, 128.62 and 64.81 tokens (192: (2·576 + 4·309 + 9·204 + 17·113)/32);
+     :func:`release_average`;
+   - kept tokens only (the release's comment on line 7, "2*576 4*300 10*200 16*110"):
+     188.19, 123.94 and 61.72 (:func:`layer_average`).
+
+   For another (N, b, depth): take the list whose fraction (192/576, 128/576, 64/576) is
+   nearest to b/N (a tie goes to the larger budget), scale it by N/576, then multiply it
+   by the factor ``s`` (found by bisection) that makes the release's count equal b, with
+   every count rounded half-up, clamped to [1, N] and made non-increasing; of the two
+   sides of the step that crosses b the nearer is taken, so the release's count is b to
+   within 0.5 token (if even counts of 1 cannot get down to b, because too many early
+   layers see N, every count is 1). The recycled tokens are counted with the strategy's
+   ``recycle_ratio`` (none with ``recycle=False``, where the count is the kept-only one).
+   At the released operating point itself (N = 576, b ∈ {64, 128, 192}, layers
+   (2, 6, 15), i.e. a 32-layer model) the released lists are used verbatim, 0.03–0.81
+   token above b by the release's count: reproducing the released code exactly there
+   is preferred. ``budget_convention`` is ``"layer_average"``. tokenbench's tables
+   ("visual tokens in / layer-avg") report neither: they average the measured counts
+   (the adapter's ``tokens_per_layer``, tokens *entering* each layer, so the pruning
+   layer itself still counts the tokens present before it; recycled tokens included):
+   206.5, 145.4 and 82.25 for the released lists at 576 tokens on 32 layers.
 4. *Recycling* (``recycle=True``): of the ``n_d`` tokens dropped at a layer, the
    ``⌊0.3·n_d⌋ + 1`` with the highest scores (the released code's count; ``recycle_ratio``)
    are clustered by density-peak clustering into ``⌊m/10⌋ + 1`` clusters (m recycled
@@ -72,8 +89,10 @@ Deviations from the released code:
   behaviour before the policy existed);
 - the top-k keeps ``min(k_l, n)``; the released code keeps ``min(k_l, n − 1)``;
 - the rank-based count (5) is not in the released code, which uses the lists;
-- the released lists also include b = 96 → (238, 48, 26), which tokenbench's
-  specification does not use (96/576 falls to the nearer of 64 and 128);
+- v1.5 has no 96-token list. The repository's main branch adds b = 96 → (238, 48, 26)
+  (and the SparseVLM+ lists) in commit 9e1f649 ("sparsevlm+", 2025-12-11; merged into
+  main by 9e376ce, PR #30, and tagged v2.0 at 72cd202), after the v1.5 tag (b9619e6).
+  tokenbench does not use it: 96/576 falls to the nearer of 64 and 128;
 - the SparseVLM+ (v2.0) options of the release — attention-gravity correction and
   head selection — are not implemented;
 - pruning layers scale with depth (the release uses 2, 6, 15 for every depth), and any
@@ -102,6 +121,7 @@ KEEP_LISTS: dict[int, tuple[int, int, int]] = {
     64: (66, 30, 17),
 }
 CLUSTER_DIVISOR = 10
+RECYCLE_RATIO = 0.3  # the released "Top 30%" (modelling_sparse_llama.py line 288)
 _STATE = "sparsevlm"
 
 
@@ -148,7 +168,10 @@ def nearest_list(num_visual: int, budget: int) -> int:
 
 
 def layer_average(num_visual: int, num_layers: int, layers: tuple[int, ...], counts: tuple[float, ...]) -> float:
-    """Layer-averaged count by the authors' convention (pruning layer ``l`` counts ``k_l``).
+    """Layer-averaged count of the *kept* tokens only (pruning layer ``l`` counts ``k_l``; recycled tokens not counted).
+
+    This is the count of the release's comment (``score.py`` line 7), not the one its
+    code prints; see :func:`release_average`.
 
     >>> layer_average(576, 32, (2, 6, 15), (300, 200, 110))
     188.1875
@@ -160,13 +183,60 @@ def layer_average(num_visual: int, num_layers: int, layers: tuple[int, ...], cou
     return total / num_layers
 
 
-def keep_counts(num_visual: int, budget: int, num_layers: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def recycled_count(num_dropped: int, ratio: float = RECYCLE_RATIO) -> int:
+    """Recycled (merged) tokens made from ``num_dropped`` dropped ones: ``⌊(⌊ratio·n_d⌋ + 1)/10⌋ + 1``.
+
+    As released (``modelling_sparse_llama.py`` lines 288 and 292), with the recycled
+    share capped at ``n_d`` (as :func:`recycle` does); 0 when nothing is dropped.
+
+    >>> recycled_count(276), recycled_count(109), recycled_count(94), recycled_count(0)
+    (9, 4, 3, 0)
+    """
+    if num_dropped <= 0:
+        return 0
+    m = min(num_dropped, int(num_dropped * ratio) + 1)
+    return m // CLUSTER_DIVISOR + 1
+
+
+def release_average(num_visual: int, num_layers: int, layers: tuple[int, ...], counts: tuple[int, ...],
+                    recycle_ratio: float | None = RECYCLE_RATIO) -> float:
+    """Layer-averaged visual tokens as the release counts them (``num_token``), recycled tokens included.
+
+    The release appends ``v_token_num`` after every layer (``modelling_sparse_llama.py``
+    line 363) and prints ``sum(num_token) / num_layers`` (line 371); after a pruning
+    layer ``v_token_num = k_l + cluster_num`` (line 311). So the layers before the first
+    pruning layer count N, and a pruning layer ``l`` and the layers after it count the
+    tokens present after it: ``k_l`` kept plus :func:`recycled_count` of the ``n − k_l``
+    dropped, where ``n`` (the tokens present before it) includes earlier recycled tokens.
+    As tokenbench runs it, ``k_l`` is capped at ``n`` and nothing is recycled when
+    ``k_l ≥ n``; ``recycle_ratio=None``: no recycling (``recycle=False``).
+
+    >>> round(release_average(576, 32, (2, 6, 15), (300, 200, 110)), 4)  # (2·576 + 4·309 + 9·204 + 17·113) / 32
+    192.0312
+    """
+    total = layers[0] * num_visual
+    present = num_visual
+    bounds = list(layers[1:]) + [num_layers]
+    for start, end, k in zip(layers, bounds, counts):
+        k = min(int(k), present)
+        recycled = recycled_count(present - k, recycle_ratio) if recycle_ratio is not None else 0
+        present = k + recycled
+        total += (end - start) * present
+    return total / num_layers
+
+
+def keep_counts(num_visual: int, budget: int, num_layers: int,
+                recycle_ratio: float | None = RECYCLE_RATIO) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Pruning layers and the visual tokens kept after each, for N tokens, budget b, L layers.
+
+    Away from the released operating point the list is scaled so that
+    :func:`release_average` (recycled tokens included, ``recycle_ratio=None``: none) is b
+    within half a token.
 
     >>> keep_counts(576, 192, 32)
     ((2, 6, 15), (300, 200, 110))
     >>> layers, counts = keep_counts(144, 36, 32)
-    >>> abs(layer_average(144, 32, layers, counts) - 36) <= 0.5
+    >>> abs(release_average(144, 32, layers, counts) - 36) <= 0.5
     True
     """
     layers, source = pruning_layers(num_layers)
@@ -176,25 +246,29 @@ def keep_counts(num_visual: int, budget: int, num_layers: int) -> tuple[tuple[in
         return layers, KEEP_LISTS[budget]
     base = [released[i] * num_visual / REF_N for i in source]
 
-    def avg(s: float) -> float:
-        return layer_average(num_visual, num_layers, layers, tuple(min(max(s * c, 1.0), float(num_visual)) for c in base))
+    def scaled(s: float) -> tuple[int, ...]:
+        counts: list[int] = []
+        for c in base:
+            k = min(max(_round_half_up(s * c), 1), num_visual)
+            counts.append(min(k, counts[-1]) if counts else k)
+        return tuple(counts)
 
+    def avg(s: float) -> float:
+        return release_average(num_visual, num_layers, layers, scaled(s), recycle_ratio)
+
+    # avg is non-decreasing in s (a kept token more never means fewer tokens present)
     lo, hi = 0.0, num_visual / min(base) + 1.0
     if avg(lo) >= budget:
-        s = lo
-    else:
-        for _ in range(100):
-            mid = (lo + hi) / 2
-            if avg(mid) < budget:
-                lo = mid
-            else:
-                hi = mid
-        s = (lo + hi) / 2
-    counts: list[int] = []
-    for c in base:
-        k = min(max(_round_half_up(s * c), 1), num_visual)
-        counts.append(min(k, counts[-1]) if counts else k)
-    return layers, tuple(counts)
+        return layers, scaled(lo)  # every count 1: the early layers alone exceed b
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if avg(mid) < budget:
+            lo = mid
+        else:
+            hi = mid
+    # the nearer of the two sides of the step that crosses b (a tie: the one at or above b)
+    best = min((hi, lo), key=lambda s: abs(avg(s) - budget))
+    return layers, scaled(best)
 
 
 def text_raters(visual: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
@@ -303,7 +377,8 @@ class SparseVLM(Strategy):
             k = _round_half_up(float(self.params["adaptive_scale"]) * rank + float(self.params["adaptive_bias"]) * n)
         else:
             if "counts" not in state:
-                state["layers"], state["counts"] = keep_counts(ctx.num_visual, ctx.budget, ctx.num_layers)
+                ratio = float(self.params["recycle_ratio"]) if self.params["recycle"] else None
+                state["layers"], state["counts"] = keep_counts(ctx.num_visual, ctx.budget, ctx.num_layers, ratio)
             k = state["counts"][state["layers"].index(ctx.stage.after_layer)]
         k = max(1, min(k, n))
         keep = top_k_sorted(scores, k)

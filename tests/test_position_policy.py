@@ -68,12 +68,13 @@ def test_rebuilt_sequence_under_each_policy(at_end: bool) -> None:
     v_idx = torch.arange(2, 8)
     merged = torch.full((1, 3), -1.0)
     sel = tokenbench.Selection(keep=torch.tensor([1, 4]), merged=merged, merged_positions=torch.tensor([2]), merged_at_end=at_end)
-    h, p, o = _rebuild_row(layout, 0, valid_idx, v_idx, sel, "original")
+    h, p, o, m = _rebuild_row(layout, 0, valid_idx, v_idx, sel, "original")
     # merged token after its donor (visual index 2) or after every kept token; it carries the donor's origin and id
     assert o.tolist() == ([-1, -1, 1, 2, 4, -1, -1] if not at_end else [-1, -1, 1, 4, 2, -1, -1])
     assert p.flatten().tolist() == ([0, 1, 3, 4, 6, 8, 9] if not at_end else [0, 1, 3, 6, 4, 8, 9])
     assert h[:, 0].tolist().count(-1.0) == 1
-    _, pc, oc = _rebuild_row(layout, 0, valid_idx, v_idx, sel, "contiguous")
+    assert m.tolist() == [x == 2 for x in o.tolist()]  # the merged token, and only it, is flagged
+    _, pc, oc, _ = _rebuild_row(layout, 0, valid_idx, v_idx, sel, "contiguous")
     assert oc.tolist() == o.tolist() and pc.flatten().tolist() == list(range(7))
 
 

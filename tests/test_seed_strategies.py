@@ -168,7 +168,7 @@ def test_sparsevlm_raters_match_hand_computation():
 
 
 def test_sparsevlm_keep_lists_and_scaling():
-    from tokenbench.strategies.sparsevlm import keep_counts, layer_average, nearest_list, pruning_layers
+    from tokenbench.strategies.sparsevlm import keep_counts, layer_average, nearest_list, pruning_layers, release_average
 
     assert keep_counts(576, 192, 32) == ((2, 6, 15), (300, 200, 110))
     assert keep_counts(576, 128, 32) == ((2, 6, 15), (303, 110, 36))
@@ -177,12 +177,52 @@ def test_sparsevlm_keep_lists_and_scaling():
     assert pruning_layers(4) == ((0, 1, 2), (0, 1, 2))
     assert pruning_layers(3)[0] == (0, 1)  # clamped below L − 1, collided stages merged
     assert nearest_list(144, 36) == 128
-    for n, b, depth in [(144, 36, 32), (144, 20, 32), (576, 100, 32), (576, 192, 40), (2304, 640, 32), (36, 9, 4), (576, 500, 28)]:
+    cases = [(144, 36, 32), (144, 20, 32), (576, 100, 32), (576, 96, 32), (576, 192, 40), (2304, 640, 32), (36, 9, 4),
+             (576, 500, 28), (144, 16, 4), (144, 32, 4), (144, 48, 4), (729, 200, 28), (1024, 160, 40)]
+    for n, b, depth in cases:
         layers, counts = keep_counts(n, b, depth)
-        assert abs(layer_average(n, depth, layers, counts) - b) <= 0.5, (n, b, depth, counts)
+        # b under the release's own count: recycled tokens included
+        assert abs(release_average(n, depth, layers, counts) - b) <= 0.5, (n, b, depth, counts)
         assert all(1 <= c <= n for c in counts) and list(counts) == sorted(counts, reverse=True)
-    layers, counts = keep_counts(144, 36, 32)
-    assert counts == (93, 34, 11)  # (303, 110, 36) · 144/576 · s, rounded half-up
+        # without recycling (recycle=False) nothing recycled is counted: the kept-only average
+        layers, counts = keep_counts(n, b, depth, recycle_ratio=None)
+        assert abs(layer_average(n, depth, layers, counts) - b) <= 0.5, (n, b, depth, counts)
+    assert keep_counts(144, 36, 32) == ((2, 6, 15), (88, 32, 11))  # (303, 110, 36) · 144/576 · s, rounded half-up
+    assert keep_counts(144, 36, 32, recycle_ratio=None) == ((2, 6, 15), (93, 34, 11))
+
+
+def _release_num_token(counts, n=576, layers=(2, 6, 15), depth=32):
+    """The release's printed count, by hand: modelling_sparse_llama.py (v1.5) lines 288, 292, 311, 363, 371."""
+    per_layer = []
+    present = n
+    for layer in range(depth):
+        if layer in layers:
+            k = counts[layers.index(layer)]
+            dropped = present - k
+            recycled = int(dropped * 0.3) + 1  # line 288: "Top 30%"
+            cluster_num = int(recycled / 10) + 1  # line 292
+            present = k + cluster_num  # line 311: v_token_num = pred_score_vis.sum() + cluster_num
+        per_layer.append(present)  # line 363: num_token.append(v_token_num), after the layer
+    return sum(per_layer) / depth  # line 371
+
+
+def test_sparsevlm_release_count_of_the_released_lists():
+    from tokenbench.strategies.sparsevlm import KEEP_LISTS, layer_average, release_average
+
+    # 192: 2·576 + 4·(300 + 9) + 9·(200 + 4) + 17·(110 + 3) = 6145; 128: 4116; 64: 2074 (of 32 layers)
+    assert _release_num_token((300, 200, 110)) == 6145 / 32 == 192.03125
+    assert _release_num_token((303, 110, 36)) == 4116 / 32 == 128.625
+    assert _release_num_token((66, 30, 17)) == 2074 / 32 == 64.8125
+    for counts in KEEP_LISTS.values():
+        assert release_average(576, 32, (2, 6, 15), counts) == _release_num_token(counts)
+    # the kept-only count (the release's comment on score.py line 7): 188.19 / 123.94 / 61.72
+    assert [layer_average(576, 32, (2, 6, 15), KEEP_LISTS[b]) for b in (192, 128, 64)] == [188.1875, 123.9375, 61.71875]
+    # and as rescaled elsewhere, by hand too
+    for n, b, depth in [(576, 100, 32), (576, 96, 32), (2304, 640, 32)]:
+        from tokenbench.strategies.sparsevlm import keep_counts
+
+        layers, counts = keep_counts(n, b, depth)
+        assert abs(_release_num_token(counts, n, layers, depth) - b) <= 0.5, (n, b, depth, counts)
 
 
 def test_sparsevlm_192_of_576_end_to_end(tiny576):
@@ -192,10 +232,55 @@ def test_sparsevlm_192_of_576_end_to_end(tiny576):
     samples = _samples(96)
     results = _generate(adapter, samples, SparseVLM(), Budget("count", 192))  # a batch of two, left-padded
     for r in results:
-        assert {k: len(v) for k, v in r.kept.items()} == {"vision": 576, "llm@2": 300, "llm@6": 200, "llm@15": 110}
+        # kept: the unmerged tokens; kept_merged: recycled tokens of earlier stages kept again
+        assert {k: len(v) + r.kept_merged[k] for k, v in r.kept.items()} == {"vision": 576, "llm@2": 300, "llm@6": 200, "llm@15": 110}
+        assert r.kept_merged["vision"] == r.kept_merged["llm@2"] == 0
+        assert r.kept_merged["llm@6"] <= 9 and r.kept_merged["llm@15"] <= 4 + r.kept_merged["llm@6"]
         # recycled tokens are reported separately: ⌊0.3·dropped⌋ + 1 clustered into ⌊m/10⌋ + 1
         assert r.merged == {"vision": 0, "llm@2": 9, "llm@6": 4, "llm@15": 3}  # 276 → 83 → 9; 109 → 33 → 4; 94 → 29 → 3
         assert r.tokens_per_layer == [576] * 3 + [300 + 9] * 4 + [200 + 4] * 9 + [110 + 3] * 16
+
+
+def test_sparsevlm_kept_excludes_recycled_tokens_and_recall_does_not_count_them(tiny):
+    """A recycled token carries its donor's index; a later stage that keeps it must not report that index as kept."""
+    from tokenbench.harness import check_counts
+    from tokenbench.strategies.sparsevlm import SparseVLM
+    from tokenbench.tasks.shapes.task import ShapesTask
+
+    seen: dict[str, list] = {}
+
+    class Spy(SparseVLM):
+        def select(self, ctx):
+            sel = super().select(ctx)
+            donors = [] if sel.merged_positions is None else ctx.origin[sel.merged_positions].tolist()
+            seen.setdefault(ctx.sample_id, []).append((ctx.stage.label, ctx.origin.tolist(), sel.keep.tolist(), donors))
+            return sel
+
+    _, adapter = tiny
+    samples = _samples(48)
+    results = _generate(adapter, samples, Spy(), Budget("count", 12))
+    survived_last = 0
+    for sample, r in zip(samples, results):
+        recycled: set[int] = set()  # origins of the recycled tokens present
+        for label, origin, keep, donors in seen[sample.id]:
+            kept_origins = [origin[i] for i in keep]
+            survivors = [o for o in kept_origins if o in recycled]
+            assert r.kept[label] == sorted(o for o in kept_origins if o not in recycled) == sorted(set(r.kept[label]))
+            assert r.kept_merged[label] == len(survivors) and r.merged[label] == len(donors)
+            recycled = set(survivors) | set(donors)
+        assert check_counts(r, list(r.kept)) is None  # kept + kept_merged + merged = the tokens the next layer sees
+        last = list(r.kept)[-1]
+        if not r.kept_merged[last]:
+            continue
+        survived_last += 1
+        d = survivors[0]  # a recycled token the last stage kept, under its donor's index
+        u = r.kept[last][0]
+        assert d not in r.kept[last]
+        cell = lambda t: (t // 6) * 2 * 12 + (t % 6) * 2  # noqa: E731 - a 12×12 scene cell on token t of the 6×6 grid
+        probe = Sample(id="probe", image=sample.image, question=sample.question, answers=("red",), meta={"relevant_cells": [cell(d), cell(u)]})
+        # the recycled token under d's index does not count: d itself was dropped (it is a donor)
+        assert ShapesTask().diagnostics(probe, r)["relevant_token_recall"] == 0.5
+    assert survived_last, "no recycled token survived the last stage: the test model no longer exercises this"
 
 
 def test_sparsevlm_clustering_is_deterministic_density_peaks():

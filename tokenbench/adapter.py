@@ -68,7 +68,8 @@ class GenerationResult:
     budget: int
     #: visual tokens entering each decoder layer, measured in the forward pass
     tokens_per_layer: list[int]
-    #: stage label -> original indices of the visual tokens kept at that stage
+    #: stage label -> original indices of the visual tokens kept at that stage, unmerged
+    #: ones only (a merged token carries a donor's index; see ``kept_merged``)
     kept: dict[str, list[int]] = field(default_factory=dict)
     #: stage label -> number of merged (extra) tokens created at that stage
     merged: dict[str, int] = field(default_factory=dict)
@@ -78,6 +79,8 @@ class GenerationResult:
     selection_seconds: float = 0.0
     #: text (non-visual) tokens of the prompt, which no strategy drops
     text_tokens: int = 0
+    #: stage label -> merged tokens made at an earlier stage that this stage kept (not in ``kept``)
+    kept_merged: dict[str, int] = field(default_factory=dict)
 
     @property
     def tokens_into_llm(self) -> int:

@@ -245,6 +245,7 @@ class DecoderAdapter(Adapter):
                 tokens_per_layer=out.tokens_per_layer[b],
                 kept=out.kept[b],
                 merged=out.merged[b],
+                kept_merged=out.kept_merged[b] if out.kept_merged else {},
                 answer_margin=float(top2[b, 0] - top2[b, 1]),
                 selection_seconds=out.selection_seconds[b],
                 text_tokens=run.text_tokens[b],

@@ -64,17 +64,24 @@ class TokenLayout:
     """A left-padded batch of token sequences.
 
     ``pos`` holds the original position ids (``P`` = 1 for 1-D RoPE, 3 for M-RoPE);
-    ``origin`` is the original visual index of each visual entry and -1 elsewhere.
+    ``origin`` is the original visual index of each visual entry and -1 elsewhere (a
+    merged token carries its donor's); ``merged`` marks the merged tokens an earlier
+    stage created (``None``: none).
     """
 
     hidden: torch.Tensor  # [B, S, d]
     pos: torch.Tensor  # [B, S, P]
     valid: torch.Tensor  # [B, S] bool
     origin: torch.Tensor  # [B, S] long
+    merged: torch.Tensor | None = None  # [B, S] bool
 
     @property
     def visual(self) -> torch.Tensor:
         return self.origin >= 0
+
+    @property
+    def is_merged(self) -> torch.Tensor:
+        return self.merged if self.merged is not None else torch.zeros_like(self.valid)
 
     def visual_counts(self) -> list[int]:
         return (self.visual & self.valid).sum(dim=1).tolist()
@@ -98,10 +105,14 @@ class SampleSetup:
 class DecodeOutput:
     tokens: list[list[int]]
     tokens_per_layer: list[list[int]]
+    #: per sample, stage label -> original indices of the unmerged visual tokens kept
     kept: list[dict[str, list[int]]]
+    #: per sample, stage label -> merged tokens created at that stage
     merged: list[dict[str, int]]
     first_logits: torch.Tensor
     selection_seconds: list[float]
+    #: per sample, stage label -> merged tokens of earlier stages kept (not in ``kept``)
+    kept_merged: list[dict[str, int]] = field(default_factory=list)
 
 
 def prefill_and_decode(
@@ -132,6 +143,7 @@ def prefill_and_decode(
     n_layers = len(parts.layers)
     kept: list[dict[str, list[int]]] = [{} for _ in range(batch)]
     merged: list[dict[str, int]] = [{} for _ in range(batch)]
+    kept_merged: list[dict[str, int]] = [{} for _ in range(batch)]
     sel_time = [0.0] * batch
     by_layer = {s.after_layer: s for s in stages if s.kind == "llm"}
     if any(k is not None and k >= n_layers - 1 for k in by_layer):
@@ -139,7 +151,7 @@ def prefill_and_decode(
 
     for stage in stages:
         if stage.kind == "vision":
-            layout = _apply_stage(layout, None, stage, strategy, setups, parts, kept, merged, sel_time, n_layers, timer=timer)
+            layout = _apply_stage(layout, None, stage, strategy, setups, parts, kept, merged, sel_time, n_layers, timer=timer, kept_merged=kept_merged)
 
     cache = parts.make_cache()
     per_layer: list[list[int]] = [[] for _ in range(batch)]
@@ -161,7 +173,7 @@ def prefill_and_decode(
         if llm_stage is not None:
             layout.hidden = hidden
             signals = _LayerSignals(layer, layer_in, rope, layout, parts)
-            layout = _apply_stage(layout, signals, llm_stage, strategy, setups, parts, kept, merged, sel_time, n_layers, timer=timer)
+            layout = _apply_stage(layout, signals, llm_stage, strategy, setups, parts, kept, merged, sel_time, n_layers, timer=timer, kept_merged=kept_merged)
             hidden = layout.hidden
             mask, pos_ids, rope = _layer_inputs(parts, layout)
             counts = layout.visual_counts()
@@ -205,7 +217,7 @@ def prefill_and_decode(
         logits = parts.lm_head(parts.norm(h))[:, -1, :].float()
         if timer is not None:
             timer.mark("token")
-    return DecodeOutput(out, per_layer, kept, merged, first_logits, sel_time)
+    return DecodeOutput(out, per_layer, kept, merged, first_logits, sel_time, kept_merged)
 
 
 def _layer_inputs(parts: DecoderParts, layout: TokenLayout) -> tuple[torch.Tensor | None, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
@@ -278,8 +290,10 @@ def _apply_stage(
     sel_time: list[float],
     n_layers: int,
     timer: Any = None,
+    kept_merged: list[dict[str, int]] | None = None,
 ) -> TokenLayout:
-    rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    is_merged = layout.is_merged
     for b, setup in enumerate(setups):
         valid_idx = torch.nonzero(layout.valid[b]).squeeze(1)
         vis = layout.visual[b, valid_idx]
@@ -312,23 +326,33 @@ def _apply_stage(
         sel_time[b] += time.perf_counter() - start
         if timer is not None:
             timer.mark("selection_end")
-        kept[b][stage.label] = origin[sel.keep].tolist()
+        # a merged token of an earlier stage carries its donor's origin: kept records only
+        # the tokens that are still themselves (sorted, unique), and counts the others
+        was_merged = is_merged[b, v_idx][sel.keep]
+        kept[b][stage.label] = origin[sel.keep][~was_merged].tolist()
+        if kept_merged is not None:
+            kept_merged[b][stage.label] = int(was_merged.sum())
         merged[b][stage.label] = 0 if sel.merged is None else int(sel.merged.shape[0])
         rows.append(_rebuild_row(layout, b, valid_idx, v_idx, sel, strategy.position_policy))
     return _repad(rows, layout.hidden.shape[-1], layout.pos.shape[-1], layout.hidden)
 
 
 def _rebuild_row(layout: TokenLayout, b: int, valid_idx: torch.Tensor, v_idx: torch.Tensor, sel: Selection,
-                 policy: str = "original") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The sample's new sequence: text before, the new visual segment, text after (ids by ``policy``)."""
-    hid, pos, org = layout.hidden[b], layout.pos[b], layout.origin[b]
+                 policy: str = "original") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The sample's new sequence: text before, the new visual segment, text after (ids by ``policy``).
+
+    Returns hidden states, position ids, origins and the merged-token flags.
+    """
+    hid, pos, org, mrg = layout.hidden[b], layout.pos[b], layout.origin[b], layout.is_merged[b]
     vis_hidden = sel.values.to(hid.dtype) if sel.values is not None else hid[v_idx[sel.keep]]
     seg_h, seg_p, seg_o, order = [vis_hidden], [pos[v_idx[sel.keep]]], [org[v_idx[sel.keep]]], [sel.keep * 2]
+    seg_m = [mrg[v_idx[sel.keep]]]
     if sel.merged is not None and sel.merged_positions is not None and sel.merged.shape[0]:
         donors = v_idx[sel.merged_positions]
         seg_h.append(sel.merged.to(hid.dtype))
         seg_p.append(pos[donors])
         seg_o.append(org[donors])
+        seg_m.append(torch.ones(sel.merged.shape[0], dtype=torch.bool, device=mrg.device))
         # after its donor, or (merged_at_end) after every kept token, in the given order
         end = 2 * max(int(sel.keep.max()) if sel.keep.numel() else 0, int(sel.merged_positions.max())) + 2
         order.append(end + torch.arange(sel.merged.shape[0], device=sel.keep.device) if sel.merged_at_end else sel.merged_positions * 2 + 1)
@@ -339,9 +363,10 @@ def _rebuild_row(layout: TokenLayout, b: int, valid_idx: torch.Tensor, v_idx: to
     h = torch.cat([hid[before], torch.cat(seg_h)[perm], hid[after]])
     p = torch.cat([pos[before], torch.cat(seg_p)[perm], pos[after]])
     o = torch.cat([org[before], torch.cat(seg_o)[perm], org[after]])
+    m = torch.cat([mrg[before], torch.cat(seg_m)[perm], mrg[after]])
     if policy == "contiguous":
         p = contiguous_positions(p, o >= 0)
-    return h, p, o
+    return h, p, o, m
 
 
 def contiguous_positions(pos: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
@@ -370,19 +395,21 @@ def contiguous_positions(pos: torch.Tensor, visual: torch.Tensor) -> torch.Tenso
     return out
 
 
-def _repad(rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], dim: int, pdim: int, like: torch.Tensor) -> TokenLayout:
+def _repad(rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]], dim: int, pdim: int, like: torch.Tensor) -> TokenLayout:
     batch, length = len(rows), max(r[0].shape[0] for r in rows)
     hidden = like.new_zeros(batch, length, dim)
     pos = torch.zeros(batch, length, pdim, dtype=torch.long, device=like.device)
     valid = torch.zeros(batch, length, dtype=torch.bool, device=like.device)
     origin = torch.full((batch, length), -1, dtype=torch.long, device=like.device)
-    for b, (h, p, o) in enumerate(rows):
+    merged = torch.zeros(batch, length, dtype=torch.bool, device=like.device)
+    for b, (h, p, o, m) in enumerate(rows):
         n = h.shape[0]
         hidden[b, length - n :] = h
         pos[b, length - n :] = p
         valid[b, length - n :] = True
         origin[b, length - n :] = o
-    return TokenLayout(hidden, pos, valid, origin)
+        merged[b, length - n :] = m
+    return TokenLayout(hidden, pos, valid, origin, merged)
 
 
 # --------------------------------------------------------------------------- stopping

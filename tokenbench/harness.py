@@ -60,7 +60,7 @@ def parse_strategies(text: str) -> list[StrategySpec]:
 def check_counts(result: GenerationResult, labels: Sequence[str]) -> str | None:
     """Compare what each selection claimed with what the forward pass measured."""
     for label in labels:
-        claimed = len(result.kept.get(label, [])) + result.merged.get(label, 0)
+        claimed = len(result.kept.get(label, [])) + result.kept_merged.get(label, 0) + result.merged.get(label, 0)
         layer = 0 if label == "vision" else int(label.split("@")[1]) + 1
         if layer < len(result.tokens_per_layer) and result.tokens_per_layer[layer] != claimed:
             return f"{label}: the selection claimed {claimed} visual tokens but layer {layer} received {result.tokens_per_layer[layer]}"
@@ -87,6 +87,7 @@ def _record(task: Task, sample: Sample, position: int, result: GenerationResult,
         "text_tokens": result.text_tokens,
         "kept": result.kept,
         "merged": result.merged,
+        "kept_merged": result.kept_merged,
         "answer_margin": result.answer_margin,
         "selection_seconds": result.selection_seconds,
     }

@@ -154,7 +154,8 @@ def draw(sample: Any, panels: Sequence[tuple[str, str, Any, float]], out: str | 
         if relevant_here:
             ax.add_collection(PatchCollection([Rectangle((i % w, i // w), 1, 1) for i in relevant_here], facecolor="none",
                                               edgecolor=RELEVANT_COLOUR, linewidth=1.8))
-        merged = res.merged.get(stage, 0) if res.merged else 0
+        # merged tokens present after this stage: made here, or made earlier and kept
+        merged = (res.merged.get(stage, 0) if res.merged else 0) + (getattr(res, "kept_merged", None) or {}).get(stage, 0)
         extra = f" +{merged} merged" if merged else ""
         rel = f"; relevant kept {sum(i in keep for i in relevant_here)}/{len(relevant_here)}" if relevant_here else ""
         verdict = "correct" if score >= 1 else "wrong" if score <= 0 else f"score {score:.2f}"
