@@ -9,7 +9,8 @@ head-averaged) and the embedded prompt. LLM stage: after any decoder layer, thro
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -97,4 +98,3 @@ class LlavaAdapter(DecoderAdapter):
         probs = ((q @ k.transpose(-1, -2)).float() * att.scale).softmax(dim=-1)  # [B, H, 1, S]
         sal = probs.mean(dim=1)[:, 0, 1:]
         return sal if self.select_strategy == "default" else torch.cat([probs.mean(dim=1)[:, 0, :1], sal], dim=1)
-

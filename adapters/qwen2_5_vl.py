@@ -26,8 +26,9 @@ position + 1 on all three axes, which equals the stock ``generate`` (text positi
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -53,14 +54,23 @@ class Qwen2_5_VLAdapter(DecoderAdapter):
         super().__init__(model, processor, source, device, dtype)
 
     @classmethod
-    def load(cls, model: str, *, device: str = "cpu", dtype: str = "float32", min_pixels: int | str | None = None,
-             max_pixels: int | str | None = None, **options: Any) -> Qwen2_5_VLAdapter:
+    def load(
+        cls,
+        model: str,
+        *,
+        device: str = "cpu",
+        dtype: str = "float32",
+        min_pixels: int | str | None = None,
+        max_pixels: int | str | None = None,
+        **options: Any,
+    ) -> Qwen2_5_VLAdapter:
         """``min_pixels``/``max_pixels`` go to the image processor (they set the visual token counts)."""
         from transformers import Qwen2_5_VLForConditionalGeneration
 
         pixels = {k: int(v) for k, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)) if v is not None}
-        hf, processor = load_pretrained(Qwen2_5_VLForConditionalGeneration, model, device=device, dtype=dtype,
-                                        processor_options=pixels, processor_loader=load_processor, **options)
+        hf, processor = load_pretrained(
+            Qwen2_5_VLForConditionalGeneration, model, device=device, dtype=dtype, processor_options=pixels, processor_loader=load_processor, **options
+        )
         return cls(hf, processor, model, device, dtype)
 
     def decoder_parts(self) -> DecoderParts:
@@ -104,7 +114,9 @@ class Qwen2_5_VLAdapter(DecoderAdapter):
         return EncodedBatch(layout, [(h // self.merge, w // self.merge) for _, h, w in thw.tolist()], sal)
 
     @torch.no_grad()
-    def encode_images(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor, *, saliency: bool = False) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    def encode_images(
+        self, pixel_values: torch.Tensor, grid_thw: torch.Tensor, *, saliency: bool = False
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
         """Per image: the merged visual tokens [N, d] in the language model's order and, if asked, their saliency [N]."""
         visual = self.model.model.visual
         seen: dict[str, Any] = {}
@@ -164,8 +176,9 @@ class ImageOnlyProcessor:
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
 
     def apply_chat_template(self, conversation: list[dict[str, Any]], add_generation_prompt: bool = False, **_: Any) -> str:
-        return str(self.tokenizer.apply_chat_template(conversation, chat_template=self.chat_template, tokenize=False,
-                                                      add_generation_prompt=add_generation_prompt))
+        return str(
+            self.tokenizer.apply_chat_template(conversation, chat_template=self.chat_template, tokenize=False, add_generation_prompt=add_generation_prompt)
+        )
 
     def __call__(self, images: Any, text: Sequence[str], return_tensors: str = "pt", padding: bool = True, **_: Any) -> dict[str, Any]:
         vis = dict(self.image_processor(images=images, return_tensors=return_tensors))

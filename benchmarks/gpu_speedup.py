@@ -27,8 +27,9 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -71,8 +72,14 @@ def llava(device: str, dtype: torch.dtype, tiny: bool) -> tuple[Any, list[Any]]:
     model.generation_config.eos_token_id = tok.eos_token_id
     size, patch = vc["image_size"], vc["patch_size"]
     ip = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-    proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=patch, vision_feature_select_strategy="default",
-                          num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE)
+    proc = LlavaProcessor(
+        image_processor=ip,
+        tokenizer=tok,
+        patch_size=patch,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+    )
     name = "llava-1.5-7b (random weights)" + (" tiny" if tiny else "")
     return LlavaAdapter(model, proc, name, device, _dtype_name(dtype)), _samples(size)
 
@@ -101,11 +108,18 @@ def qwen(device: str, dtype: torch.dtype, tiny: bool, workdir: str) -> tuple[Any
     vc["out_hidden_size"] = tc["hidden_size"]
     ids = tok.convert_tokens_to_ids
     cfg = Qwen2_5_VLConfig(
-        text_config={**tc, "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope},
-                     "pad_token_id": tok.pad_token_id, "eos_token_id": tok.eos_token_id, "bos_token_id": None},
+        text_config={
+            **tc,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": mrope},
+            "pad_token_id": tok.pad_token_id,
+            "eos_token_id": tok.eos_token_id,
+            "bos_token_id": None,
+        },
         vision_config=vc,
-        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"),
-        vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
     )
     model = build(Qwen2_5_VLForConditionalGeneration, cfg, device, dtype)
     model.generation_config.eos_token_id = tok.eos_token_id
@@ -152,18 +166,36 @@ def model_table(rows: Sequence[dict[str, Any]]) -> str:
             out.append([r["strategy"], r["budget"], r["stage"], "—", "—", "—", "—", "—", "—", "—", "—", "failed: " + r["error"][:70]])
             continue
         lat = r["timing"]
-        out.append([
-            r["strategy"], r["budget"], r["stage"], f"{r['tokens_in']} / {r['layer_avg']:.1f}",
-            f"{lat['ttft_median']:.2f} [{lat['ttft_iqr']:.2f}]", f"{r['measured']:.2f}×",
-            "—" if r["implied"] != r["implied"] else f"{r['implied']:.2f}×",
-            "—" if r["ratio"] != r["ratio"] else f"{r['ratio']:.3f}",
-            "—" if lat["decode_per_token_median"] is None else f"{lat['decode_per_token_median']:.2f}",
-            f"{lat['selection_median']:.2f} ({100 * r['selection_share']:.1f}%)",
-            "—" if r.get("peak_memory_mb") is None else f"{r['peak_memory_mb']:.0f}",
-            "",
-        ])
-    headers = ["strategy", "budget", "stage", "visual tokens in / layer-avg", "TTFT ms, median [IQR]", "TTFT speed-up",
-               "FLOPs-implied", "ratio", "decode ms/token", "selection ms (% base TTFT)", "peak alloc. MB", "note"]
+        out.append(
+            [
+                r["strategy"],
+                r["budget"],
+                r["stage"],
+                f"{r['tokens_in']} / {r['layer_avg']:.1f}",
+                f"{lat['ttft_median']:.2f} [{lat['ttft_iqr']:.2f}]",
+                f"{r['measured']:.2f}×",
+                "—" if r["implied"] != r["implied"] else f"{r['implied']:.2f}×",
+                "—" if r["ratio"] != r["ratio"] else f"{r['ratio']:.3f}",
+                "—" if lat["decode_per_token_median"] is None else f"{lat['decode_per_token_median']:.2f}",
+                f"{lat['selection_median']:.2f} ({100 * r['selection_share']:.1f}%)",
+                "—" if r.get("peak_memory_mb") is None else f"{r['peak_memory_mb']:.0f}",
+                "",
+            ]
+        )
+    headers = [
+        "strategy",
+        "budget",
+        "stage",
+        "visual tokens in / layer-avg",
+        "TTFT ms, median [IQR]",
+        "TTFT speed-up",
+        "FLOPs-implied",
+        "ratio",
+        "decode ms/token",
+        "selection ms (% base TTFT)",
+        "peak alloc. MB",
+        "note",
+    ]
     return tabulate(out, headers=headers, tablefmt="github", disable_numparse=True)
 
 
@@ -202,21 +234,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.output or (os.path.join(os.environ["OUT"], "gpu_speedup.md") if os.environ.get("OUT") else None)
 
     def render() -> str:
-        notes_md = "\n".join([
-            "- TTFT: vision encoder + signals + selection + prefill, up to the first token's logits (preprocessing excluded); "
-            "speed-up = baseline TTFT / strategy TTFT (medians); FLOPs-implied = baseline prefill FLOPs / strategy prefill FLOPs "
-            "(fvcore, 2 × multiply-adds); ratio = speed-up / FLOPs-implied; peak alloc. = torch.cuda.max_memory_allocated "
-            "(weights included; on CPU: RSS growth)",
-            "- " + env_line,
-            *("- " + n for n in notes),
-            f"- wall time {time.perf_counter() - wall0:.0f} s",
-        ])
+        notes_md = "\n".join(
+            [
+                "- TTFT: vision encoder + signals + selection + prefill, up to the first token's logits (preprocessing excluded); "
+                "speed-up = baseline TTFT / strategy TTFT (medians); FLOPs-implied = baseline prefill FLOPs / strategy prefill FLOPs "
+                "(fvcore, 2 × multiply-adds); ratio = speed-up / FLOPs-implied; peak alloc. = torch.cuda.max_memory_allocated "
+                "(weights included; on CPU: RSS growth)",
+                "- " + env_line,
+                *("- " + n for n in notes),
+                f"- wall time {time.perf_counter() - wall0:.0f} s",
+            ]
+        )
         return "\n\n".join(["## TTFT speed-up by strategy (batch 1, random weights, architecture from config)", *sections, notes_md])
 
     def write() -> None:
         if out:
             with open(out, "w", encoding="utf-8") as fh:
                 fh.write(render() + "\n")
+
     with tempfile.TemporaryDirectory() as workdir:
         models = [m.strip() for m in args.models.split(",") if m.strip()]
         for name in models:
@@ -243,12 +278,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                 continue
             built = time.perf_counter() - t0
             samples = samples[: args.samples]
-            deadline = t0 + (args.time_budget - (t0 - wall0)) / len(models[models.index(name):])  # this model's share of what is left
-            rows = measure(adapter, strategies, budgets, samples, repeats=args.repeats, warmup=args.warmup, new_tokens=args.new_tokens,
-                           device=args.device, memory=True, deadline=deadline, log=lambda m: print(f"{name}: {m}", file=sys.stderr))
+            deadline = t0 + (args.time_budget - (t0 - wall0)) / len(models[models.index(name) :])  # this model's share of what is left
+            rows = measure(
+                adapter,
+                strategies,
+                budgets,
+                samples,
+                repeats=args.repeats,
+                warmup=args.warmup,
+                new_tokens=args.new_tokens,
+                device=args.device,
+                memory=True,
+                deadline=deadline,
+                log=lambda m, name=name: print(f"{name}: {m}", file=sys.stderr),
+            )
             env = timing_environment(adapter, args.device)
-            env_line = (f"device {env['device_name']}, {env['dtype']}, {env['attention']} attention, {env['threads']} CPU threads, "
-                        f"timer {env['timer']}; torch {env['torch']}, transformers {env['transformers']}, fvcore {env['fvcore']}")
+            env_line = (
+                f"device {env['device_name']}, {env['dtype']}, {env['attention']} attention, {env['threads']} CPU threads, "
+                f"timer {env['timer']}; torch {env['torch']}, transformers {env['transformers']}, fvcore {env['fvcore']}"
+            )
             base = next(r for r in rows if r["strategy"] == "baseline")
             n_calls = base.get("timing", {}).get("n", 0)
             sections.append(

@@ -35,8 +35,9 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -118,11 +119,27 @@ def build_llava(d: Dims, *, device: str = "cpu", dtype: torch.dtype = torch.floa
 
     tok = word_tokenizer()
     cfg = LlavaConfig(
-        vision_config=CLIPVisionConfig(image_size=d.image, patch_size=d.patch, hidden_size=d.v_hidden, intermediate_size=d.v_ffn,
-                                       num_hidden_layers=d.v_layers, num_attention_heads=d.v_heads),
-        text_config=LlamaConfig(hidden_size=d.hidden, intermediate_size=d.ffn, num_hidden_layers=d.layers, num_attention_heads=d.heads,
-                                num_key_value_heads=d.kv_heads, vocab_size=max(d.vocab, len(tok)), max_position_embeddings=4096, tie_word_embeddings=True,
-                                pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id),
+        vision_config=CLIPVisionConfig(
+            image_size=d.image,
+            patch_size=d.patch,
+            hidden_size=d.v_hidden,
+            intermediate_size=d.v_ffn,
+            num_hidden_layers=d.v_layers,
+            num_attention_heads=d.v_heads,
+        ),
+        text_config=LlamaConfig(
+            hidden_size=d.hidden,
+            intermediate_size=d.ffn,
+            num_hidden_layers=d.layers,
+            num_attention_heads=d.heads,
+            num_key_value_heads=d.kv_heads,
+            vocab_size=max(d.vocab, len(tok)),
+            max_position_embeddings=4096,
+            tie_word_embeddings=True,
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+        ),
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",
@@ -131,8 +148,14 @@ def build_llava(d: Dims, *, device: str = "cpu", dtype: torch.dtype = torch.floa
     model = build(LlavaForConditionalGeneration, cfg, device, dtype, seed=seed)
     model.generation_config.eos_token_id = tok.eos_token_id
     ip = CLIPImageProcessorPil(size={"shortest_edge": d.image}, crop_size={"height": d.image, "width": d.image})
-    proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=d.patch, vision_feature_select_strategy="default",
-                          num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE)
+    proc = LlavaProcessor(
+        image_processor=ip,
+        tokenizer=tok,
+        patch_size=d.patch,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+    )
     return model, proc
 
 
@@ -177,15 +200,27 @@ def stage_of(strategy: Any, info: Any) -> str:
     return "llm" if "llm" in kinds else "vision" if kinds else "none"
 
 
-def measure(adapter: Any, strategies: Sequence[Any], budgets: Sequence[Any], samples: Sequence[Any], *, repeats: int, warmup: int,
-            new_tokens: int, device: str, memory: bool = False, deadline: float | None = None, log: Any = print) -> list[dict[str, Any]]:
+def measure(
+    adapter: Any,
+    strategies: Sequence[Any],
+    budgets: Sequence[Any],
+    samples: Sequence[Any],
+    *,
+    repeats: int,
+    warmup: int,
+    new_tokens: int,
+    device: str,
+    memory: bool = False,
+    deadline: float | None = None,
+    log: Any = print,
+) -> list[dict[str, Any]]:
     """FLOPs (one untimed pass each) and timings (the interleaved timed loop) for every strategy x budget."""
     from tokenbench.budget import FULL
     from tokenbench.timing import TimingConfig, TimingSettings, summarise, timed_loop
 
     configs, rows = [], []
     for strategy in strategies:
-        for budget in ([FULL] if strategy.keeps_all else budgets):
+        for budget in [FULL] if strategy.keeps_all else budgets:
             row: dict[str, Any] = {"strategy": strategy.name, "budget": budget.label, "stage": stage_of(strategy, adapter.info)}
             try:
                 res = adapter.generate(samples[:1], [samples[0].question], strategy, budget, max_new_tokens=1)[0]
@@ -208,8 +243,16 @@ def measure(adapter: Any, strategies: Sequence[Any], budgets: Sequence[Any], sam
     prompts = [s.question for s in samples]
     settings = TimingSettings(len(samples), new_tokens=new_tokens, warmup=warmup, repeats=repeats, memory=memory)
     t0 = time.perf_counter()
-    timed_loop(adapter, samples, prompts, [c for _, c in configs], settings=settings, device=device, deadline=deadline,
-               progress=lambda i, n: log(f"  timed round {i}/{n} ({time.perf_counter() - t0:.0f} s)") if i in (1, n) or i % 5 == 0 else None)
+    timed_loop(
+        adapter,
+        samples,
+        prompts,
+        [c for _, c in configs],
+        settings=settings,
+        device=device,
+        deadline=deadline,
+        progress=lambda i, n: log(f"  timed round {i}/{n} ({time.perf_counter() - t0:.0f} s)") if i in (1, n) or i % 5 == 0 else None,
+    )
     for row, config in configs:
         if config.error:
             row["error"] = config.error
@@ -274,8 +317,9 @@ def profile_breakdown(adapter: Any, strategy: Any, budget: Any, sample: Any, cal
     return {k: sorted(r[k] for r in runs)[len(runs) // 2] for k in runs[0]}
 
 
-def breakdown_table(adapter: Any, rows: Sequence[dict[str, Any]], strategies: Sequence[Any], budgets: Sequence[Any], samples: Sequence[Any],
-                    names: Sequence[str]) -> str:
+def breakdown_table(
+    adapter: Any, rows: Sequence[dict[str, Any]], strategies: Sequence[Any], budgets: Sequence[Any], samples: Sequence[Any], names: Sequence[str]
+) -> str:
     """The profile of the baseline and of ``names``, with the decoder layers' measured vs FLOPs-implied speed-up."""
     from tabulate import tabulate
 
@@ -291,10 +335,25 @@ def breakdown_table(adapter: Any, rows: Sequence[dict[str, Any]], strategies: Se
             continue
         prof = base if name == "baseline" else profile_breakdown(adapter, by_name[name], budgets[0], samples[0])
         llm_implied = base_row["flops"]["llm_prefill"] / row["flops"]["llm_prefill"]
-        out.append([name, *(f"{prof[k]:.1f}" for k in ("generate", "vision tower", "saliency", "decoder layers", "attention signals", "select", "re-layout", "other")),
-                    f"{base['decoder layers'] / prof['decoder layers']:.2f}× / {llm_implied:.2f}×"])
-    headers = ["strategy", "call ms", "vision tower", "saliency", "decoder layers", "attention signals", "select", "re-layout", "other (preproc., embed, head)",
-               "decoder layers: measured / FLOPs-implied speed-up"]
+        out.append(
+            [
+                name,
+                *(f"{prof[k]:.1f}" for k in ("generate", "vision tower", "saliency", "decoder layers", "attention signals", "select", "re-layout", "other")),
+                f"{base['decoder layers'] / prof['decoder layers']:.2f}× / {llm_implied:.2f}×",
+            ]
+        )
+    headers = [
+        "strategy",
+        "call ms",
+        "vision tower",
+        "saliency",
+        "decoder layers",
+        "attention signals",
+        "select",
+        "re-layout",
+        "other (preproc., embed, head)",
+        "decoder layers: measured / FLOPs-implied speed-up",
+    ]
     return tabulate(out, headers=headers, tablefmt="github", disable_numparse=True)
 
 
@@ -311,17 +370,36 @@ def table(rows: Sequence[dict[str, Any]], fmt: str = "github") -> str:
             out.append([r["strategy"], r["budget"], r["stage"], "—", "—", "—", "—", "—", "—", "—", "—", "failed: " + r["error"][:60]])
             continue
         lat = r["timing"]
-        out.append([
-            r["strategy"], r["budget"], r["stage"], f"{r['tokens_in']} / {r['layer_avg']:.1f}",
-            "—" if not r["flops"] else f"{r['flops']['total_prefill'] / 1e9:.4g}",
-            f"{_ms(lat['ttft_median'])} [{_ms(lat['ttft_iqr'])}]",
-            f"{_ms(lat['vision_median'])}",
-            f"{r['measured']:.2f}×", f"{r['implied']:.2f}×", f"{r['ratio']:.3f}",
-            f"{_ms(lat['selection_median'], 2)} ({100 * r['selection_share']:.2f}%)",
-            "—" if r["target"] is None else f"≥{r['target']:.2f}, ≤2%: " + ("pass" if r["pass"] else "MISS"),
-        ])
-    headers = ["strategy", "budget", "stage", "visual tokens in / layer-avg", "prefill GFLOPs", "TTFT ms, median [IQR]",
-               "vision enc. ms", "measured speed-up", "FLOPs-implied speed-up", "ratio", "selection ms (% base TTFT)", "target"]
+        out.append(
+            [
+                r["strategy"],
+                r["budget"],
+                r["stage"],
+                f"{r['tokens_in']} / {r['layer_avg']:.1f}",
+                "—" if not r["flops"] else f"{r['flops']['total_prefill'] / 1e9:.4g}",
+                f"{_ms(lat['ttft_median'])} [{_ms(lat['ttft_iqr'])}]",
+                f"{_ms(lat['vision_median'])}",
+                f"{r['measured']:.2f}×",
+                f"{r['implied']:.2f}×",
+                f"{r['ratio']:.3f}",
+                f"{_ms(lat['selection_median'], 2)} ({100 * r['selection_share']:.2f}%)",
+                "—" if r["target"] is None else f"≥{r['target']:.2f}, ≤2%: " + ("pass" if r["pass"] else "MISS"),
+            ]
+        )
+    headers = [
+        "strategy",
+        "budget",
+        "stage",
+        "visual tokens in / layer-avg",
+        "prefill GFLOPs",
+        "TTFT ms, median [IQR]",
+        "vision enc. ms",
+        "measured speed-up",
+        "FLOPs-implied speed-up",
+        "ratio",
+        "selection ms (% base TTFT)",
+        "target",
+    ]
     return tabulate(out, headers=headers, tablefmt=fmt, disable_numparse=True)
 
 
@@ -379,8 +457,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     for n in notes:
         print(n, file=sys.stderr)
     samples = synthetic_samples(args.samples, d.image)
-    rows = measure(adapter, strategies, [Budget("count", keep)], samples, repeats=args.repeats, warmup=args.warmup, new_tokens=1,
-                   device="cpu", deadline=wall0 + args.time_budget, log=lambda m: print(m, file=sys.stderr))
+    rows = measure(
+        adapter,
+        strategies,
+        [Budget("count", keep)],
+        samples,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        new_tokens=1,
+        device="cpu",
+        deadline=wall0 + args.time_budget,
+        log=lambda m: print(m, file=sys.stderr),
+    )
     timed_wall = time.perf_counter() - wall0
     if args.profile == "misses":
         to_profile = [r["strategy"] for r in rows if r.get("pass") is False]
@@ -389,9 +477,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     profile = ""
     if to_profile:
         print(f"profiling {', '.join(to_profile)} ...", file=sys.stderr)
-        profile = ("\n\nwhere the time goes (ms per call, cProfile, median of 3; cProfile adds Python-call overhead, "
-                   "so compare columns, not totals with the table above):\n\n"
-                   + breakdown_table(adapter, rows, strategies, [Budget("count", keep)], samples, to_profile))
+        profile = (
+            "\n\nwhere the time goes (ms per call, cProfile, median of 3; cProfile adds Python-call overhead, "
+            "so compare columns, not totals with the table above):\n\n"
+            + breakdown_table(adapter, rows, strategies, [Budget("count", keep)], samples, to_profile)
+        )
     wall = time.perf_counter() - wall0
     base = next(r for r in rows if r["strategy"] == "baseline")
     n_calls = base.get("timing", {}).get("n", 0)

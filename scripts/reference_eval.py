@@ -6,13 +6,13 @@ with only the relevant cells plus random others kept) and the stage-A vision dec
 (processor + ``generate``), by kind, plus [CLS]-attention object coverage;
 ``check_pipeline``: the processor's ids and pixels equal the training-time ones.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 import torch
-
 from reference_model import S, input_embeds, lm_answer_logits, log, pixels, vision
 
 
@@ -35,8 +35,8 @@ class HeldOut:
         hits = {}
         gen = torch.Generator().manual_seed(1234)
         for i in range(0, len(self.qs), bs):
-            qs = self.qs[i: i + bs]
-            vh, _ = vision(model, self.pix[i: i + bs])
+            qs = self.qs[i : i + bs]
+            vh, _ = vision(model, self.pix[i : i + bs])
             ids, last, ans = self.enc.batch(qs)
             keep = None if budget is None else self.enc.keep_mask(qs, 1.0, gen, lo=budget, hi=budget)
             pred = lm_answer_logits(model, ids, last, vh, keep=keep)[:, 0].argmax(-1)
@@ -91,8 +91,7 @@ class HeldOut:
                     n_bg += 1
                     bg_ok += lab[0] == "bg"
         model.train()
-        return dict(colour=col_ok / n_obj, shape=shp_ok / n_obj, background=bg_ok / n_bg,
-                    position=pos_ok / (len(self.scenes) * G * G))
+        return dict(colour=col_ok / n_obj, shape=shp_ok / n_obj, background=bg_ok / n_bg, position=pos_ok / (len(self.scenes) * G * G))
 
 
 def final_eval(out_dir: Path, n_eval: int, bs: int = 60, order: str = "question-first"):
@@ -106,15 +105,16 @@ def final_eval(out_dir: Path, n_eval: int, bs: int = 60, order: str = "question-
     hits: dict[str, list[bool]] = {}
     wrong = []
     for i in range(0, len(items), bs):
-        chunk = items[i: i + bs]
-        texts = [proc.apply_chat_template(
-            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q.question}]}],
-            add_generation_prompt=True) for _, q in chunk]
+        chunk = items[i : i + bs]
+        texts = [
+            proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q.question}]}], add_generation_prompt=True)
+            for _, q in chunk
+        ]
         assert texts[0] == S.prompt(chunk[0][1].question, order), texts[0]
         inputs = proc(images=[S.render(s) for s, _ in chunk], text=texts, return_tensors="pt", padding=True)
         out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
-        dec = proc.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-        for (s, q), d in zip(chunk, dec):
+        dec = proc.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+        for (_s, q), d in zip(chunk, dec):
             ok = d.strip() == q.answer
             hits.setdefault(q.kind, []).append(ok)
             if not ok and len(wrong) < 12:
@@ -125,7 +125,7 @@ def final_eval(out_dir: Path, n_eval: int, bs: int = 60, order: str = "question-
     # [CLS]-attention object coverage in the last vision layer
     cov_k, cov_2k, n_obj = 0, 0, 0
     for i in range(0, len(items), bs):
-        chunk = items[i: i + bs]
+        chunk = items[i : i + bs]
         pix = proc.image_processor([S.render(s) for s, _ in chunk], return_tensors="pt")["pixel_values"]
         att = model.model.vision_tower(pix, output_attentions=True).attentions[-1]  # (B,H,145,145)
         cls = att[:, :, 0, 1:].mean(1)  # (B,144)
@@ -146,9 +146,7 @@ def check_pipeline(out_dir: Path, enc):
 
     proc = AutoProcessor.from_pretrained(out_dir)
     s, q = S.eval_split(1)[0]
-    text = proc.apply_chat_template(
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q.question}]}],
-        add_generation_prompt=True)
+    text = proc.apply_chat_template([{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": q.question}]}], add_generation_prompt=True)
     assert text == S.prompt(q.question, enc.order), repr(text)
     inp = proc(images=[S.render(s)], text=[text], return_tensors="pt")
     assert inp["input_ids"][0].tolist() == enc.prompt_ids(q.question), "token ids differ"

@@ -7,6 +7,7 @@ logits and the VQA loss (with attention supervision and token dropping).  Used b
 ``train_reference.py``; nothing here is imported by the package, and the scenes come
 from the installed package (``pip install -e .`` first).
 """
+
 from __future__ import annotations
 
 import re
@@ -34,13 +35,9 @@ def _chat_template(user: str) -> str:
     return (
         "{% for message in messages %}"
         "{% if message['role'] == 'user' %}USER: "
-        "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-        + user +
-        "{% endif %}"
+        "{% if message['content'] is string %}{{ message['content'] }}{% else %}" + user + "{% endif %}"
         "{% elif message['role'] == 'assistant' %} ASSISTANT: "
-        "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-        + _TEXT +
-        "{% endif %}</s>"
+        "{% if message['content'] is string %}{{ message['content'] }}{% else %}" + _TEXT + "{% endif %}</s>"
         "{% endif %}{% endfor %}"
         "{% if add_generation_prompt %} ASSISTANT:{% endif %}"
     )
@@ -76,9 +73,7 @@ def build_tokenizer():
     tk = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
     tk.add_special_tokens(SPECIALS + MARKERS)
-    tk.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])]
-    )
+    tk.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", vocab["<s>"])])
     tok = PreTrainedTokenizerFast(
         tokenizer_object=tk,
         bos_token="<s>",
@@ -123,19 +118,35 @@ def build_model(tok):
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     vc = CLIPVisionConfig(
-        image_size=S.IMAGE_SIZE, patch_size=S.CELL, hidden_size=128, intermediate_size=512,
-        num_hidden_layers=4, num_attention_heads=4, projection_dim=128,
+        image_size=S.IMAGE_SIZE,
+        patch_size=S.CELL,
+        hidden_size=128,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        projection_dim=128,
     )
     tc = LlamaConfig(
-        hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, vocab_size=len(tok),
-        tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        hidden_size=192,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        vocab_size=len(tok),
+        tie_word_embeddings=False,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
     )
     cfg = LlavaConfig(
-        vision_config=vc, text_config=tc, image_token_index=tok.convert_tokens_to_ids("<image>"),
-        image_seq_length=S.GRID * S.GRID, projector_hidden_act="gelu",
-        vision_feature_select_strategy="default", vision_feature_layer=-1,
+        vision_config=vc,
+        text_config=tc,
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        image_seq_length=S.GRID * S.GRID,
+        projector_hidden_act="gelu",
+        vision_feature_select_strategy="default",
+        vision_feature_layer=-1,
     )
     model = LlavaForConditionalGeneration(cfg)
     gc = model.generation_config
@@ -228,11 +239,9 @@ class Encoder:
     def relation_pairs(self, qs) -> torch.Tensor:
         """(B, 2) image cells (later, earlier) of each relation's subject and neighbour in
         token order; (-1, -1) for the other kinds."""
-        return torch.tensor([[max(q.relevant_cells), min(q.relevant_cells)] if q.kind == "relation" else [-1, -1]
-                             for q in qs])
+        return torch.tensor([[max(q.relevant_cells), min(q.relevant_cells)] if q.kind == "relation" else [-1, -1] for q in qs])
 
-    def keep_mask(self, qs, frac: float, gen: torch.Generator, lo: int = 16, hi: int | None = None,
-                  scenes=None, kinds=None, near_frac: float = 0.0):
+    def keep_mask(self, qs, frac: float, gen: torch.Generator, lo: int = 16, hi: int | None = None, scenes=None, kinds=None, near_frac: float = 0.0):
         """(B, 144) bool: which image tokens each sample keeps.  A share ``frac`` of the
         samples keeps only k ~ U{lo..hi} tokens (hi defaults to 144): its relevant cells,
         then random others (what a pruning strategy leaves); the rest keep all 144.
@@ -257,9 +266,13 @@ class Encoder:
                 score = score + (S.GRID - self._distance_to(q.relevant_cells))  # nearest first
             protected = set(q.relevant_cells)
             if scenes is not None:
-                near = {(r + dr) * S.GRID + c + dc for r, c in (divmod(x, S.GRID) for x in q.relevant_cells)
-                        for dr in (-1, 0, 1) for dc in (-1, 0, 1)
-                        if 0 <= r + dr < S.GRID and 0 <= c + dc < S.GRID}
+                near = {
+                    (r + dr) * S.GRID + c + dc
+                    for r, c in (divmod(x, S.GRID) for x in q.relevant_cells)
+                    for dr in (-1, 0, 1)
+                    for dc in (-1, 0, 1)
+                    if 0 <= r + dr < S.GRID and 0 <= c + dc < S.GRID
+                }
                 protected |= {o.cell for o in scenes[i].objects if o.cell in near}
             score[list(protected)] = S.GRID + 2.0  # protected cells first
             keep[i] = False
@@ -351,8 +364,7 @@ def lm_answer_logits(model, ids, last, vis_hidden, att_heads=None, keep=None, lo
         attention_mask = torch.ones(ids.shape, dtype=torch.long)
         attention_mask[img] = keep.reshape(-1).long()
     # right padding + causal attention: padded tail never influences real tokens
-    o = m.language_model(inputs_embeds=emb, attention_mask=attention_mask, use_cache=False,
-                         output_attentions=bool(att_heads) or bool(local))
+    o = m.language_model(inputs_embeds=emb, attention_mask=attention_mask, use_cache=False, output_attentions=bool(att_heads) or bool(local))
     h = o.last_hidden_state
     idx = torch.stack([last, last + 1], 1)  # (B,2)
     hs = h.gather(1, idx[..., None].expand(-1, -1, h.shape[-1]))
@@ -372,8 +384,7 @@ def lm_answer_logits(model, ids, last, vis_hidden, att_heads=None, keep=None, lo
     return tuple(out)
 
 
-def vqa_loss(model, ids, last, ans, eos, vis_hidden, rel=None, att_heads=None, att_w=0.0, key_ids=None, keep=None,
-             local=None, local_w=1.0, question_mask=None):
+def vqa_loss(model, ids, last, ans, eos, vis_hidden, rel=None, att_heads=None, att_w=0.0, key_ids=None, keep=None, local=None, local_w=1.0, question_mask=None):
     """Answer(+EOS) cross-entropy; optionally plus att_w * attention supervision:
     -log(attention mass on the relevant cells) for the given (layer, head)s at the
     answer position (a training-only auxiliary loss; the model stays stock).

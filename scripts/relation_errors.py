@@ -9,15 +9,15 @@ another object of the scene, or nothing in it.
 
     python scripts/relation_errors.py reference/checkpoint [OTHER_CHECKPOINT ...]
 """
+
 from __future__ import annotations
 
 import collections
 import sys
 
 import torch
+from reference_model import Encoder, S, build_tokenizer, lm_answer_logits, pixels, vision
 from transformers import LlavaForConditionalGeneration
-
-from reference_model import S, Encoder, build_tokenizer, lm_answer_logits, pixels, vision
 
 
 def diagnose(path: str, bs: int = 60) -> tuple[dict[str, int], dict[str, tuple[int, int]]]:
@@ -29,7 +29,7 @@ def diagnose(path: str, bs: int = 60) -> tuple[dict[str, int], dict[str, tuple[i
     by_direction: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
     with torch.no_grad():
         for i in range(0, len(items), bs):
-            chunk = items[i: i + bs]
+            chunk = items[i : i + bs]
             vh, _ = vision(model, pixels([S.render(s) for s, _ in chunk]))
             ids, last, _ = enc.batch([q for _, q in chunk])
             pred = lm_answer_logits(model, ids, last, vh)[:, 0].argmax(-1).tolist()

@@ -70,6 +70,7 @@ is the subject ("left of" 77/78, "right of" 32/78 for the checkpoint shipped bef
 started at step 0 with weight 1, it kept B at the answer prior for 600 steps (its
 large early loss took over the clipped gradient), hence --relation-order-from 900.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,10 +85,22 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from reference_eval import HeldOut, check_pipeline, final_eval
-from reference_model import (N_PAIRS, REPO, S, Encoder, build_model, build_processor, build_tokenizer, log,
-                             pair_multihot, patch_targets, pixels, vision, vqa_loss)
+from reference_model import (
+    N_PAIRS,
+    REPO,
+    Encoder,
+    S,
+    build_model,
+    build_processor,
+    build_tokenizer,
+    log,
+    pair_multihot,
+    patch_targets,
+    pixels,
+    vision,
+    vqa_loss,
+)
 
 # relations (subject + neighbour cell) train slowest: late in B and in C they are drawn 2 in 5
 RELATION_HEAVY = "attribute,existence,count,relation,relation"
@@ -197,11 +210,9 @@ def run_stage(stage, args, model, head, enc, tok, heldout, ckpt_path, resume_sta
         return
     params = stage_params(model, head, stage)
     # projector + word embeddings move slower than the LM body in stages B/C
-    slow_ids = {id(p) for p in list(model.model.multi_modal_projector.parameters())
-                + list(model.get_input_embeddings().parameters())}
+    slow_ids = {id(p) for p in list(model.model.multi_modal_projector.parameters()) + list(model.get_input_embeddings().parameters())}
     mult = 1.0 if stage == "A" else args.emb_lr_mult
-    groups = [dict(params=[p for p in params if id(p) not in slow_ids], mult=1.0),
-              dict(params=[p for p in params if id(p) in slow_ids], mult=mult)]
+    groups = [dict(params=[p for p in params if id(p) not in slow_ids], mult=1.0), dict(params=[p for p in params if id(p) in slow_ids], mult=mult)]
     opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg["lr"], weight_decay=0.01, betas=(0.9, 0.98))
     start = 0
     wte0 = None
@@ -214,8 +225,10 @@ def run_stage(stage, args, model, head, enc, tok, heldout, ckpt_path, resume_sta
         wte0 = model.get_input_embeddings().weight.detach().clone()
     vocab = tok.get_vocab()
     stream = STAGES.index(stage)
+
     def _heads(spec):
         return [tuple(int(x) for x in p.split(".")) for p in spec.split(",")] if spec else []
+
     att_heads = (_heads(args.att_heads), _heads(args.att_q_heads))
     key_ids = torch.tensor([vocab[w] for w in list(S.COLOUR_NAMES) + list(S.SHAPES) + ["left", "right", "above", "below"]])
     local_heads = _heads(args.relation_local_heads) if args.relation_order_sup else []
@@ -225,9 +238,14 @@ def run_stage(stage, args, model, head, enc, tok, heldout, ckpt_path, resume_sta
 
     def answer_loss(vh, qs, scenes_, step):
         ids, last, ans = enc.batch(qs)
-        keep = enc.keep_mask(qs, args.drop_frac, drop_gen(stream, step),
-                             scenes=scenes_ if args.drop_keep_adjacent else None, kinds=drop_kinds,
-                             near_frac=args.drop_near_frac if stage == "C" else 0.0)
+        keep = enc.keep_mask(
+            qs,
+            args.drop_frac,
+            drop_gen(stream, step),
+            scenes=scenes_ if args.drop_keep_adjacent else None,
+            kinds=drop_kinds,
+            near_frac=args.drop_near_frac if stage == "C" else 0.0,
+        )
         # the token-order supervision starts once the model reads the image at all: from
         # the start, its large early loss took over the clipped gradient and stage B sat
         # at the answer prior for 600+ steps
@@ -235,16 +253,33 @@ def run_stage(stage, args, model, head, enc, tok, heldout, ckpt_path, resume_sta
         rel = enc.relevance(qs, relation_later_cell=order)
         local = (local_heads, enc.relation_pairs(qs)) if order else None
         qmask = enc.question_mask(qs, ids.shape[1]) if att_heads[1] else None
-        return vqa_loss(model, ids, last, ans, enc.eos, vh, rel, att_heads, args.att_sup, key_ids, keep=keep,
-                        local=local, local_w=args.relation_local_w, question_mask=qmask)
+        return vqa_loss(
+            model,
+            ids,
+            last,
+            ans,
+            enc.eos,
+            vh,
+            rel,
+            att_heads,
+            args.att_sup,
+            key_ids,
+            keep=keep,
+            local=local,
+            local_w=args.relation_local_w,
+            question_mask=qmask,
+        )
+
     last_ckpt = time.time()
     t0 = time.time()
     run_loss, run_acc, run_n = 0.0, 0.0, 0
     model.train()
 
     def checkpoint(step_done):
-        save_ckpt(ckpt_path, dict(stage=stage, step=step_done, model=model.state_dict(), head=head.state_dict(),
-                                  opt=opt.state_dict(), rng=rng_state(), args=vars(args)))
+        save_ckpt(
+            ckpt_path,
+            dict(stage=stage, step=step_done, model=model.state_dict(), head=head.state_dict(), opt=opt.state_dict(), rng=rng_state(), args=vars(args)),
+        )
 
     for step in range(start, steps):
         lr = lr_at(step, steps, cfg["lr"], cfg["warmup"], decay_frac=None if stage == "A" else args.decay_frac)
@@ -289,16 +324,22 @@ def run_stage(stage, args, model, head, enc, tok, heldout, ckpt_path, resume_sta
         if done % args.log_every == 0 or done == steps:
             sps = (time.time() - t0) / (done - start)
             what = "bce" if stage == "A" else "train_acc"
-            log(f"stage {stage} step {done}/{steps} loss {run_loss / run_n:.4f} {what} {run_acc / run_n:.3f} "
-                f"lr {lr:.2e} {sps:.2f}s/step elapsed {time.time() - t_start:.0f}s")
+            log(
+                f"stage {stage} step {done}/{steps} loss {run_loss / run_n:.4f} {what} {run_acc / run_n:.3f} "
+                f"lr {lr:.2e} {sps:.2f}s/step elapsed {time.time() - t_start:.0f}s"
+            )
             run_loss, run_acc, run_n = 0.0, 0.0, 0
         if done % args.eval_every == 0 or done == steps:
             if stage == "A":
                 log(f"stage A vision decode {json.dumps(heldout.vision_decode(model, wte0, vocab))}")
             else:
                 res = heldout.accuracy(model)
-                log(f"stage {stage} heldout acc " + " ".join(f"{k}={v:.3f}" for k, v in res.items())
-                    + " | residual norm at answer pos per layer " + " ".join(f"{x:.1f}" for x in heldout.residual_norms(model)))
+                log(
+                    f"stage {stage} heldout acc "
+                    + " ".join(f"{k}={v:.3f}" for k, v in res.items())
+                    + " | residual norm at answer pos per layer "
+                    + " ".join(f"{x:.1f}" for x in heldout.residual_norms(model))
+                )
                 res = heldout.accuracy(model, budget=32)
                 log(f"stage {stage} heldout acc @32 tokens (relevant + random) " + " ".join(f"{k}={v:.3f}" for k, v in res.items()))
         if time.time() - last_ckpt > args.ckpt_every and done < steps:
@@ -306,8 +347,7 @@ def run_stage(stage, args, model, head, enc, tok, heldout, ckpt_path, resume_sta
             last_ckpt = time.time()
     # mark stage complete (and keep a copy of the end-of-stage state)
     nxt = STAGES[STAGES.index(stage) + 1] if stage != "C" else "done"
-    end_state = dict(stage=nxt, step=0, model=model.state_dict(), head=head.state_dict(), opt=None,
-                     rng=rng_state(), args=vars(args))
+    end_state = dict(stage=nxt, step=0, model=model.state_dict(), head=head.state_dict(), opt=None, rng=rng_state(), args=vars(args))
     save_ckpt(ckpt_path, end_state)
     save_ckpt(ckpt_path.parent / f"stage{stage}_done.pt", end_state)
     log(f"stage {stage} finished in {time.time() - t0:.0f}s")
@@ -324,8 +364,9 @@ _ADDED_FLAGS = {"prompt_order": "question-first"}
 def flags_changed(saved: dict, now: dict) -> list[str]:
     """'--flag: checkpoint X, now Y' for every recipe flag whose value differs."""
     saved = {**_ADDED_FLAGS, **saved}
-    return [f"--{k.replace('_', '-')}: checkpoint {saved[k]!r}, now {now[k]!r}"
-            for k in sorted(now) if k not in _NOT_RECIPE and k in saved and saved[k] != now[k]]
+    return [
+        f"--{k.replace('_', '-')}: checkpoint {saved[k]!r}, now {now[k]!r}" for k in sorted(now) if k not in _NOT_RECIPE and k in saved and saved[k] != now[k]
+    ]
 
 
 def main():
@@ -336,9 +377,12 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--prompt-order", default="question-first", choices=list(S.PROMPT_ORDERS),
-                    help="where the question goes relative to the image, in the training prompts and in the "
-                         "chat template exported with the model")
+    ap.add_argument(
+        "--prompt-order",
+        default="question-first",
+        choices=list(S.PROMPT_ORDERS),
+        help="where the question goes relative to the image, in the training prompts and in the chat template exported with the model",
+    )
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--steps-a", type=int, default=480)
     ap.add_argument("--steps-b", type=int, default=2800)
@@ -349,31 +393,48 @@ def main():
     ap.add_argument("--lr-c", type=float, default=1e-4)
     ap.add_argument("--decay-frac", type=float, default=0.25, help="stages B/C: warmup-stable-decay, cosine over the last fraction")
     ap.add_argument("--batch-size-b", type=int, default=32, help="batch size of stages B and C")
-    ap.add_argument("--phases-b", default="0:all:2-5;900:all:3-6;1500:all:4-8;2000:" + RELATION_HEAVY + ":4-8",
-                    help="stage-B data curriculum 'start_step:kinds:min-max_objects;...' (kinds: all or comma list)")
-    ap.add_argument("--att-sup", type=float, default=1.0,
-                    help="weight of the stage B/C auxiliary attention-supervision loss (0 = off)")
+    ap.add_argument(
+        "--phases-b",
+        default="0:all:2-5;900:all:3-6;1500:all:4-8;2000:" + RELATION_HEAVY + ":4-8",
+        help="stage-B data curriculum 'start_step:kinds:min-max_objects;...' (kinds: all or comma list)",
+    )
+    ap.add_argument("--att-sup", type=float, default=1.0, help="weight of the stage B/C auxiliary attention-supervision loss (0 = off)")
     ap.add_argument("--att-heads", default="2.0,2.1,3.0", help="layer.head pairs supervised to attend to relevant cells")
-    ap.add_argument("--att-q-heads", default="",
-                    help="layer.head pairs supervised to attend (from the answer position) to the question's content words")
-    ap.add_argument("--kinds-c", default=RELATION_HEAVY,
-                    help="stage-C question kinds, comma list; a kind listed twice is drawn twice as often")
-    ap.add_argument("--drop-frac", type=float, default=0.5,
-                    help="stages B/C: share of samples whose image tokens are pruned at random to 16-144, "
-                         "relevant cells always kept (so the model answers from what the answer needs)")
-    ap.add_argument("--drop-keep-adjacent", action=argparse.BooleanOptionalAction, default=False,
-                    help="pruned samples also keep the objects next to a relevant cell (the relation's distractor)")
-    ap.add_argument("--drop-kinds", default="attribute,existence,count",
-                    help="stages B/C: prune only questions of these kinds (comma list, or 'all'); relations are "
-                         "not pruned by default: pruned, the model learned to look past the subject's neighbour")
-    ap.add_argument("--drop-near-frac", type=float, default=0.5,
-                    help="stage C: share of pruned samples that keep the cells nearest their relevant ones "
-                         "(as the shapes oracle does) instead of random others")
-    ap.add_argument("--relation-order-sup", action=argparse.BooleanOptionalAction, default=True,
-                    help="relations: supervise the answer heads onto the later of subject and neighbour in token "
-                         "order, and --relation-local-heads at that cell onto the earlier one")
-    ap.add_argument("--relation-local-heads", default="1.0",
-                    help="layer.head pairs that --relation-order-sup supervises between the relation's two cells")
+    ap.add_argument("--att-q-heads", default="", help="layer.head pairs supervised to attend (from the answer position) to the question's content words")
+    ap.add_argument("--kinds-c", default=RELATION_HEAVY, help="stage-C question kinds, comma list; a kind listed twice is drawn twice as often")
+    ap.add_argument(
+        "--drop-frac",
+        type=float,
+        default=0.5,
+        help="stages B/C: share of samples whose image tokens are pruned at random to 16-144, "
+        "relevant cells always kept (so the model answers from what the answer needs)",
+    )
+    ap.add_argument(
+        "--drop-keep-adjacent",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="pruned samples also keep the objects next to a relevant cell (the relation's distractor)",
+    )
+    ap.add_argument(
+        "--drop-kinds",
+        default="attribute,existence,count",
+        help="stages B/C: prune only questions of these kinds (comma list, or 'all'); relations are "
+        "not pruned by default: pruned, the model learned to look past the subject's neighbour",
+    )
+    ap.add_argument(
+        "--drop-near-frac",
+        type=float,
+        default=0.5,
+        help="stage C: share of pruned samples that keep the cells nearest their relevant ones (as the shapes oracle does) instead of random others",
+    )
+    ap.add_argument(
+        "--relation-order-sup",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="relations: supervise the answer heads onto the later of subject and neighbour in token "
+        "order, and --relation-local-heads at that cell onto the earlier one",
+    )
+    ap.add_argument("--relation-local-heads", default="1.0", help="layer.head pairs that --relation-order-sup supervises between the relation's two cells")
     ap.add_argument("--relation-order-from", type=int, default=900, help="stage-B step where --relation-order-sup starts")
     ap.add_argument("--relation-local-w", type=float, default=0.3, help="weight of the --relation-local-heads loss")
     ap.add_argument("--cls-aux", type=float, default=0.5)
@@ -423,8 +484,7 @@ def main():
     for st in STAGES:
         if cur == "done" or STAGES.index(st) < STAGES.index(cur):
             continue
-        run_stage(st, args, model, head, enc, tok, heldout, ckpt_path,
-                  state if (state is not None and state["stage"] == st) else None, t_start)
+        run_stage(st, args, model, head, enc, tok, heldout, ckpt_path, state if (state is not None and state["stage"] == st) else None, t_start)
         state = None
 
     # export
@@ -441,14 +501,13 @@ def main():
     log(f"saved {out} ({size_mb:.1f} MB)")
     check_pipeline(out, enc)
     res, sizes, cov, wrong = final_eval(out, args.n_eval, order=args.prompt_order)
-    log(f"FINAL eval (HF generate, n={sum(sizes.values())}, per kind {sizes}): "
-        + " ".join(f"{k}={v:.4f}" for k, v in res.items()))
+    log(f"FINAL eval (HF generate, n={sum(sizes.values())}, per kind {sizes}): " + " ".join(f"{k}={v:.4f}" for k, v in res.items()))
     log(f"[CLS]-attention object coverage (last vision layer): {cov}")
     for w in wrong:
         log(f"  wrong: {w}")
-    (workdir / "final_eval.json").write_text(json.dumps(dict(accuracy=res, sizes=sizes, cls_coverage=cov,
-                                                             size_mb=size_mb, elapsed_s=time.time() - t_start),
-                                                        indent=2))
+    (workdir / "final_eval.json").write_text(
+        json.dumps(dict(accuracy=res, sizes=sizes, cls_coverage=cov, size_mb=size_mb, elapsed_s=time.time() - t_start), indent=2)
+    )
 
 
 if __name__ == "__main__":

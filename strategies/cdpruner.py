@@ -96,8 +96,6 @@ visual tokens, the ``shapes`` task, a stratified 300 questions, unreduced 97.0 %
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
-
 import torch
 import torch.nn.functional as F
 

@@ -82,8 +82,6 @@ Deviations from the official code, with the adapter signal that would make each 
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
-
 import torch
 
 from tokenbench.errors import BudgetError, PluginError, UsageError

@@ -77,8 +77,6 @@ Deviations from the official code:
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
-
 import torch
 import torch.nn.functional as F
 

@@ -44,11 +44,9 @@ Deviations from the official code:
 
 from __future__ import annotations
 
-import torch
-
+from tokenbench.errors import UsageError
 from tokenbench.strategies.attention_only import top_k_sorted
 from tokenbench.strategies.random_drop import random_keep
-from tokenbench.errors import UsageError
 from tokenbench.strategy import ModelInfo, Selection, StageContext, StageSpec, Strategy
 
 _QUERIES = ("last", "all")

@@ -85,7 +85,7 @@ Deviations from the official code:
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 from tokenbench.errors import UsageError
 from tokenbench.strategies.attention_only import top_k_sorted

@@ -108,8 +108,8 @@ import math
 
 import torch
 
-from tokenbench.strategies.attention_only import top_k_sorted
 from tokenbench.errors import UsageError
+from tokenbench.strategies.attention_only import top_k_sorted
 from tokenbench.strategy import ModelInfo, Selection, StageContext, StageSpec, Strategy
 
 REF_N = 576
@@ -198,8 +198,7 @@ def recycled_count(num_dropped: int, ratio: float = RECYCLE_RATIO) -> int:
     return m // CLUSTER_DIVISOR + 1
 
 
-def release_average(num_visual: int, num_layers: int, layers: tuple[int, ...], counts: tuple[int, ...],
-                    recycle_ratio: float | None = RECYCLE_RATIO) -> float:
+def release_average(num_visual: int, num_layers: int, layers: tuple[int, ...], counts: tuple[int, ...], recycle_ratio: float | None = RECYCLE_RATIO) -> float:
     """Layer-averaged visual tokens as the release counts them (``num_token``), recycled tokens included.
 
     The release appends ``v_token_num`` after every layer (``modelling_sparse_llama.py``
@@ -225,8 +224,7 @@ def release_average(num_visual: int, num_layers: int, layers: tuple[int, ...], c
     return total / num_layers
 
 
-def keep_counts(num_visual: int, budget: int, num_layers: int,
-                recycle_ratio: float | None = RECYCLE_RATIO) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def keep_counts(num_visual: int, budget: int, num_layers: int, recycle_ratio: float | None = RECYCLE_RATIO) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Pruning layers and the visual tokens kept after each, for N tokens, budget b, L layers.
 
     Away from the released operating point the list is scaled so that
@@ -389,8 +387,7 @@ class SparseVLM(Strategy):
         dropped = torch.nonzero(dropped_mask).squeeze(1)
         merged, positions = recycle(ctx.tokens, scores, dropped, float(self.params["recycle_ratio"]))
         # the release appends the recycled tokens after the kept ones and renumbers (contiguous)
-        return Selection(keep=keep, merged=merged, merged_positions=positions, scores=scores,
-                         merged_at_end=self.position_policy == "contiguous")
+        return Selection(keep=keep, merged=merged, merged_positions=positions, scores=scores, merged_at_end=self.position_policy == "contiguous")
 
     @staticmethod
     def _raters(state: dict, att: torch.Tensor) -> torch.Tensor:

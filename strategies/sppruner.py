@@ -71,8 +71,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from tokenbench.strategies.attention_only import top_k_sorted
 from tokenbench.errors import UsageError
+from tokenbench.strategies.attention_only import top_k_sorted
 from tokenbench.strategy import ModelInfo, Selection, StageContext, StageSpec, Strategy
 
 

@@ -65,8 +65,6 @@ Deviations from the official code, and the adapter signal that would remove each
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
-
 import torch
 import torch.nn.functional as F
 

@@ -7,8 +7,9 @@ line that names the file and the layout the loader expected.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 
 def data_error(path: Any, problem: str, layout: str) -> Exception:

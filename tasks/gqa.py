@@ -18,8 +18,8 @@ template.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from tokenbench.answers import vqa_normalize
 from tokenbench.task import Sample, Task
@@ -60,8 +60,15 @@ class GqaTask(Task):
         for qid, q in data.items():
             need_keys(q, ("imageId", "question", "answer"), f"{qfile} question {qid}", LAYOUT)
             types = q.get("types") or {}
-            samples.append(Sample(id=str(qid), image=str(images / f"{q['imageId']}.jpg"), question=str(q["question"]),
-                                  answers=(str(q["answer"]),), kind=str(types.get("structural") or "unknown")))
+            samples.append(
+                Sample(
+                    id=str(qid),
+                    image=str(images / f"{q['imageId']}.jpg"),
+                    question=str(q["question"]),
+                    answers=(str(q["answer"]),),
+                    kind=str(types.get("structural") or "unknown"),
+                )
+            )
         check_images((Path(s.image) for s in samples), LAYOUT)
         return samples
 

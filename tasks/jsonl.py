@@ -9,8 +9,8 @@ number words); with ``choices``, the option letter or the option text counts.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from tokenbench.answers import choice_letter, exact_match
 from tokenbench.task import Sample, Task, TaskDataError

@@ -35,8 +35,9 @@ import binascii
 import csv
 import io
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from tokenbench.answers import option_letter
 from tokenbench.task import Sample, Task
@@ -44,10 +45,7 @@ from tokenbench.tasks.files import accuracy_by_kind, as_bool, choice_prompt, dat
 
 LETTERS = "ABCDEFGHIJ"
 COPY = 1_000_000
-LAYOUT = (
-    "a TSV file (e.g. mmbench_dev_en_20231003.tsv) with header columns index, question, hint, A, B, C, D, answer, "
-    "category, image (base64)"
-)
+LAYOUT = "a TSV file (e.g. mmbench_dev_en_20231003.tsv) with header columns index, question, hint, A, B, C, D, answer, category, image (base64)"
 
 
 def _empty(value: Any) -> bool:

@@ -26,8 +26,8 @@ evaluation and lmms-eval do; the adapter applies the chat template.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from tokenbench.answers import mme_yes_no
 from tokenbench.task import Sample, Task
@@ -91,8 +91,9 @@ class MmeTask(Task):
                 if not tab or not question.strip() or answer not in ("yes", "no"):
                     raise data_error(f"{txt}:{lineno}", "expected 'question<TAB>Yes|No'", LAYOUT)
                 group = f"{subtask}/{txt.stem}"
-                samples.append(Sample(id=f"{group}/{n}", image=str(images[txt.stem]), question=question.strip(),
-                                      answers=(answer,), kind=subtask, meta={"group": group}))
+                samples.append(
+                    Sample(id=f"{group}/{n}", image=str(images[txt.stem]), question=question.strip(), answers=(answer,), kind=subtask, meta={"group": group})
+                )
                 n += 1
             if not n:
                 raise data_error(txt, "no questions", LAYOUT)

@@ -21,8 +21,9 @@ phrase."``, as in LLaVA-1.5's evaluation; the adapter applies the chat template.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from tokenbench.answers import pope_yes_no
 from tokenbench.task import Sample, Task
@@ -92,8 +93,9 @@ class PopeTask(Task):
                 label = str(obj["label"]).strip().lower()
                 if label not in ("yes", "no"):
                     raise data_error(f"{path}:{lineno}", f"label {obj['label']!r} is not yes or no", LAYOUT)
-                samples.append(Sample(id=f"{split}-{obj['question_id']}", image=str(images / obj["image"]),
-                                      question=str(obj["text"]), answers=(label,), kind=split))
+                samples.append(
+                    Sample(id=f"{split}-{obj['question_id']}", image=str(images / obj["image"]), question=str(obj["text"]), answers=(label,), kind=split)
+                )
         check_images((Path(s.image) for s in samples), LAYOUT)
         return samples
 
@@ -101,8 +103,12 @@ class PopeTask(Task):
         try:
             import datasets
         except ImportError:
-            raise data_error(root, "a Hugging Face dataset saved with save_to_disk needs the 'datasets' package, which is "
-                             "not installed (pip install datasets), or use the POPE repository's JSON files", LAYOUT) from None
+            raise data_error(
+                root,
+                "a Hugging Face dataset saved with save_to_disk needs the 'datasets' package, which is "
+                "not installed (pip install datasets), or use the POPE repository's JSON files",
+                LAYOUT,
+            ) from None
         ds = datasets.load_from_disk(str(root))
         if hasattr(ds, "keys"):  # a DatasetDict: lmms-lab/POPE has one split, "test"
             ds = ds["test"] if "test" in ds else ds[next(iter(ds.keys()))]
@@ -110,9 +116,15 @@ class PopeTask(Task):
         for i, row in enumerate(ds):
             need_keys(row, ("question_id", "question", "answer", "image", "category"), f"{root} row {i}", LAYOUT)
             if row["category"] in self.splits:
-                samples.append(Sample(id=f"{row['category']}-{row['question_id']}", image=row["image"],
-                                      question=str(row["question"]), answers=(str(row["answer"]).strip().lower(),),
-                                      kind=str(row["category"])))
+                samples.append(
+                    Sample(
+                        id=f"{row['category']}-{row['question_id']}",
+                        image=row["image"],
+                        question=str(row["question"]),
+                        answers=(str(row["answer"]).strip().lower(),),
+                        kind=str(row["category"]),
+                    )
+                )
         if not samples:
             raise data_error(root, f"no rows of split(s) {', '.join(self.splits)}", LAYOUT)
         return samples

@@ -27,8 +27,8 @@ that follow the prompt (LLaVA-1.5-7B: 69.5).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from tokenbench.answers import option_letter
 from tokenbench.task import Sample, Task
@@ -80,9 +80,17 @@ class ScienceQaImgTask(Task):
             choices = tuple(str(c) for c in p["choices"])
             if not isinstance(p["answer"], int) or not 0 <= p["answer"] < len(choices) <= len(LETTERS):
                 raise data_error(f"{pfile} problem {pid}", f"answer {p['answer']!r} is not an index into choices", LAYOUT)
-            samples.append(Sample(id=str(pid), image=str(images / pid / str(p["image"])), question=str(p["question"]),
-                                  answers=(LETTERS[p["answer"]],), choices=choices, kind=str(p.get("subject") or "unknown"),
-                                  meta={"hint": str(p.get("hint") or "").strip()}))
+            samples.append(
+                Sample(
+                    id=str(pid),
+                    image=str(images / pid / str(p["image"])),
+                    question=str(p["question"]),
+                    answers=(LETTERS[p["answer"]],),
+                    choices=choices,
+                    kind=str(p.get("subject") or "unknown"),
+                    meta={"hint": str(p.get("hint") or "").strip()},
+                )
+            )
         if not samples:
             raise data_error(pfile, "no test problems with an image", LAYOUT)
         check_images((Path(s.image) for s in samples), LAYOUT)

@@ -23,8 +23,9 @@ applies the chat template.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from tokenbench.answers import vqa_accuracy
 from tokenbench.task import Sample, Task
@@ -34,8 +35,7 @@ FILE = "TextVQA_0.5.1_val.json"
 OCR_FILE = "TextVQA_Rosetta_OCR_v0.2_val.json"
 SUFFIX = "\nAnswer the question using a single word or phrase."
 LAYOUT = (
-    f"DIR/{FILE} ({{data: [{{question_id, question, image_id, answers[10]}}]}}) + DIR/train_images/{{image_id}}.jpg "
-    f"(or option images=DIR) [+ DIR/{OCR_FILE}]"
+    f"DIR/{FILE} ({{data: [{{question_id, question, image_id, answers[10]}}]}}) + DIR/train_images/{{image_id}}.jpg (or option images=DIR) [+ DIR/{OCR_FILE}]"
 )
 
 
@@ -71,9 +71,16 @@ class TextVqaTask(Task):
             if not isinstance(answers, list) or not answers:
                 raise data_error(where, "'answers' must be a non-empty list of strings", LAYOUT)
             tokens = q.get("ocr_tokens") or rosetta.get(str(q["image_id"])) or []
-            samples.append(Sample(id=str(q["question_id"]), image=str(images / f"{q['image_id']}.jpg"),
-                                  question=str(q["question"]), answers=tuple(str(a) for a in answers), kind="textvqa",
-                                  meta={"ocr_tokens": tuple(str(t) for t in tokens)}))
+            samples.append(
+                Sample(
+                    id=str(q["question_id"]),
+                    image=str(images / f"{q['image_id']}.jpg"),
+                    question=str(q["question"]),
+                    answers=tuple(str(a) for a in answers),
+                    kind="textvqa",
+                    meta={"ocr_tokens": tuple(str(t) for t in tokens)},
+                )
+            )
         if self.options["ocr"] and not any(s.meta["ocr_tokens"] for s in samples):
             raise data_error(qfile, f"option ocr=true but no question has 'ocr_tokens' and {OCR_FILE} is absent", LAYOUT)
         check_images((Path(s.image) for s in samples), LAYOUT)

@@ -31,8 +31,9 @@ compared with the reference at atol 1e-5.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -173,9 +174,17 @@ class Scripted(Strategy):
     def select(self, ctx: StageContext) -> Selection:
         clone = lambda t: None if t is None else t.detach().clone()  # noqa: E731
         self.seen[(ctx.sample_id, ctx.stage.label)] = StageContext(
-            stage=ctx.stage, sample_id=ctx.sample_id, budget=ctx.budget, num_visual=ctx.num_visual,
-            grid=ctx.grid, num_layers=ctx.num_layers, tokens=clone(ctx.tokens), origin=clone(ctx.origin),
-            generator=ctx.generator, saliency=clone(ctx.saliency), text_embeddings=clone(ctx.text_embeddings),
+            stage=ctx.stage,
+            sample_id=ctx.sample_id,
+            budget=ctx.budget,
+            num_visual=ctx.num_visual,
+            grid=ctx.grid,
+            num_layers=ctx.num_layers,
+            tokens=clone(ctx.tokens),
+            origin=clone(ctx.origin),
+            generator=ctx.generator,
+            saliency=clone(ctx.saliency),
+            text_embeddings=clone(ctx.text_embeddings),
             attention=clone(ctx.attention),
         )
         rule = self.rules.get(ctx.stage.label)
@@ -600,9 +609,11 @@ def test_attention_signal_equals_eager_probabilities(m: Bundle, query: str) -> N
     with torch.no_grad():
         att = m.eager(**ref.enc, position_ids=ref.pos, output_attentions=True).attentions[K].mean(dim=1)  # [B,S,S]
     for b, sid in enumerate(["a", "b"]):
-        rows = {"last": ref.valid[b] & (torch.arange(ref.valid.shape[1]) == ref.valid.shape[1] - 1),
-                "text": ref.valid[b] & ~ref.is_img[b],
-                "all": ref.valid[b]}[query]
+        rows = {
+            "last": ref.valid[b] & (torch.arange(ref.valid.shape[1]) == ref.valid.shape[1] - 1),
+            "text": ref.valid[b] & ~ref.is_img[b],
+            "all": ref.valid[b],
+        }[query]
         expected = att[b][rows][:, ref.is_img[b]]
         got = strategy.seen[(sid, f"llm@{K}")].attention
         assert got is not None and got.shape == expected.shape

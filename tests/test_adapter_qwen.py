@@ -71,8 +71,10 @@ def samples() -> list[Sample]:
     rng = np.random.default_rng(0)
     from PIL import Image
 
-    return [Sample(id=f"s{i}", image=Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)), question=q, answers=("x",))
-            for i, ((w, h), q) in enumerate(zip(SIZES, PROMPTS))]
+    return [
+        Sample(id=f"s{i}", image=Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)), question=q, answers=("x",))
+        for i, ((w, h), q) in enumerate(zip(SIZES, PROMPTS))
+    ]
 
 
 def _encode(adapter: Qwen2_5_VLAdapter, samples: list[Sample]) -> dict[str, Any]:
@@ -134,12 +136,14 @@ def test_baseline_equals_unmodified_model(adapter: Qwen2_5_VLAdapter, stock: Any
         ref = stock(**enc).logits[:, -1].float()
         gen = stock.generate(**enc, max_new_tokens=20, do_sample=False)
     torch.testing.assert_close(out.first_logits, ref, atol=ATOL, rtol=0)
-    assert out.tokens == gen[:, enc["input_ids"].shape[1]:].tolist()
+    assert out.tokens == gen[:, enc["input_ids"].shape[1] :].tolist()
     assert all(len(t) == 20 for t in out.tokens)
     assert [s.num_visual for s in setups] == [h * w for h, w in GRIDS[-batch:]]
 
 
-def _reference(stock: Any, enc: dict[str, Any], b: int, rows: torch.Tensor, steps: int, merged: tuple[int, list[int]] | None = None) -> tuple[torch.Tensor, list[int]]:
+def _reference(
+    stock: Any, enc: dict[str, Any], b: int, rows: torch.Tensor, steps: int, merged: tuple[int, list[int]] | None = None
+) -> tuple[torch.Tensor, list[int]]:
     """Sample b alone through the stock model on ``inputs_embeds``: the text, then the visual tokens ``rows``
     (original indices) with their original 3-D positions, greedy decoding at the last position + 1.
     ``merged = (j, sources)``: entry j of ``rows`` is the mean of the visual tokens ``sources``, at the position of ``rows[j]``."""
@@ -167,7 +171,9 @@ def _reference(stock: Any, enc: dict[str, Any], b: int, rows: torch.Tensor, step
         positions = torch.cat([pos[:, :, before], pos[:, :, img[rows]], pos[:, :, after]], dim=2)
         length = embeds.shape[1]
         cache = DynamicCache(config=cfg.text_config)
-        logits = stock(inputs_embeds=embeds, position_ids=positions, attention_mask=torch.ones(1, length, dtype=torch.long), cache=cache, use_cache=True).logits[:, -1]
+        logits = stock(
+            inputs_embeds=embeds, position_ids=positions, attention_mask=torch.ones(1, length, dtype=torch.long), cache=cache, use_cache=True
+        ).logits[:, -1]
         first, tokens = logits[0].float(), []
         for step in range(steps):
             tokens.append(int(logits.argmax(-1)))

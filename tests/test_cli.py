@@ -12,13 +12,43 @@ import pytest
 
 from tokenbench.cli import main
 
-JSON_KEYS = {"strategy", "budget", "n", "accuracy", "ci95", "delta_vs_baseline", "p_value", "p_adjusted",
-             "visual_tokens_llm_input", "flops_prefill", "visual_tokens_per_layer", "visual_tokens_layer_avg", "flops", "params"}
+JSON_KEYS = {
+    "strategy",
+    "budget",
+    "n",
+    "accuracy",
+    "ci95",
+    "delta_vs_baseline",
+    "p_value",
+    "p_adjusted",
+    "visual_tokens_llm_input",
+    "flops_prefill",
+    "visual_tokens_per_layer",
+    "visual_tokens_layer_avg",
+    "flops",
+    "params",
+}
 
 
 def test_compare_json_carries_the_documented_keys(tiny_llava: Path, jsonl_task: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["compare", "--model", str(tiny_llava), "--task", f"jsonl:{jsonl_task}", "--strategies", "random,attention-only,pooling",
-                 "--keep", "0.25", "--format", "json", "--store", str(tmp_path / "r.db"), "--quiet"])
+    code = main(
+        [
+            "compare",
+            "--model",
+            str(tiny_llava),
+            "--task",
+            f"jsonl:{jsonl_task}",
+            "--strategies",
+            "random,attention-only,pooling",
+            "--keep",
+            "0.25",
+            "--format",
+            "json",
+            "--store",
+            str(tmp_path / "r.db"),
+            "--quiet",
+        ]
+    )
     assert code == 0
     out = json.loads(capsys.readouterr().out)
     assert {"model", "task", "device", "environment", "results"} <= set(out)
@@ -36,8 +66,27 @@ def test_compare_json_carries_the_documented_keys(tiny_llava: Path, jsonl_task: 
 
 
 def test_compare_table_is_printed(tiny_llava: Path, jsonl_task: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["compare", "--model", str(tiny_llava), "--task", f"jsonl:{jsonl_task}", "--strategies", "random",
-                 "--budget", "4,8", "--store", str(tmp_path / "r.db"), "--quiet", "--by", "kind"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--model",
+                str(tiny_llava),
+                "--task",
+                f"jsonl:{jsonl_task}",
+                "--strategies",
+                "random",
+                "--budget",
+                "4,8",
+                "--store",
+                str(tmp_path / "r.db"),
+                "--quiet",
+                "--by",
+                "kind",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "acc %" in out and "Δ pts [95% CI]" in out and "p adj." in out and "kind = colour" in out
     assert out.count("random") >= 4  # two budgets, overall and per kind
@@ -56,7 +105,9 @@ def test_compare_table_is_printed(tiny_llava: Path, jsonl_task: Path, tmp_path: 
         (["--strategies", "random", "--limit", "0"], "--limit must be positive, got 0"),
     ],
 )
-def test_bad_values_fail_in_one_line_before_any_model_loads(args: list[str], message: str, tiny_llava: Path, jsonl_task: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_values_fail_in_one_line_before_any_model_loads(
+    args: list[str], message: str, tiny_llava: Path, jsonl_task: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     base = ["compare", "--model", str(tiny_llava), "--task", f"jsonl:{jsonl_task}", "--store", str(tmp_path / "r.db")]
     if "--task" in args:
         base = base[:3] + base[5:]
@@ -68,22 +119,44 @@ def test_bad_values_fail_in_one_line_before_any_model_loads(args: list[str], mes
 
 
 def test_missing_model_path_is_one_line(tmp_path: Path, jsonl_task: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "tokenbench.cli", "compare", "--model", str(tmp_path / "nowhere"), "--adapter", "llava",
-                           "--task", f"jsonl:{jsonl_task}", "--strategies", "random", "--store", str(tmp_path / "r.db")],
-                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tokenbench.cli",
+            "compare",
+            "--model",
+            str(tmp_path / "nowhere"),
+            "--adapter",
+            "llava",
+            "--task",
+            f"jsonl:{jsonl_task}",
+            "--strategies",
+            "random",
+            "--store",
+            str(tmp_path / "r.db"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parent,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert lines[-1] == f"tokenbench: error: {tmp_path / 'nowhere'}: no such directory (--model takes a checkpoint directory, " \
-        "a hub id such as llava-hf/llava-1.5-7b-hf, or a name from 'tokenbench list models')", lines
+    assert (
+        lines[-1] == f"tokenbench: error: {tmp_path / 'nowhere'}: no such directory (--model takes a checkpoint directory, "
+        "a hub id such as llava-hf/llava-1.5-7b-hf, or a name from 'tokenbench list models')"
+    ), lines
     assert "Traceback" not in proc.stderr and not (tmp_path / "r.db").exists()
 
 
-def test_a_hub_id_not_in_the_cache_while_offline_names_the_cache_and_the_fetch_command(tmp_path: Path, jsonl_task: Path,
-                                                                                        monkeypatch: pytest.MonkeyPatch,
-                                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_hub_id_not_in_the_cache_while_offline_names_the_cache_and_the_fetch_command(
+    tmp_path: Path, jsonl_task: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    code = main(["compare", "--model", "no-such-org/no-such-model", "--task", f"jsonl:{jsonl_task}", "--strategies", "random",
-                 "--store", str(tmp_path / "r.db")])
+    code = main(
+        ["compare", "--model", "no-such-org/no-such-model", "--task", f"jsonl:{jsonl_task}", "--strategies", "random", "--store", str(tmp_path / "r.db")]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
     assert "no-such-org/no-such-model: not in the local Hugging Face cache (" in err[0]
@@ -113,10 +186,15 @@ def test_the_embedded_model_is_named_reference_not_by_its_install_path(tmp_path:
 @pytest.mark.parametrize(
     ("cores", "load", "online", "threads"),
     [
-        (2, 0.0, None, 2), (2, 0.4, None, 2),  # a quiet machine: every core (34 s against 41 s with 1 thread, issue 20)
-        (2, 0.6, None, 1), (2, 2.1, None, 1), (2, 5.0, None, 1),  # one core busy or more: 1 thread, never 0
-        (16, 3.0, None, 13), (16, 3.6, None, 12),
-        (8, 32.0, 64, 4), (8, 0.0, 64, 8),  # a host-wide load over a 64-CPU host, 8 of them ours
+        (2, 0.0, None, 2),
+        (2, 0.4, None, 2),  # a quiet machine: every core (34 s against 41 s with 1 thread, issue 20)
+        (2, 0.6, None, 1),
+        (2, 2.1, None, 1),
+        (2, 5.0, None, 1),  # one core busy or more: 1 thread, never 0
+        (16, 3.0, None, 13),
+        (16, 3.6, None, 12),
+        (8, 32.0, 64, 4),
+        (8, 0.0, 64, 8),  # a host-wide load over a 64-CPU host, 8 of them ours
         (1, 0.0, None, 1),
     ],
 )
@@ -126,8 +204,9 @@ def test_threads_are_the_cores_not_already_busy(cores: int, load: float, online:
     assert cpu_threads(cores, load, online) == threads
 
 
-def test_the_default_threads_follow_the_load_and_are_printed_once(tiny_llava: Path, jsonl_task: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_default_threads_follow_the_load_and_are_printed_once(
+    tiny_llava: Path, jsonl_task: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import torch
 
     import tokenbench.cli_options as opts
@@ -135,8 +214,19 @@ def test_the_default_threads_follow_the_load_and_are_printed_once(tiny_llava: Pa
     monkeypatch.setattr(opts, "usable_cores", lambda: 2)
     monkeypatch.setattr(opts, "machine_load", lambda: 2.14)
     before = torch.get_num_threads()
-    args = ["compare", "--model", str(tiny_llava), "--task", f"jsonl:{jsonl_task}", "--strategies", "random", "--keep", "0.25",
-            "--store", str(tmp_path / "r.db")]
+    args = [
+        "compare",
+        "--model",
+        str(tiny_llava),
+        "--task",
+        f"jsonl:{jsonl_task}",
+        "--strategies",
+        "random",
+        "--keep",
+        "0.25",
+        "--store",
+        str(tmp_path / "r.db"),
+    ]
     try:
         assert main(args) == 0
         assert torch.get_num_threads() == 1
@@ -158,9 +248,30 @@ PROGRESS = re.compile(r"^tokenbench: run (\d) of 3 \((.+)\): (\d+) of 18 samples
 
 def test_a_run_off_a_terminal_prints_progress_lines(tiny_llava: Path, jsonl_task: Path, tmp_path: Path) -> None:
     """stderr is a pipe here, as in a log file, CI or nohup: plain lines with the overall position."""
-    proc = subprocess.run([sys.executable, "-m", "tokenbench.cli", "compare", "--model", str(tiny_llava), "--task", f"jsonl:{jsonl_task}",
-                           "--strategies", "random,attention-only", "--keep", "0.25", "--batch-size", "4", "--store", str(tmp_path / "r.db")],
-                          capture_output=True, text=True, timeout=600, cwd=Path(__file__).parent)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tokenbench.cli",
+            "compare",
+            "--model",
+            str(tiny_llava),
+            "--task",
+            f"jsonl:{jsonl_task}",
+            "--strategies",
+            "random,attention-only",
+            "--keep",
+            "0.25",
+            "--batch-size",
+            "4",
+            "--store",
+            str(tmp_path / "r.db"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(__file__).parent,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = [m for m in map(PROGRESS.match, proc.stderr.splitlines()) if m]
     assert {int(m[1]) for m in lines} == {1, 2, 3}  # run k of K, every run
@@ -171,14 +282,34 @@ def test_a_run_off_a_terminal_prints_progress_lines(tiny_llava: Path, jsonl_task
     assert "Loading weights" not in proc.stderr  # transformers' bar is off
 
 
-def test_every_run_says_where_its_results_are_and_how_to_read_them_back(tiny_llava: Path, jsonl_task: Path, tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_every_run_says_where_its_results_are_and_how_to_read_them_back(
+    tiny_llava: Path, jsonl_task: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import csv
     import shlex
 
     store = tmp_path / "my results.db"
-    assert main(["compare", "--model", str(tiny_llava), "--task", f"jsonl:{jsonl_task}", "--strategies", "random", "--keep", "0.25",
-                 "--store", str(store), "--quiet", "--format", "json"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--model",
+                str(tiny_llava),
+                "--task",
+                f"jsonl:{jsonl_task}",
+                "--strategies",
+                "random",
+                "--keep",
+                "0.25",
+                "--store",
+                str(store),
+                "--quiet",
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
     out, err = capsys.readouterr()
     run_ids = [r["run_id"] for r in json.loads(out)["results"]]
     assert f"tokenbench: 2 runs (12 sample records) stored in {store}\n" in err
@@ -213,8 +344,22 @@ LONG = "sppruner:context=False,merge=False"  # as tables label it: parameters so
 def test_the_default_tables_fit_100_columns(tiny_llava: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Six strategies, one with parameters, on shapes (relevant-recall column), by kind: 100 columns; --wide has everything."""
     db = str(tmp_path / "r.db")
-    args = ["compare", "--model", str(tiny_llava), "--strategies", "random,attention-only,pooling,fastv,sparsevlm,sppruner:merge=false,context=false",
-            "--keep", "0.25", "--limit", "8", "--by", "kind", "--store", db, "--quiet"]
+    args = [
+        "compare",
+        "--model",
+        str(tiny_llava),
+        "--strategies",
+        "random,attention-only,pooling,fastv,sparsevlm,sppruner:merge=false,context=false",
+        "--keep",
+        "0.25",
+        "--limit",
+        "8",
+        "--by",
+        "kind",
+        "--store",
+        db,
+        "--quiet",
+    ]
     assert main(args) == 0
     out = capsys.readouterr().out
     assert max(len(line) for line in out.splitlines()) <= 100, max(out.splitlines(), key=len)
@@ -232,8 +377,20 @@ def test_the_default_tables_fit_100_columns(tiny_llava: Path, tmp_path: Path, ca
 def test_wide_and_md_keep_the_full_headers(tiny_llava: Path, jsonl_task: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Only the terminal table is compact: md (and the leaderboards) and --wide keep every column and footnote as they were."""
     headers = ["strategy", "budget", "n", "acc % [95% CI]", "Δ vs base, pts [95% CI]", "p (adj.)", "tokens in / layer-avg", "prefill FLOPs vs base"]
-    args = ["compare", "--model", str(tiny_llava), "--task", f"jsonl:{jsonl_task}", "--strategies", "random", "--keep", "0.25",
-            "--store", str(tmp_path / "r.db"), "--quiet"]
+    args = [
+        "compare",
+        "--model",
+        str(tiny_llava),
+        "--task",
+        f"jsonl:{jsonl_task}",
+        "--strategies",
+        "random",
+        "--keep",
+        "0.25",
+        "--store",
+        str(tmp_path / "r.db"),
+        "--quiet",
+    ]
     assert main([*args, "--format", "md"]) == 0
     md = capsys.readouterr().out.splitlines()
     assert [c.strip() for c in md[0].strip("|").split("|")] == headers and any(line.startswith("- torch ") for line in md)
@@ -244,14 +401,18 @@ def test_wide_and_md_keep_the_full_headers(tiny_llava: Path, jsonl_task: Path, t
 
 
 # -- smaller ones ------------------------------------------------------------------------
-def test_show_says_an_id_is_needed_and_names_the_one_at_that_position(tiny_llava: Path, jsonl_task: Path, tmp_path: Path,
-                                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["show", "--model", str(tiny_llava), "--task", f"jsonl:{jsonl_task}", "--strategies", "random", "--sample", "3",
-                 "--out", str(tmp_path / "x.png")])
+def test_show_says_an_id_is_needed_and_names_the_one_at_that_position(
+    tiny_llava: Path, jsonl_task: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        ["show", "--model", str(tiny_llava), "--task", f"jsonl:{jsonl_task}", "--strategies", "random", "--sample", "3", "--out", str(tmp_path / "x.png")]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1, err
-    assert err[0] == ("tokenbench: error: unknown sample '3' in task jsonl: --sample takes an id, not a position; "
-                      "the sample at position 3 is 's3' (6 samples, first 's0', last 's5')")
+    assert err[0] == (
+        "tokenbench: error: unknown sample '3' in task jsonl: --sample takes an id, not a position; "
+        "the sample at position 3 is 's3' (6 samples, first 's0', last 's5')"
+    )
     assert "runs --export" not in err[0]
 
 

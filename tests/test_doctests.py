@@ -9,10 +9,7 @@ import pkgutil
 import pytest
 
 PACKAGES = ("tokenbench", "tokenbench.strategies", "tokenbench.adapters", "tokenbench.tasks", "tokenbench.tasks.shapes")
-MODULES = sorted(
-    {p for p in PACKAGES}
-    | {m.name for p in PACKAGES for m in pkgutil.iter_modules(importlib.import_module(p).__path__, p + ".") if not m.ispkg}
-)
+MODULES = sorted({p for p in PACKAGES} | {m.name for p in PACKAGES for m in pkgutil.iter_modules(importlib.import_module(p).__path__, p + ".") if not m.ispkg})
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -150,8 +150,16 @@ def test_uncounted_matmul_raises_naming_it() -> None:
 
 
 def test_operator_classification() -> None:
-    for op in ("aten::linear", "bmm", "aten::baddbmm_", "aten::conv2d", "conv", "aten::_convolution",
-               "aten::_scaled_dot_product_flash_attention_for_cpu", "scaled_dot_product_attention"):
+    for op in (
+        "aten::linear",
+        "bmm",
+        "aten::baddbmm_",
+        "aten::conv2d",
+        "conv",
+        "aten::_convolution",
+        "aten::_scaled_dot_product_flash_attention_for_cpu",
+        "scaled_dot_product_attention",
+    ):
         assert is_matmul_operator(op), op
     for op in ("aten::mul", "aten::silu", "aten::softmax", "layer_norm", "aten::__and__", "aten::embedding"):
         assert not is_matmul_operator(op), op
@@ -219,8 +227,9 @@ def test_decode_step_matches_analytic(llama: LlamaForCausalLM) -> None:
 
 @pytest.mark.parametrize("impl", ["sdpa", "eager"])
 def test_clip_vision_tower_matches_analytic(impl: str) -> None:
-    cfg = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           patch_size=4, image_size=24, attn_implementation=impl)
+    cfg = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=4, image_size=24, attn_implementation=impl
+    )
     torch.manual_seed(0)
     model = CLIPVisionModel(cfg).eval()
     result = count_macs(model, (torch.randn(1, 3, 24, 24),))
@@ -235,8 +244,7 @@ def test_qwen2_5_vl_vision_tower_matches_analytic(height_width: tuple[int, int])
     from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLVisionConfig
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
-    cfg = Qwen2_5_VLVisionConfig(depth=2, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=24,
-                                 window_size=112, fullatt_block_indexes=[1])
+    cfg = Qwen2_5_VLVisionConfig(depth=2, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=24, window_size=112, fullatt_block_indexes=[1])
     cfg._attn_implementation = "sdpa"
     torch.manual_seed(0)
     model = Qwen2_5_VisionTransformerPretrainedModel(cfg).eval()
@@ -251,8 +259,10 @@ def test_qwen2_5_vl_vision_tower_matches_analytic(height_width: tuple[int, int])
 
 def test_bundled_configs() -> None:
     for name, (d, layers, tokens) in {
-        "llava-1.5-7b": (4096, 32, 576), "llava-1.5-13b": (5120, 40, 576),
-        "qwen2.5-vl-3b": (2048, 36, 256), "qwen2.5-vl-7b": (3584, 28, 256),
+        "llava-1.5-7b": (4096, 32, 576),
+        "llava-1.5-13b": (5120, 40, 576),
+        "qwen2.5-vl-3b": (2048, 36, 256),
+        "qwen2.5-vl-7b": (3584, 28, 256),
     }.items():
         cfg = load_model_config(name)
         assert cfg["source"] and cfg["num_visual_tokens"] == tokens

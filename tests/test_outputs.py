@@ -49,8 +49,22 @@ def test_results_frame_has_one_row_per_run_and_sample(compared: dict[str, Any]) 
     import tokenbench
 
     df = tokenbench.results_frame(compared["db"])
-    assert list(df.columns) == ["run_id", "model", "task", "strategy", "params", "budget", "sample_id", "kind", "score", "prediction",
-                                "error", "tokens_in", "layer_avg", "answer_margin"]  # no relevant_token_recall on jsonl
+    assert list(df.columns) == [
+        "run_id",
+        "model",
+        "task",
+        "strategy",
+        "params",
+        "budget",
+        "sample_id",
+        "kind",
+        "score",
+        "prediction",
+        "error",
+        "tokens_in",
+        "layer_avg",
+        "answer_margin",
+    ]  # no relevant_token_recall on jsonl
     assert len(df) == 3 * 6 and sorted(df["strategy"].unique()) == ["attention-only", "baseline", "random"]
     rnd = df[df.strategy == "random"]
     assert set(rnd.tokens_in) == {9} and set(rnd.layer_avg) == {9.0} and set(rnd.budget) == {"25.0%"}
@@ -75,8 +89,9 @@ def test_pareto_front_keeps_only_undominated_points() -> None:
     assert pareto_front([(1.0, 0.9), (0.5, 0.8), (0.6, 0.7), (0.2, 0.8), (0.1, 0.5)]) == [4, 3, 0]
 
 
-def test_missing_matplotlib_is_one_line_before_any_run(compared: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_matplotlib_is_one_line_before_any_run(
+    compared: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     code = main(["compare", *compared["args"][:-1], str(tmp_path / "new.db"), "--plot", str(tmp_path / "p.png")])
     err = capsys.readouterr().err.strip().splitlines()
@@ -92,7 +107,9 @@ def test_show_draws_the_kept_tokens(tiny_llava: Path, tmp_path: Path) -> None:
 
 
 def test_show_unknown_sample_is_one_line(tiny_llava: Path, jsonl_task: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code = main(["show", "--model", str(tiny_llava), "--task", f"jsonl:{jsonl_task}", "--strategies", "random", "--sample", "s99", "--out", str(tmp_path / "x.png")])
+    code = main(
+        ["show", "--model", str(tiny_llava), "--task", f"jsonl:{jsonl_task}", "--strategies", "random", "--sample", "s99", "--out", str(tmp_path / "x.png")]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "unknown sample 's99'" in err[0], err
 
@@ -130,8 +147,9 @@ def test_identical_rerun_in_a_fresh_store_passes(reference: Path, capsys: pytest
     assert "passed" in capsys.readouterr().out
 
 
-def test_changed_flops_fail_naming_strategy_metric_measured_and_allowed(reference: Path, compared: dict[str, Any], tmp_path: Path,
-                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_changed_flops_fail_naming_strategy_metric_measured_and_allowed(
+    reference: Path, compared: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     measured = _row(json.loads(reference.read_text()), "random")["flops_prefill"]
     ref = _edited(reference, tmp_path, lambda o: _row(o, "random").update(flops_prefill=123.0))
     assert _gate(ref, "--store", str(compared["db"])) == 1
@@ -151,7 +169,8 @@ def test_checks_on_tokens_and_prediction_flips(reference: Path) -> None:
         return check(edited, ref, True)[0]
 
     assert fails(lambda o: _row(o, "attention-only").update(visual_tokens_per_layer=[8.0] * 4)) == [
-        "attention-only @ 25.0%: visual_tokens_per_layer: measured [9.0, 9.0, 9.0, 9.0], allowed [8.0, 8.0, 8.0, 8.0] (exactly the reference)"]
+        "attention-only @ 25.0%: visual_tokens_per_layer: measured [9.0, 9.0, 9.0, 9.0], allowed [8.0, 8.0, 8.0, 8.0] (exactly the reference)"
+    ]
     low = lambda o: _row(o, "random")["predictions"].update(s0=["zzz", 0.01])  # noqa: E731
     assert fails(low) == []  # a near tie may flip
     high = lambda o: _row(o, "random")["predictions"].update(s0=["zzz", 3.0])  # noqa: E731
@@ -293,8 +312,9 @@ def test_leaderboard_and_frame_from_the_exported_results_file_match_the_store(co
     assert frame.equals(tokenbench.results_frame(compared["db"])) and len(frame) == 18
 
 
-def test_a_results_file_imported_into_a_working_store_resumes_without_recomputing(compared: dict[str, Any], tmp_path: Path,
-                                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_results_file_imported_into_a_working_store_resumes_without_recomputing(
+    compared: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from tokenbench.store import Store
 
     exported, work = tmp_path / "r.jsonl.gz", tmp_path / "work.db"
@@ -308,7 +328,6 @@ def test_a_results_file_imported_into_a_working_store_resumes_without_recomputin
 
 def test_new_reference_defaults_use_registered_strategies() -> None:
     from tokenbench.gate import default_strategies
-
     from tokenbench.registry import get_registry
 
     registered = get_registry().names("strategies")
@@ -332,8 +351,9 @@ def test_the_published_leaderboard_regenerates_byte_for_byte(tmp_path: Path) -> 
             assert path.read_bytes() == published.read_bytes(), f"{published} differs from what {store.name} renders"
 
 
-def test_leaderboard_defaults_to_a_new_folder_and_says_what_it_replaces(compared: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_leaderboard_defaults_to_a_new_folder_and_says_what_it_replaces(
+    compared: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Run from the repository's root, the defaults must not write over the committed leaderboards/."""
     from tokenbench.leaderboard import DEFAULT_OUT
 

@@ -83,4 +83,3 @@ def test_m_rope_contiguous_keeps_the_visual_ids_and_closes_the_gap_after_them() 
     ids = torch.tensor([[0, 0, 0], [1, 1, 1], [1, 2, 3], [5, 5, 5], [6, 6, 6]])
     visual = torch.tensor([False, True, True, False, False])
     assert contiguous_positions(ids, visual).tolist() == [[0, 0, 0], [1, 1, 1], [1, 2, 3], [4, 4, 4], [5, 5, 5]]
-

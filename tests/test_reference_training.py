@@ -54,8 +54,7 @@ def test_a_near_filled_sample_keeps_the_cells_nearest_its_relevant_ones(rm, ques
             assert dist[row].max() <= dist[~row].min(), q.id
     # without near fills the kept others are random: some dropped cell is nearer than a kept one
     rand = enc.keep_mask(questions, 1.0, torch.Generator().manual_seed(0), lo=24, hi=24)
-    assert any(enc._distance_to(q.relevant_cells)[r].max() > enc._distance_to(q.relevant_cells)[~r].min()
-               for q, r in zip(questions, rand))
+    assert any(enc._distance_to(q.relevant_cells)[r].max() > enc._distance_to(q.relevant_cells)[~r].min() for q, r in zip(questions, rand))
 
 
 def test_token_drops_are_a_pure_function_of_the_generator_seed(rm, questions):
@@ -90,8 +89,12 @@ def test_masking_dropped_tokens_equals_removing_them_with_their_position_ids(rm,
             kept[img] = keep[i]
             # an explicit all-ones mask: without one, transformers reads the gaps in
             # position_ids as packed-sequence boundaries and blocks attention across them
-            out = m.language_model(inputs_embeds=emb[:, kept], position_ids=torch.arange(n)[kept][None],
-                                   attention_mask=torch.ones(1, int(kept.sum()), dtype=torch.long), use_cache=False)
+            out = m.language_model(
+                inputs_embeds=emb[:, kept],
+                position_ids=torch.arange(n)[kept][None],
+                attention_mask=torch.ones(1, int(kept.sum()), dtype=torch.long),
+                use_cache=False,
+            )
             removed = model.lm_head(out.last_hidden_state[:, -1])[0]
             torch.testing.assert_close(masked[i], removed, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(masked, unmasked, atol=1e-3)  # the mask does drop something
@@ -141,12 +144,10 @@ def test_with_the_question_first_its_mask_is_the_one_before_the_image(rm, questi
     tok = rm.build_tokenizer()
     enc = rm.Encoder(tok)
     ids, _, _ = enc.batch(questions)
-    key_ids = torch.tensor([tok.get_vocab()[w] for w in list(rm.S.COLOUR_NAMES) + list(rm.S.SHAPES)
-                            + ["left", "right", "above", "below"]])
+    key_ids = torch.tensor([tok.get_vocab()[w] for w in list(rm.S.COLOUR_NAMES) + list(rm.S.SHAPES) + ["left", "right", "above", "below"]])
     img = ids == tok.convert_tokens_to_ids("<image>")
     before_image = torch.arange(ids.shape[1])[None] < img.long().argmax(1)[:, None]
-    assert torch.equal(enc.question_mask(questions, ids.shape[1]) & torch.isin(ids, key_ids),
-                       before_image & torch.isin(ids, key_ids))
+    assert torch.equal(enc.question_mask(questions, ids.shape[1]) & torch.isin(ids, key_ids), before_image & torch.isin(ids, key_ids))
 
 
 def test_with_scenes_a_pruned_sample_also_keeps_the_objects_beside_its_relevant_cells(rm):

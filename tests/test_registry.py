@@ -40,9 +40,15 @@ def _registry(*plugins: tuple[str, object]) -> Registry:
 
 
 def test_class_and_lazy_entries_register() -> None:
-    reg = _registry(("p1", _plugin(register_strategies=lambda register: register(Good))),
-                    ("p2", _plugin(register_strategies=lambda register: register("tokenbench.strategies.random_drop:RandomDrop", name="random",
-                                                                                  description=RANDOM_DESCRIPTION))))
+    reg = _registry(
+        ("p1", _plugin(register_strategies=lambda register: register(Good))),
+        (
+            "p2",
+            _plugin(
+                register_strategies=lambda register: register("tokenbench.strategies.random_drop:RandomDrop", name="random", description=RANDOM_DESCRIPTION)
+            ),
+        ),
+    )
     assert reg.names("strategies") == ["good", "random"]
     assert reg.load("strategies", "random").__name__ == "RandomDrop"
     assert reg.problems == []
@@ -54,8 +60,9 @@ RANDOM_DESCRIPTION = "Keeps b visual tokens drawn uniformly, seeded per sample (
 @pytest.mark.parametrize(("name", "description", "attr"), [("rnd", RANDOM_DESCRIPTION, "name"), ("random", "random", "description")])
 def test_a_lazy_entry_whose_listing_disagrees_with_its_class_fails_on_load(name: str, description: str, attr: str) -> None:
     """A lazy entry is listed without importing its class; the class's own name and description must match."""
-    reg = _registry(("lazy", _plugin(register_strategies=lambda register: register("tokenbench.strategies.random_drop:RandomDrop", name=name,
-                                                                                    description=description))))
+    reg = _registry(
+        ("lazy", _plugin(register_strategies=lambda register: register("tokenbench.strategies.random_drop:RandomDrop", name=name, description=description)))
+    )
     with pytest.raises(tokenbench.PluginError, match=f"strategy {name!r} from plugin 'lazy': registered with {attr} .* but .*RandomDrop declares"):
         reg.load("strategies", name)
 
@@ -70,8 +77,9 @@ def test_every_installed_entry_loads_with_the_listing_it_was_registered_with() -
 
 
 def test_duplicate_name_is_reported_with_both_plugins_and_the_first_wins() -> None:
-    reg = _registry(("first", _plugin(register_strategies=lambda register: register(Good))),
-                    ("second", _plugin(register_strategies=lambda register: register(Good))))
+    reg = _registry(
+        ("first", _plugin(register_strategies=lambda register: register(Good))), ("second", _plugin(register_strategies=lambda register: register(Good)))
+    )
     assert reg.entry("strategies", "good").plugin == "first"
     assert [str(p) for p in reg.problems] == [
         "plugin 'second', hook register_strategies: duplicate strategy name 'good', already registered by plugin 'first'; ignored"
@@ -79,14 +87,15 @@ def test_duplicate_name_is_reported_with_both_plugins_and_the_first_wins() -> No
 
 
 def test_registering_something_that_is_not_a_strategy_is_reported() -> None:
-    reg = _registry(("bad", _plugin(register_strategies=lambda register: register(dict))),
-                    ("ok", _plugin(register_strategies=lambda register: register(Good))))
+    reg = _registry(("bad", _plugin(register_strategies=lambda register: register(dict))), ("ok", _plugin(register_strategies=lambda register: register(Good))))
     assert reg.names("strategies") == ["good"]
     assert "plugin 'bad', hook register_strategies: registered <class 'dict'>, which is not a subclass of tokenbench.Strategy" in str(reg.problems[0])
 
 
 def test_a_lazy_entry_of_the_wrong_kind_fails_on_load_naming_it() -> None:
-    reg = _registry(("lazy", _plugin(register_tasks=lambda register: register("tokenbench.strategies.random_drop:RandomDrop", name="nottask", description="x"))))
+    reg = _registry(
+        ("lazy", _plugin(register_tasks=lambda register: register("tokenbench.strategies.random_drop:RandomDrop", name="nottask", description="x")))
+    )
     with pytest.raises(tokenbench.PluginError, match="task 'nottask' from plugin 'lazy' is .*RandomDrop.*not a subclass of tokenbench.Task"):
         reg.load("tasks", "nottask")
 

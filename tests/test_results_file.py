@@ -11,8 +11,9 @@ import gzip
 import json
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 
@@ -30,10 +31,19 @@ def _fill(store: Store) -> None:
         run = store.open_run({"strategy": strategy, "budget": budget, "params": {"k": 2, "q": [1.5, None]}, "task": {"name": "t"}})
         for i in range(5):
             error = "boom\nsecond line" if strategy == "random" and i == 3 else None
-            store.add_sample(run, SampleRecord(
-                f"s{i}", i, None if i == 4 else ("even" if i % 2 == 0 else "odd"), None if error else [0.0, 1.0, 0.25][i % 3],
-                None if error else f"answer\x85{i}\u2028", None if i == 2 else PROMPTS[i % 2], error,
-                {"kept": {"vision": list(range(i))}, "answer_margin": math.nan if i == 1 else 0.1 * i, "z": {"b": 1, "a": True}}))
+            store.add_sample(
+                run,
+                SampleRecord(
+                    f"s{i}",
+                    i,
+                    None if i == 4 else ("even" if i % 2 == 0 else "odd"),
+                    None if error else [0.0, 1.0, 0.25][i % 3],
+                    None if error else f"answer\x85{i}\u2028",
+                    None if i == 2 else PROMPTS[i % 2],
+                    error,
+                    {"kept": {"vision": list(range(i))}, "answer_margin": math.nan if i == 1 else 0.1 * i, "z": {"b": 1, "a": True}},
+                ),
+            )
         store.put_measurement(run, "flops", {"n": 5, "mean": {"total_prefill": 1.0 / 3}})
         store.put_measurement(run, "timing:aaaa", {"sample_ids": ["s0", "s1"], "latency_ms": {"ttft_median": 2.0}})
         if strategy != "odd\u2028name":
@@ -114,6 +124,7 @@ def _edit(index: int, change: Callable[[dict[str, Any]], object]) -> Callable[[l
         change(obj)  # edits obj in place
         lines[index] = json.dumps(obj)
         return lines
+
     return apply
 
 
@@ -123,17 +134,32 @@ def _first(kind: str, lines: list[str]) -> int:
 
 #: how to break a good file, and a pattern its one-line error matches
 BROKEN: dict[str, tuple[Callable[[list[str]], list[str]], str]] = {
-    "newer version": (_edit(0, lambda o: o.update(version=2)), re.escape("line 1: written by a newer tokenbench (results file version 2, this version reads up to 1)")),
+    "newer version": (
+        _edit(0, lambda o: o.update(version=2)),
+        re.escape("line 1: written by a newer tokenbench (results file version 2, this version reads up to 1)"),
+    ),
     "no header": (lambda ls: ls[1:], re.escape("line 1: not a tokenbench results file")),
     "not json": (lambda ls: ls[:2] + ['{"type": "run", oops'] + ls[2:], re.escape("line 3: not JSON (Expecting property name")),
     "blank line": (lambda ls: ls[:2] + [""] + ls[2:], re.escape("line 3: not JSON")),
-    "unknown type": (_edit(1, lambda o: o.update(type="runn")), re.escape("line 2: unknown line type 'runn' (expected one of run, measurement, prompt, sample)")),
+    "unknown type": (
+        _edit(1, lambda o: o.update(type="runn")),
+        re.escape("line 2: unknown line type 'runn' (expected one of run, measurement, prompt, sample)"),
+    ),
     "missing field": (_edit(1, lambda o: o.pop("created")), re.escape("line 2: run line: missing created")),
     "extra field": (_edit(1, lambda o: o.update(colour="red")), re.escape("line 2: run line: unexpected colour")),
-    "wrong type": (lambda ls: _edit(_first("sample", ls), lambda o: o.update(position="0"))(ls), re.escape("line 7: sample line: position is \"0\", expected an integer")),
-    "bool score": (lambda ls: _edit(_first("sample", ls), lambda o: o.update(score=True))(ls), re.escape("line 7: sample line: score is true, expected a number or null")),
+    "wrong type": (
+        lambda ls: _edit(_first("sample", ls), lambda o: o.update(position="0"))(ls),
+        re.escape('line 7: sample line: position is "0", expected an integer'),
+    ),
+    "bool score": (
+        lambda ls: _edit(_first("sample", ls), lambda o: o.update(score=True))(ls),
+        re.escape("line 7: sample line: score is true, expected a number or null"),
+    ),
     "sample before its run": (lambda ls: ls[:1] + [ls[_first("sample", ls)]] + ls[1:], re.escape("line 2: sample of run ")),
-    "undefined prompt": (lambda ls: _edit(_first("sample", ls), lambda o: o.update(prompt=7))(ls), re.escape("line 7: sample s0: prompt 7 is not defined on an earlier line")),
+    "undefined prompt": (
+        lambda ls: _edit(_first("sample", ls), lambda o: o.update(prompt=7))(ls),
+        re.escape("line 7: sample s0: prompt 7 is not defined on an earlier line"),
+    ),
     "duplicate sample": (lambda ls: ls + [ls[_first("sample", ls)]], r"line 30: sample s0 of run \w+ appears twice \(first on line 7\)"),
     "not an object": (lambda ls: ls[:1] + ["[1, 2]"] + ls[1:], re.escape("line 2: expected a JSON object")),
 }

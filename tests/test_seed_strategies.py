@@ -155,11 +155,15 @@ def test_sparsevlm_raters_match_hand_computation():
     s = SparseVLM(recycle=False)
     state: dict = {}
     text = torch.tensor(t_pre + t_post)
-    vis = StageContext(StageSpec.vision("text_embeddings"), "x", 2, 4, (2, 2), 32, torch.tensor(v), torch.arange(4), torch.Generator(), text_embeddings=text, state=state)
+    vis = StageContext(
+        StageSpec.vision("text_embeddings"), "x", 2, 4, (2, 2), 32, torch.tensor(v), torch.arange(4), torch.Generator(), text_embeddings=text, state=state
+    )
     assert s.select(vis).keep.tolist() == [0, 1, 2, 3]
     att = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.1, 0.2, 0.3, 0.4], [0.9, 0.0, 0.0, 0.1], [0.4, 0.1, 0.4, 0.1], [0.25, 0.25, 0.25, 0.25]])
     hidden = torch.randn(4, 2)
-    ctx = StageContext(StageSpec.llm(2, "attention", query="text"), "x", 2, 4, (2, 2), 32, hidden, torch.arange(4), torch.Generator(), attention=att, state=state)
+    ctx = StageContext(
+        StageSpec.llm(2, "attention", query="text"), "x", 2, 4, (2, 2), 32, hidden, torch.arange(4), torch.Generator(), attention=att, state=state
+    )
     sel = s.select(ctx)
     assert state["sparsevlm"]["raters"].tolist() == hand
     assert torch.allclose(sel.scores, (att[1] + att[3]) / 2)
@@ -177,8 +181,21 @@ def test_sparsevlm_keep_lists_and_scaling():
     assert pruning_layers(4) == ((0, 1, 2), (0, 1, 2))
     assert pruning_layers(3)[0] == (0, 1)  # clamped below L − 1, collided stages merged
     assert nearest_list(144, 36) == 128
-    cases = [(144, 36, 32), (144, 20, 32), (576, 100, 32), (576, 96, 32), (576, 192, 40), (2304, 640, 32), (36, 9, 4),
-             (576, 500, 28), (144, 16, 4), (144, 32, 4), (144, 48, 4), (729, 200, 28), (1024, 160, 40)]
+    cases = [
+        (144, 36, 32),
+        (144, 20, 32),
+        (576, 100, 32),
+        (576, 96, 32),
+        (576, 192, 40),
+        (2304, 640, 32),
+        (36, 9, 4),
+        (576, 500, 28),
+        (144, 16, 4),
+        (144, 32, 4),
+        (144, 48, 4),
+        (729, 200, 28),
+        (1024, 160, 40),
+    ]
     for n, b, depth in cases:
         layers, counts = keep_counts(n, b, depth)
         # b under the release's own count: recycled tokens included
@@ -317,7 +334,9 @@ def test_sparsevlm_adaptive_rank_count():
     state = {"sparsevlm": {"raters": torch.tensor([True, True, True])}}
     att = torch.tensor([[0.5, 0.5, 0.0, 0.0, 0.0], [0.25, 0.25, 0.5, 0.0, 0.0], [0.75, 0.75, -0.5, 0.0, 0.0]]).abs()
     att[2] = att[0] * 2 - att[1]  # rank 2
-    ctx = StageContext(StageSpec.llm(2, "attention", query="text"), "x", 4, 5, (1, 5), 32, torch.randn(5, 3), torch.arange(5), torch.Generator(), attention=att, state=state)
+    ctx = StageContext(
+        StageSpec.llm(2, "attention", query="text"), "x", 4, 5, (1, 5), 32, torch.randn(5, 3), torch.arange(5), torch.Generator(), attention=att, state=state
+    )
     assert s.select(ctx).keep.numel() == 2
     s2 = SparseVLM(adaptive=True, recycle=False, adaptive_scale=0.5, adaptive_bias=0.5)  # λ = 0.5: keep 5 − 0.5·(5 − 2)
     assert s2.select(ctx).keep.numel() == 4
@@ -349,8 +368,17 @@ def _blob_ctx(budget: int = 30, seed: int = 0, stage: StageSpec | None = None) -
         sal[r * W + c] = 20.0
     text = torch.stack([a_vec + 0.05 * torch.randn(d, generator=g) for _ in range(3)])
     return StageContext(
-        stage or StageSpec.vision("saliency", "text_embeddings"), "blob", budget, H * W, (H, W), 32,
-        tokens, torch.arange(H * W), torch.Generator().manual_seed(1), saliency=sal / sal.sum(), text_embeddings=text,
+        stage or StageSpec.vision("saliency", "text_embeddings"),
+        "blob",
+        budget,
+        H * W,
+        (H, W),
+        32,
+        tokens,
+        torch.arange(H * W),
+        torch.Generator().manual_seed(1),
+        saliency=sal / sal.sum(),
+        text_embeddings=text,
     )
 
 

@@ -168,8 +168,7 @@ def test_mcnemar_matches_statsmodels(seed: int) -> None:
         n = int(rng.integers(5, 300))
         a = rng.integers(0, 2, n)
         b = np.where(rng.random(n) < rng.uniform(0.5, 0.95), a, 1 - a)
-        table = [[np.sum((a == 1) & (b == 1)), np.sum((a == 1) & (b == 0))],
-                 [np.sum((a == 0) & (b == 1)), np.sum((a == 0) & (b == 0))]]
+        table = [[np.sum((a == 1) & (b == 1)), np.sum((a == 1) & (b == 0))], [np.sum((a == 0) & (b == 1)), np.sum((a == 0) & (b == 0))]]
         expected = sm_mcnemar(np.array(table), exact=True).pvalue
         assert mcnemar_exact(a, b) == pytest.approx(expected, rel=1e-12)
 
@@ -205,8 +204,11 @@ def test_permutation_matches_scipy_exact() -> None:
     rng = np.random.default_rng(7)
     a, b = rng.normal(0.3, 1, 12), rng.normal(0, 1, 12)
     expected = sps.permutation_test(
-        (a, b), lambda x, y: np.mean(x - y), permutation_type="samples",
-        n_resamples=np.inf, alternative="two-sided",
+        (a, b),
+        lambda x, y: np.mean(x - y),
+        permutation_type="samples",
+        n_resamples=np.inf,
+        alternative="two-sided",
     ).pvalue
     assert paired_permutation_test(a, b) == pytest.approx(expected, rel=1e-9)
     assert paired_permutation_test(b, a) == pytest.approx(expected, rel=1e-9)
@@ -392,21 +394,17 @@ def test_non_inferiority_rejects_bad_input() -> None:
 
 
 def test_minimum_detectable_difference_by_hand() -> None:
-    assert minimum_detectable_difference(50, 0.1) == pytest.approx(
-        (Z975 + Z80) * math.sqrt(0.1 / 50), rel=1e-12)
+    assert minimum_detectable_difference(50, 0.1) == pytest.approx((Z975 + Z80) * math.sqrt(0.1 / 50), rel=1e-12)
     assert round(minimum_detectable_difference(50, 0.1), 4) == 0.1253
     # discordance floored at 1/n
-    assert minimum_detectable_difference(200, 0.0) == pytest.approx(
-        (Z975 + Z80) * math.sqrt((1 / 200) / 200), rel=1e-12)
+    assert minimum_detectable_difference(200, 0.0) == pytest.approx((Z975 + Z80) * math.sqrt((1 / 200) / 200), rel=1e-12)
     z = sps.norm.ppf(0.995) + sps.norm.ppf(0.9)
-    assert minimum_detectable_difference(400, 0.2, alpha=0.01, power=0.9) == pytest.approx(
-        z * math.sqrt(0.2 / 400), rel=1e-12)
+    assert minimum_detectable_difference(400, 0.2, alpha=0.01, power=0.9) == pytest.approx(z * math.sqrt(0.2 / 400), rel=1e-12)
 
 
 def test_power_note() -> None:
     note = power_note(50, 0.1, margin=0.02)
-    assert note == ("n=50 can only detect differences ≥ 12.5 points (α=0.05, power 0.8); "
-                    "a non-significant result here is not evidence of no difference")
+    assert note == ("n=50 can only detect differences ≥ 12.5 points (α=0.05, power 0.8); a non-significant result here is not evidence of no difference")
     assert power_note(10_000, 0.1, margin=0.02) is None
     mdd = minimum_detectable_difference(500, 0.15)
     assert power_note(500, 0.15, margin=mdd) is None
@@ -438,9 +436,14 @@ def test_power_note_rejects_bad_margin() -> None:
 
 def test_all_results_are_plain_floats() -> None:
     a, b = paired_binary(10, 3, 1, 6)
-    values = [*wilson_interval(3, 9), *bootstrap_interval([0.1, 0.5], n_resamples=50),
-              mcnemar_exact(a, b), paired_permutation_test(a, b), *holm([0.1]),
-              minimum_detectable_difference(10, 0.2)]
+    values = [
+        *wilson_interval(3, 9),
+        *bootstrap_interval([0.1, 0.5], n_resamples=50),
+        mcnemar_exact(a, b),
+        paired_permutation_test(a, b),
+        *holm([0.1]),
+        minimum_detectable_difference(10, 0.2),
+    ]
     r = paired_difference(a, b, binary=True)
     values += [r.difference, r.low, r.high, r.p_value]
     assert all(type(v) is float for v in values)

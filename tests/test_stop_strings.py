@@ -5,7 +5,6 @@ from __future__ import annotations
 import tokenbench
 
 
-
 def test_generation_stops_at_the_tasks_stop_strings_and_only_there(tiny_llava) -> None:
     from tokenbench.budget import FULL
     from tokenbench.tasks.shapes.task import ShapesTask

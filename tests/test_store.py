@@ -19,7 +19,7 @@ from tokenbench.cli import main
 from tokenbench.registry import Registry
 from tokenbench.store import SCHEMA_VERSION, Store, StoreError
 
-SLOW_PLUGIN = '''
+SLOW_PLUGIN = """
 import time, torch, tokenbench
 
 class Slow(tokenbench.Strategy):
@@ -34,7 +34,7 @@ class Slow(tokenbench.Strategy):
 @tokenbench.hookimpl
 def register_strategies(register):
     register(Slow)
-'''
+"""
 
 
 def _plugin_path(root: Path) -> Path:
@@ -48,8 +48,27 @@ def _plugin_path(root: Path) -> Path:
 
 
 def _compare_cmd(model: Path, task: Path, store: Path) -> list[str]:
-    return [sys.executable, "-m", "tokenbench.cli", "compare", "--model", str(model), "--task", f"jsonl:{task}",
-            "--strategies", "slow-random", "--keep", "0.25", "--batch-size", "1", "--format", "json", "--store", str(store), "--quiet"]
+    return [
+        sys.executable,
+        "-m",
+        "tokenbench.cli",
+        "compare",
+        "--model",
+        str(model),
+        "--task",
+        f"jsonl:{task}",
+        "--strategies",
+        "slow-random",
+        "--keep",
+        "0.25",
+        "--batch-size",
+        "1",
+        "--format",
+        "json",
+        "--store",
+        str(store),
+        "--quiet",
+    ]
 
 
 def _rows(store: Path) -> dict[str, int]:
@@ -85,18 +104,38 @@ def test_sigkill_then_resume_gives_the_uninterrupted_table_and_recomputes_nothin
     assert len(after) == 48
     assert all(after[k] == v for k, v in before.items()), "a finished sample was recomputed"
 
-    fresh = subprocess.run(_compare_cmd(tiny_llava, task, tmp_path / "fresh.db"), env=env, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent)
+    fresh = subprocess.run(
+        _compare_cmd(tiny_llava, task, tmp_path / "fresh.db"), env=env, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parent
+    )
     assert json.loads(resumed.stdout)["results"] == json.loads(fresh.stdout)["results"]
 
 
 def _cmp(model: Path, task: Path, store: Path, strategies: str, capsys: pytest.CaptureFixture[str]) -> dict:
-    code = main(["compare", "--model", str(model), "--task", f"jsonl:{task}", "--strategies", strategies, "--keep", "0.25",
-                 "--format", "json", "--store", str(store), "--quiet"])
+    code = main(
+        [
+            "compare",
+            "--model",
+            str(model),
+            "--task",
+            f"jsonl:{task}",
+            "--strategies",
+            strategies,
+            "--keep",
+            "0.25",
+            "--format",
+            "json",
+            "--store",
+            str(store),
+            "--quiet",
+        ]
+    )
     out = capsys.readouterr().out
     return {"code": code, **json.loads(out)}
 
 
-def test_changing_a_parameter_starts_a_new_run_and_identical_runs_agree(tiny_llava: Path, jsonl_task: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_changing_a_parameter_starts_a_new_run_and_identical_runs_agree(
+    tiny_llava: Path, jsonl_task: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     store = tmp_path / "r.db"
     first = _cmp(tiny_llava, jsonl_task, store, "pooling", capsys)
     again = _cmp(tiny_llava, jsonl_task, tmp_path / "other.db", "pooling", capsys)
@@ -148,15 +187,33 @@ KINDS = {
 }
 
 
-def test_each_kind_of_broken_strategy_is_isolated(tiny_llava: Path, jsonl_task: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_kind_of_broken_strategy_is_isolated(
+    tiny_llava: Path, jsonl_task: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     reg = Registry.from_entry_points()
     plugin = type("BrokenPlugin", (), {"register_strategies": staticmethod(tokenbench.hookimpl(lambda register: [register(_broken(k)) for k in KINDS]))})
     reg.add_plugin(plugin, "broken-plugin", collect=True)
     assert reg.problems == []
     monkeypatch.setattr("tokenbench.cli.get_registry", lambda: reg)
     names = ",".join(f"broken-{k}" for k in KINDS) + ",random"
-    code = main(["compare", "--model", str(tiny_llava), "--task", f"jsonl:{jsonl_task}", "--strategies", names, "--keep", "0.25",
-                 "--format", "json", "--store", str(tmp_path / "r.db"), "--quiet"])
+    code = main(
+        [
+            "compare",
+            "--model",
+            str(tiny_llava),
+            "--task",
+            f"jsonl:{jsonl_task}",
+            "--strategies",
+            names,
+            "--keep",
+            "0.25",
+            "--format",
+            "json",
+            "--store",
+            str(tmp_path / "r.db"),
+            "--quiet",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 1
     rows = {r["strategy"]: r for r in json.loads(captured.out)["results"]}
@@ -178,7 +235,10 @@ def test_malformed_jsonl_line_names_file_and_line(tiny_llava: Path, tmp_path: Pa
 
 
 def test_missing_task_file_and_missing_image(tiny_llava: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["compare", "--model", str(tiny_llava), "--task", f"jsonl:{tmp_path}/none.jsonl", "--strategies", "random", "--store", str(tmp_path / "r.db")]) == 2
+    assert (
+        main(["compare", "--model", str(tiny_llava), "--task", f"jsonl:{tmp_path}/none.jsonl", "--strategies", "random", "--store", str(tmp_path / "r.db")])
+        == 2
+    )
     assert "none.jsonl: file not found" in capsys.readouterr().err
     task = tmp_path / "t.jsonl"
     task.write_text('{"id": "a", "image": "missing.png", "question": "q", "answers": ["a"]}\n')

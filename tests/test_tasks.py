@@ -67,9 +67,16 @@ def write_pope(root: Path, sub: str = "") -> None:
 
 def test_pope_all_splits_metrics(tmp_path):
     write_pope(tmp_path, "output/coco")
-    preds = ["Yes.", "No, there is not.", "Yes, there is a dog.", "no",  # random: TP FN FP TN
-             "Yes", "There is no cat.",                                   # popular: TP TN
-             "I think yes", "yes"]                                         # adversarial: TP FP
+    preds = [
+        "Yes.",
+        "No, there is not.",
+        "Yes, there is a dog.",
+        "no",  # random: TP FN FP TN
+        "Yes",
+        "There is no cat.",  # popular: TP TN
+        "I think yes",
+        "yes",
+    ]  # adversarial: TP FP
     t = task("pope", tmp_path)
     samples, scores, agg = run(t, preds)
     assert [s.kind for s in samples] == ["random"] * 4 + ["popular"] * 2 + ["adversarial"] * 2
@@ -128,8 +135,10 @@ def test_pope_hub_dataset(tmp_path, monkeypatch):
     with pytest.raises(TaskDataError) as e:
         task("pope", tmp_path).load()
     one_line_error(e, "datasets", str(tmp_path))
-    rows = [{"question_id": str(i), "question": "Is there a cat?", "answer": a, "image": Image.new("RGB", (4, 4)), "category": c}
-            for i, (a, c) in enumerate([("yes", "random"), ("no", "popular"), ("no", "adversarial")])]
+    rows = [
+        {"question_id": str(i), "question": "Is there a cat?", "answer": a, "image": Image.new("RGB", (4, 4)), "category": c}
+        for i, (a, c) in enumerate([("yes", "random"), ("no", "popular"), ("no", "adversarial")])
+    ]
     fake = types.SimpleNamespace(load_from_disk=lambda p: {"test": rows})
     monkeypatch.setitem(sys.modules, "datasets", fake)
     samples = task("pope", tmp_path, split="popular").load()
@@ -187,11 +196,13 @@ def write_mme(root: Path) -> None:
     for stem in ("000000001", "000000002"):  # flat layout
         draw(rel / "existence" / f"{stem}.jpg")
         (rel / "existence" / f"{stem}.txt").write_text(
-            "Is there a ball in this image? Please answer yes or no.\tYes\nIs there a cat in this image? Please answer yes or no.\tNo\n")
+            "Is there a ball in this image? Please answer yes or no.\tYes\nIs there a cat in this image? Please answer yes or no.\tNo\n"
+        )
     draw(rel / "artwork" / "images" / "10002.png", "green", "PNG")  # nested layout, .png
     (rel / "artwork" / "questions_answers_YN").mkdir(parents=True)
     (rel / "artwork" / "questions_answers_YN" / "10002.txt").write_text(
-        "Is this artwork by Monet? Please answer yes or no.\tNo\nIs this artwork by Turner? Please answer yes or no.\tYes\n")
+        "Is this artwork by Monet? Please answer yes or no.\tNo\nIs this artwork by Turner? Please answer yes or no.\tYes\n"
+    )
     draw(rel / "commonsense_reasoning" / "0001.png", fmt="PNG")
     (rel / "commonsense_reasoning" / "0001.txt").write_text("Should I wear a coat?\tYes\nIs it summer?\tNo\n")
 
@@ -199,9 +210,16 @@ def write_mme(root: Path) -> None:
 def test_mme_official_score(tmp_path):
     write_mme(tmp_path)
     t = task("mme", tmp_path)  # the parent of MME_Benchmark_release_version
-    preds = ["Yes", "No", "Yes", "Yes",                       # existence: 3 of 4 right, 1 of 2 images fully right
-             "No, it is not.", "The answer is yes",           # artwork: 1 of 2 ("other" is wrong), 0 images
-             "yes", "no"]                                     # commonsense: 2 of 2
+    preds = [
+        "Yes",
+        "No",
+        "Yes",
+        "Yes",  # existence: 3 of 4 right, 1 of 2 images fully right
+        "No, it is not.",
+        "The answer is yes",  # artwork: 1 of 2 ("other" is wrong), 0 images
+        "yes",
+        "no",
+    ]  # commonsense: 2 of 2
     samples, scores, agg = run(t, preds)
     assert [s.kind for s in samples] == ["existence"] * 4 + ["artwork"] * 2 + ["commonsense_reasoning"] * 2
     assert samples[0].meta["group"] == samples[1].meta["group"] != samples[2].meta["group"]
@@ -233,13 +251,22 @@ def test_mme_malformed_and_missing(tmp_path):
 # --- ScienceQA-IMG -----------------------------------------------------------------------
 def write_sqa(root: Path, images: str = "images/test") -> None:
     def p(question, choices, answer, image, split, subject, hint=""):
-        return {"question": question, "choices": choices, "answer": answer, "hint": hint, "image": image,
-                "split": split, "subject": subject, "grade": "grade3", "task": "closed choice"}
+        return {
+            "question": question,
+            "choices": choices,
+            "answer": answer,
+            "hint": hint,
+            "image": image,
+            "split": split,
+            "subject": subject,
+            "grade": "grade3",
+            "task": "closed choice",
+        }
 
     problems = {
         "5": p("Which animal can fly?", ["dog", "bird"], 1, "image.png", "test", "natural science", "Look at the picture."),
-        "6": p("What is 2+2?", ["3", "4"], 1, None, "test", "natural science"),            # no image: dropped
-        "7": p("Which is a map?", ["a", "b"], 0, "image.png", "val", "social science"),     # not test: dropped
+        "6": p("What is 2+2?", ["3", "4"], 1, None, "test", "natural science"),  # no image: dropped
+        "7": p("Which is a map?", ["a", "b"], 0, "image.png", "val", "social science"),  # not test: dropped
         "9": p("Which state is highlighted?", ["Ohio", "Utah", "Iowa"], 2, "image.png", "test", "social science"),
     }
     root.mkdir(parents=True, exist_ok=True)
@@ -256,8 +283,8 @@ def test_scienceqa_img(tmp_path, images):
     samples, scores, agg = run(t, ["B", "(C) Iowa"])
     assert [(s.id, s.answers, s.kind) for s in samples] == [("5", ("B",), "natural science"), ("9", ("C",), "social science")]
     assert t.prompt(samples[0], "llava") == (
-        "Context: Look at the picture.\nWhich animal can fly?\nA. dog\nB. bird\n"
-        "Answer with the option's letter from the given choices directly.")
+        "Context: Look at the picture.\nWhich animal can fly?\nA. dog\nB. bird\nAnswer with the option's letter from the given choices directly."
+    )
     assert t.prompt(samples[1], "llava").startswith("Which state is highlighted?\nA. Ohio\nB. Utah\nC. Iowa\n")
     assert scores == [1.0, 1.0] and agg["accuracy"] == 100.0
     s = samples[1]
@@ -283,14 +310,18 @@ def test_scienceqa_missing_and_malformed(tmp_path):
 # --- TextVQA -----------------------------------------------------------------------------
 def write_textvqa(root: Path) -> None:
     data = [
-        {"question_id": 34602, "question": "what brand is this?", "image_id": "003a8ae2ef43b901",
-         "answers": ["coca cola"] * 2 + ["coke"] * 8, "ocr_tokens": ["COCA", "cola"]},
+        {
+            "question_id": 34602,
+            "question": "what brand is this?",
+            "image_id": "003a8ae2ef43b901",
+            "answers": ["coca cola"] * 2 + ["coke"] * 8,
+            "ocr_tokens": ["COCA", "cola"],
+        },
         {"question_id": 34603, "question": "is it open?", "image_id": "0054c91397f2fe05", "answers": ["yes"] + ["no"] * 9},
     ]
     root.mkdir(parents=True, exist_ok=True)
     (root / "TextVQA_0.5.1_val.json").write_text(json.dumps({"dataset_name": "textvqa", "data": data}))
-    (root / "TextVQA_Rosetta_OCR_v0.2_val.json").write_text(
-        json.dumps({"data": [{"image_id": "0054c91397f2fe05", "ocr_tokens": ["OPEN"]}]}))
+    (root / "TextVQA_Rosetta_OCR_v0.2_val.json").write_text(json.dumps({"data": [{"image_id": "0054c91397f2fe05", "ocr_tokens": ["OPEN"]}]}))
     for d in data:
         draw(root / "train_images" / f"{d['image_id']}.jpg")
 
@@ -355,8 +386,7 @@ def test_mmbench_circular(tmp_path):
     # rotation r shows options[r:] + options[:r]; "blue" (B) moves to B, A, D, C
     assert [s.answers[0] for s in samples] == ["B", "A", "D", "C", "A", "B"]
     assert samples[1].choices == ("blue", "green", "white", "red")
-    assert t.prompt(samples[4], "llava") == ("Look up.\nIs the sky visible?\nA. yes\nB. no\n"
-                                             "Answer with the option's letter from the given choices directly.")
+    assert t.prompt(samples[4], "llava") == ("Look up.\nIs the sky visible?\nA. yes\nB. no\nAnswer with the option's letter from the given choices directly.")
     assert t.prompt(samples[0], "llava").startswith("What colour is the box?\nA. red\n")  # "nan" hint omitted
     assert samples[4].load_image().getpixel((0, 0)) == (0, 0, 255)  # image shared by index reference
     # question 0: rotation 2 answered "A" (green), wrong; rotation 3 by option text.
@@ -377,8 +407,7 @@ def test_mmbench_single_pass_and_legacy_copies(tmp_path):
     samples, scores, agg = run(t, ["B", "A"])
     assert [s.id for s in samples] == ["0", "1"] and agg["accuracy"] == 100.0
     img = b64_image("red")
-    rows = [["0", "Q?", "", "x", "y", "", "", "A", "c", "l", img, "s", "dev"],
-            ["1000000", "Q?", "", "y", "x", "", "", "B", "c", "l", img, "s", "dev"]]
+    rows = [["0", "Q?", "", "x", "y", "", "", "A", "c", "l", img, "s", "dev"], ["1000000", "Q?", "", "y", "x", "", "", "B", "c", "l", img, "s", "dev"]]
     write_mmbench(tmp_path / "legacy", rows)
     samples, scores, agg = run(task("mmbench_en_dev", tmp_path / "legacy"), ["A", "A"])
     assert [(s.id, s.meta["rotation"]) for s in samples] == [("0-r0", 0), ("0-r1", 1)]

@@ -138,8 +138,17 @@ def test_min_new_tokens_in_the_decoder(adapter: LlavaAdapter, samples: list[Samp
 
 
 def test_phase_arithmetic() -> None:
-    marks = [("start", 0.0), ("vision_start", 0.1), ("prefill_start", 0.3), ("selection_start", 0.31), ("selection_end", 0.33),
-             ("first_token", 1.0), ("token", 1.2), ("token", 1.4), ("end", 1.5)]
+    marks = [
+        ("start", 0.0),
+        ("vision_start", 0.1),
+        ("prefill_start", 0.3),
+        ("selection_start", 0.31),
+        ("selection_end", 0.33),
+        ("first_token", 1.0),
+        ("token", 1.2),
+        ("token", 1.4),
+        ("end", 1.5),
+    ]
     call = TimedCall.from_marks(marks)
     assert call.ttft == pytest.approx(0.9) and call.vision == pytest.approx(0.2)
     assert call.selection == pytest.approx(0.02) and call.decode_steps == 2
@@ -155,8 +164,20 @@ def test_memory_probe_sees_an_allocation() -> None:
 
 
 def test_timing_rows_in_json_and_accuracy_unchanged(tiny_llava: Path, jsonl_task: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    common = ["compare", "--model", str(tiny_llava), "--task", f"jsonl:{jsonl_task}", "--strategies", "random,fastv",
-              "--keep", "0.25", "--format", "json", "--quiet"]
+    common = [
+        "compare",
+        "--model",
+        str(tiny_llava),
+        "--task",
+        f"jsonl:{jsonl_task}",
+        "--strategies",
+        "random,fastv",
+        "--keep",
+        "0.25",
+        "--format",
+        "json",
+        "--quiet",
+    ]
     assert main(common + ["--store", str(tmp_path / "plain.db")]) == 0
     plain = json.loads(capsys.readouterr().out)
     assert main(common + ["--store", str(tmp_path / "timed.db"), "--timing-samples", "2", "--timing-tokens", "3"]) == 0
@@ -170,7 +191,9 @@ def test_timing_rows_in_json_and_accuracy_unchanged(tiny_llava: Path, jsonl_task
     assert rows["baseline"]["ttft_speedup"] == pytest.approx(1.0)
     # accuracy: identical numbers and identical per-sample records with and without timing
     drop = {"latency_ms", "peak_memory_mb", "ttft_speedup", "run_id"}
-    assert [{k: v for k, v in r.items() if k not in drop} for r in plain["results"]] == [{k: v for k, v in r.items() if k not in drop} for r in timed["results"]]
+    assert [{k: v for k, v in r.items() if k not in drop} for r in plain["results"]] == [
+        {k: v for k, v in r.items() if k not in drop} for r in timed["results"]
+    ]
 
     def records(db: Path) -> list[tuple[Any, ...]]:
         with sqlite3.connect(db) as con:
@@ -187,8 +210,20 @@ def test_timing_rows_in_json_and_accuracy_unchanged(tiny_llava: Path, jsonl_task
 
 
 def test_table_has_ttft_column_only_when_timed(tiny_llava: Path, jsonl_task: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    base = ["compare", "--model", str(tiny_llava), "--task", f"jsonl:{jsonl_task}", "--strategies", "random", "--keep", "0.25", "--quiet",
-            "--store", str(tmp_path / "r.db")]
+    base = [
+        "compare",
+        "--model",
+        str(tiny_llava),
+        "--task",
+        f"jsonl:{jsonl_task}",
+        "--strategies",
+        "random",
+        "--keep",
+        "0.25",
+        "--quiet",
+        "--store",
+        str(tmp_path / "r.db"),
+    ]
     assert main(base) == 0
     assert "TTFT vs base" not in capsys.readouterr().out
     assert main(base + ["--timing-samples", "1", "--timing-tokens", "2"]) == 0
@@ -207,6 +242,12 @@ def test_deadline_stops_between_rounds(adapter: LlavaAdapter, samples: list[Samp
     import time
 
     configs = _configs()[:2]
-    timed_loop(adapter, samples, [s.question for s in samples], configs, settings=TimingSettings(3, new_tokens=2, repeats=5, memory=False),
-               deadline=time.perf_counter())
+    timed_loop(
+        adapter,
+        samples,
+        [s.question for s in samples],
+        configs,
+        settings=TimingSettings(3, new_tokens=2, repeats=5, memory=False),
+        deadline=time.perf_counter(),
+    )
     assert [len(c.calls) for c in configs] == [1, 1]  # the first round always runs; none starts after the deadline

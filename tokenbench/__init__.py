@@ -35,7 +35,7 @@ from tokenbench.task import Sample, Task
 
 if TYPE_CHECKING:
     from tokenbench.checkpoints import load_pretrained, model_identity, torch_dtype
-    from tokenbench.decoder_adapter import DecodeRun, DecoderAdapter, EncodedBatch
+    from tokenbench.decoder_adapter import DecoderAdapter, DecodeRun, EncodedBatch
     from tokenbench.decoding import DecodeOutput, DecoderParts, SampleSetup, TokenLayout, eos_token_ids, make_stop, prefill_and_decode
     from tokenbench.flops_meter import FlopsMeter
     from tokenbench.frame import results_frame

@@ -24,8 +24,9 @@ guide.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from tokenbench.strategy import ModelInfo, Strategy
 
@@ -56,6 +57,7 @@ class TokenCounts:
         """The counts a stored per-sample record keeps (the harness writes these keys)."""
         rows, cols = record["grid"]
         return cls(int(record["num_visual"]), (int(rows), int(cols)), int(record["text_tokens"]), tuple(int(n) for n in record["tokens_per_layer"]))
+
 
 @dataclass
 class GenerationResult:

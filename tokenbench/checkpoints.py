@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -26,7 +27,16 @@ def torch_dtype(name: str) -> torch.dtype:
         raise ModelLoadError(f"unknown dtype {name!r}; use one of {', '.join(_DTYPES)}") from None
 
 
-def load_pretrained(model_cls: Any, source: str, *, device: str, dtype: str, processor_options: dict[str, Any] | None = None, processor_loader: Callable[..., Any] | None = None, **options: Any) -> tuple[Any, Any]:
+def load_pretrained(
+    model_cls: Any,
+    source: str,
+    *,
+    device: str,
+    dtype: str,
+    processor_options: dict[str, Any] | None = None,
+    processor_loader: Callable[..., Any] | None = None,
+    **options: Any,
+) -> tuple[Any, Any]:
     """The model (SDPA attention, eval mode) and its processor, from a path or a hub id.
 
     ``processor_loader(source, **processor_options)`` replaces ``AutoProcessor.from_pretrained``.
@@ -47,8 +57,10 @@ def load_pretrained(model_cls: Any, source: str, *, device: str, dtype: str, pro
     except OSError as exc:
         offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "offline" in str(exc).lower() or "connect" in str(exc).lower()
         if offline:
-            raise ModelLoadError(f"cannot load model {source!r}: it is not in the local Hugging Face cache and the hub cannot be reached "
-                                 f"(offline); fetch it where there is network with 'hf download {source}', or pass a local checkpoint path") from None
+            raise ModelLoadError(
+                f"cannot load model {source!r}: it is not in the local Hugging Face cache and the hub cannot be reached "
+                f"(offline); fetch it where there is network with 'hf download {source}', or pass a local checkpoint path"
+            ) from None
         raise ModelLoadError(f"cannot load model {source!r}: {str(exc).splitlines()[0]}; pass a local checkpoint path instead") from None
     return model.to(device).eval(), processor
 
@@ -73,4 +85,3 @@ def model_identity(model: Any, source: str, device: str, dtype: str, **extra: An
         **extra,
     )
     return ident
-

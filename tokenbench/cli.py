@@ -12,7 +12,8 @@ import argparse
 import os
 import shlex
 import sys
-from typing import Any, NoReturn, Sequence
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from tokenbench import gate, leaderboard, show
 from tokenbench.cli_options import (
@@ -103,7 +104,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     failing = [(run, [r for r in run.records if r.error]) for run in cmp.runs]
     failing = [(run, errs) for run, errs in failing if errs]
     for run, errs in failing:
-        print(f"tokenbench: {run.label} @ {run.budget.label}: {len(errs)} of {len(run.records)} samples failed; first: {errs[0].sample_id}: {errs[0].error}", file=sys.stderr)
+        print(
+            f"tokenbench: {run.label} @ {run.budget.label}: {len(errs)} of {len(run.records)} samples failed; first: {errs[0].sample_id}: {errs[0].error}",
+            file=sys.stderr,
+        )
     for line in where_stored(args.store, len(cmp.runs), sum(len(run.records) for run in cmp.runs)):
         print(f"tokenbench: {line}", file=sys.stderr)
     return 1 if failing else 0
@@ -116,8 +120,10 @@ def where_stored(store: str, runs: int, records: int) -> list[str]:
     "list them: tokenbench runs --store 'my results.db'; export every sample: tokenbench runs --store 'my results.db' --export results.csv"
     """
     flag = f"--store {shlex.quote(store)}"
-    return [f"{runs} run{'' if runs == 1 else 's'} ({records} sample records) stored in {os.path.abspath(store)}",
-            f"list them: tokenbench runs {flag}; export every sample: tokenbench runs {flag} --export results.csv"]
+    return [
+        f"{runs} run{'' if runs == 1 else 's'} ({records} sample records) stored in {os.path.abspath(store)}",
+        f"list them: tokenbench runs {flag}; export every sample: tokenbench runs {flag} --export results.csv",
+    ]
 
 
 # -- runs ----------------------------------------------------------------------------
@@ -134,8 +140,10 @@ def cmd_runs(args: argparse.Namespace) -> int:
             into.restore_runs(runs)
         finally:
             into.close()
-        print(f"tokenbench: imported {len(runs)} runs ({sum(len(r.samples) for r in runs)} sample records) from {args.import_file} into {args.store}",
-              file=sys.stderr)
+        print(
+            f"tokenbench: imported {len(runs)} runs ({sum(len(r.samples) for r in runs)} sample records) from {args.import_file} into {args.store}",
+            file=sys.stderr,
+        )
         return 0
     if not os.path.exists(args.store):
         raise UsageError(f"{args.store}: no results store there; run 'tokenbench compare' first or pass --store PATH")
@@ -148,8 +156,18 @@ def cmd_runs(args: argparse.Namespace) -> int:
         rows = []
         for run in store.runs():
             c = run.config
-            rows.append([run.run_id, c.get("model", {}).get("model", "?"), c.get("task", {}).get("name", "?"), c.get("strategy"),
-                         json.dumps(c.get("params", {}), sort_keys=True), c.get("budget"), run.n_samples, run.n_errors])
+            rows.append(
+                [
+                    run.run_id,
+                    c.get("model", {}).get("model", "?"),
+                    c.get("task", {}).get("name", "?"),
+                    c.get("strategy"),
+                    json.dumps(c.get("params", {}), sort_keys=True),
+                    c.get("budget"),
+                    run.n_samples,
+                    run.n_errors,
+                ]
+            )
         print(tabulate(rows, headers=["run", "model", "task", "strategy", "params", "budget", "samples", "errors"], tablefmt="simple"))
         return 0
     from tokenbench.leaderboard import model_name
@@ -161,9 +179,17 @@ def cmd_runs(args: argparse.Namespace) -> int:
     for run in store.runs():
         c = run.config
         name = str(c.get("strategy"))
-        table.append({"run": run.run_id, "model": shorten(model_name(c.get("model", {})), 24), "task": shorten(str(c.get("task", {}).get("name", "?")), 16),
-                      "strategy": strategy_label(name, c.get("params", {}), strategy_defaults(reg, name)),
-                      "budget": str(c.get("budget")), "samples": str(run.n_samples), "errors": str(run.n_errors)})
+        table.append(
+            {
+                "run": run.run_id,
+                "model": shorten(model_name(c.get("model", {})), 24),
+                "task": shorten(str(c.get("task", {}).get("name", "?")), 16),
+                "strategy": strategy_label(name, c.get("params", {}), strategy_defaults(reg, name)),
+                "budget": str(c.get("budget")),
+                "samples": str(run.n_samples),
+                "errors": str(run.n_errors),
+            }
+        )
     print(plain_table(fit_width(table, "strategy"), right=("samples", "errors")))
     return 0
 
@@ -181,13 +207,21 @@ def _export(store: Any, path: str) -> int:
     if path.endswith(".csv"):
         configs = {run.run_id: run.config for run in store.runs()}
         with open(path, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=["run_id", "strategy", "params", "budget", "sample_id", "position", "kind", "score", "prediction",
-                                                    "prompt", "error", "record"])
+            writer = csv.DictWriter(
+                fh, fieldnames=["run_id", "strategy", "params", "budget", "sample_id", "position", "kind", "score", "prediction", "prompt", "error", "record"]
+            )
             writer.writeheader()
             for r in records:
                 c = configs.get(r["run_id"], {})
-                writer.writerow({**r, "strategy": c.get("strategy"), "params": json.dumps(c.get("params", {}), sort_keys=True), "budget": c.get("budget"),
-                                 "record": json.dumps(r["record"], sort_keys=True)})
+                writer.writerow(
+                    {
+                        **r,
+                        "strategy": c.get("strategy"),
+                        "params": json.dumps(c.get("params", {}), sort_keys=True),
+                        "budget": c.get("budget"),
+                        "record": json.dumps(r["record"], sort_keys=True),
+                    }
+                )
     else:
         with open(path, "w", encoding="utf-8") as fh:
             json.dump({"runs": [r.__dict__ for r in store.runs()], "samples": records}, fh, indent=1)
@@ -230,22 +264,32 @@ def build_parser() -> argparse.ArgumentParser:
     add_budget_options(c)
     add_model_options(c)
     c.add_argument("--model-option", action="append", metavar="KEY=VALUE", help="adapter option, repeatable (Qwen2.5-VL: min_pixels, max_pixels)")
-    c.add_argument("--limit", type=int, help="evaluate a fixed, seeded subset of N items, stratified by kind (a group such as an MMBench question's rotations counts once)")
+    c.add_argument(
+        "--limit", type=int, help="evaluate a fixed, seeded subset of N items, stratified by kind (a group such as an MMBench question's rotations counts once)"
+    )
     c.add_argument("--batch-size", type=int, default=8)
     add_threads_option(c)
     c.add_argument("--store", default=DEFAULT_STORE, help=f"results database (resumes interrupted runs; default {DEFAULT_STORE})")
     c.add_argument("--on-error", choices=["skip", "fail"], default="skip", help="a failing sample is recorded (skip) or stops the run (fail)")
-    c.add_argument("--timing-samples", type=int, default=0, metavar="N",
-                   help="time the first N samples in a separate loop (warm-up, strategies interleaved, batch 1): TTFT, decode, memory (default 0: off)")
+    c.add_argument(
+        "--timing-samples",
+        type=int,
+        default=0,
+        metavar="N",
+        help="time the first N samples in a separate loop (warm-up, strategies interleaved, batch 1): TTFT, decode, memory (default 0: off)",
+    )
     c.add_argument("--timing-tokens", type=int, default=8, metavar="T", help="new tokens forced in every timed call (EOS ignored; default 8)")
     c.add_argument("--format", choices=["table", "md", "csv", "json"], default="table")
-    c.add_argument("--wide", action="store_true", help="table: every column in full (accuracy intervals, long names, long headers); "
-                                                       "by default it fits 100 columns")
+    c.add_argument(
+        "--wide", action="store_true", help="table: every column in full (accuracy intervals, long names, long headers); by default it fits 100 columns"
+    )
     c.add_argument("--by", choices=["kind"], help="add a breakdown per question kind / benchmark category")
     c.add_argument("--adjust", choices=["holm", "bh", "none"], default="holm", help="multiple-comparison correction")
     c.add_argument("--per-sample", action="store_true", help="with --format json: per-sample records")
     c.add_argument("--plot", metavar="FILE.png", help="write the accuracy/FLOPs Pareto plot")
-    c.add_argument("--plot-axis", choices=["flops", "ttft"], default="flops", help="x axis of --plot: prefill FLOPs vs baseline, or TTFT (needs --timing-samples)")
+    c.add_argument(
+        "--plot-axis", choices=["flops", "ttft"], default="flops", help="x axis of --plot: prefill FLOPs vs baseline, or TTFT (needs --timing-samples)"
+    )
     c.add_argument("--output", "-o", help="write the table to a file instead of stdout")
     c.add_argument("--quiet", "-q", action="store_true", help="no progress display, no line on the CPU threads chosen")
     c.set_defaults(func=cmd_compare)
@@ -255,13 +299,25 @@ def build_parser() -> argparse.ArgumentParser:
     ls.set_defaults(func=cmd_list)
 
     r = sub.add_parser("runs", help="list the runs in a results store, export or import them")
-    r.add_argument("--store", default=DEFAULT_STORE, metavar="FILE.db|FILE.jsonl.gz", help=f"results database (default {DEFAULT_STORE}; to list or export: also a results file)")
+    r.add_argument(
+        "--store",
+        default=DEFAULT_STORE,
+        metavar="FILE.db|FILE.jsonl.gz",
+        help=f"results database (default {DEFAULT_STORE}; to list or export: also a results file)",
+    )
     transfer = r.add_mutually_exclusive_group()
-    transfer.add_argument("--export", metavar="FILE.json|FILE.csv|FILE.jsonl.gz",
-                          help="export every per-sample record; FILE.jsonl.gz: the results file (every run, measurement and sample, "
-                               "what leaderboards are published from; see docs/outputs.md)")
-    transfer.add_argument("--import", dest="import_file", metavar="FILE.jsonl.gz",
-                          help="add the runs of a results file to --store (to resume or extend them); refused if the store holds one already")
+    transfer.add_argument(
+        "--export",
+        metavar="FILE.json|FILE.csv|FILE.jsonl.gz",
+        help="export every per-sample record; FILE.jsonl.gz: the results file (every run, measurement and sample, "
+        "what leaderboards are published from; see docs/outputs.md)",
+    )
+    transfer.add_argument(
+        "--import",
+        dest="import_file",
+        metavar="FILE.jsonl.gz",
+        help="add the runs of a results file to --store (to resume or extend them); refused if the store holds one already",
+    )
     r.add_argument("--wide", action="store_true", help="every parameter as JSON and the full model name; by default the table fits 100 columns")
     r.set_defaults(func=cmd_runs)
 

@@ -12,7 +12,8 @@ import argparse
 import functools
 import math
 import os
-from typing import Any, Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from tokenbench.budget import Budget
 from tokenbench.errors import UsageError
@@ -94,9 +95,12 @@ def positive_int(text: str) -> int:
 # -- CPU threads -----------------------------------------------------------------------
 def add_threads_option(parser: argparse.ArgumentParser) -> None:
     """``--threads N``; without it, :func:`apply_threads` picks the cores not already busy."""
-    parser.add_argument("--threads", type=positive_int, metavar="N",
-                        help="torch CPU threads (default: the cores not already busy, from the 1-minute load average; "
-                             "printed at the start)")
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        metavar="N",
+        help="torch CPU threads (default: the cores not already busy, from the 1-minute load average; printed at the start)",
+    )
 
 
 def cpu_threads(cores: int, load: float, online: int | None = None) -> int:

@@ -11,9 +11,10 @@ import functools
 import json
 import os
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence, cast
+from typing import Any, NamedTuple, cast
 
 from tokenbench.adapter import Adapter
 from tokenbench.budget import FULL, Budget
@@ -134,13 +135,17 @@ def check_model_source(model: str) -> None:
             raise ModelLoadError(f"{model}: no config.json there; point --model at a saved Hugging Face checkpoint directory")
         return
     if model.startswith((".", "/", "~")) or not _HUB_ID.match(model):
-        raise ModelLoadError(f"{model}: no such directory (--model takes a checkpoint directory, a hub id such as "
-                             "llava-hf/llava-1.5-7b-hf, or a name from 'tokenbench list models')")
+        raise ModelLoadError(
+            f"{model}: no such directory (--model takes a checkpoint directory, a hub id such as "
+            "llava-hf/llava-1.5-7b-hf, or a name from 'tokenbench list models')"
+        )
     if hub_offline() and read_config(model) is None:
         from huggingface_hub.constants import HF_HUB_CACHE
 
-        raise ModelLoadError(f"{model}: not in the local Hugging Face cache ({HF_HUB_CACHE}) and the hub is switched off "
-                             f"(HF_HUB_OFFLINE=1); fetch it where there is network with 'hf download {model}', or pass a local checkpoint path")
+        raise ModelLoadError(
+            f"{model}: not in the local Hugging Face cache ({HF_HUB_CACHE}) and the hub is switched off "
+            f"(HF_HUB_OFFLINE=1); fetch it where there is network with 'hf download {model}', or pass a local checkpoint path"
+        )
 
 
 def read_config(model: str) -> dict[str, Any] | None:
@@ -196,8 +201,10 @@ def prepare(request: CompareRequest, registry: Registry) -> Prepared:
     task = _task_from_spec(registry, task_spec, request.task_options)
     for strategy in strategies:
         if strategy.needs_ground_truth and not task.provides_relevant_tokens:
-            raise UsageError(f"strategy {strategy.name!r} needs a task that knows which visual tokens each answer depends on; "
-                             f"task {task.name!r} does not (drop {strategy.name!r} from --strategies)")
+            raise UsageError(
+                f"strategy {strategy.name!r} needs a task that knows which visual tokens each answer depends on; "
+                f"task {task.name!r} does not (drop {strategy.name!r} from --strategies)"
+            )
     samples = list(task.load())
     if request.limit is not None:
         samples = stratified_subset(samples, request.limit, request.seed)
@@ -257,8 +264,16 @@ def run_comparison(
             run_id = store.open_run(config)
             label = f"{strategy.label} @ {budget.label}"
             done = evaluate(
-                adapter, task, samples, strategy, budget, store, run_id,
-                seed=request.seed, batch_size=request.batch_size, on_error=request.on_error,
+                adapter,
+                task,
+                samples,
+                strategy,
+                budget,
+                store,
+                run_id,
+                seed=request.seed,
+                batch_size=request.batch_size,
+                on_error=request.on_error,
                 progress=functools.partial(progress.update, k, label) if progress is not None else None,
             )
             if done and log:

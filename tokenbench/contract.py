@@ -24,8 +24,8 @@ it on its own class::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from tokenbench.adapter import Adapter, GenerationResult
 from tokenbench.budget import Budget
@@ -103,4 +103,3 @@ def check_strategy_contract(
             _require(r.kept == r2.kept and r.prediction == r2.prediction, f"{strategy.name}: not deterministic under a fixed seed")
         runs.append(first)
     return runs
-

@@ -27,8 +27,9 @@ grid and saliency (:meth:`encode`), and the FLOPs of its vision encoder and proj
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping, NamedTuple, Sequence
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 
@@ -158,7 +159,9 @@ class DecoderAdapter(Adapter):
             position_dims=position_dims,
         )
 
-    def visual_layout(self, input_ids: torch.Tensor, valid: torch.Tensor, visual: torch.Tensor, features: Sequence[torch.Tensor], pos: torch.Tensor) -> TokenLayout:
+    def visual_layout(
+        self, input_ids: torch.Tensor, valid: torch.Tensor, visual: torch.Tensor, features: Sequence[torch.Tensor], pos: torch.Tensor
+    ) -> TokenLayout:
         """The prompt's :class:`~tokenbench.TokenLayout` with the visual tokens in place.
 
         ``input_ids`` and ``valid`` ``[B, S]`` are the processor's (left-padded),
@@ -199,8 +202,17 @@ class DecoderAdapter(Adapter):
         return self.meter.measure(counts)
 
     @torch.no_grad()
-    def run(self, samples: Sequence[Sample], prompts: Sequence[str], strategy: Strategy, budget: Budget, *,
-            seed: int = 0, max_new_tokens: int = 8, stop_strings: Sequence[str] = ()) -> DecodeRun:
+    def run(
+        self,
+        samples: Sequence[Sample],
+        prompts: Sequence[str],
+        strategy: Strategy,
+        budget: Budget,
+        *,
+        seed: int = 0,
+        max_new_tokens: int = 8,
+        stop_strings: Sequence[str] = (),
+    ) -> DecodeRun:
         """The reduced forward pass and greedy decode; generation ends at EOS or at any of ``stop_strings``."""
         texts = [self.chat_prompt(p) for p in prompts]
         inputs = self.processor(images=[s.load_image() for s in samples], text=texts, return_tensors="pt", padding=True)
@@ -224,14 +236,29 @@ class DecoderAdapter(Adapter):
             for b, s in enumerate(samples)
         ]
         out = prefill_and_decode(
-            self.parts, layout, setups, strategy, stages, max_new_tokens=max_new_tokens, eos_ids=self.eos_ids,
+            self.parts,
+            layout,
+            setups,
+            strategy,
+            stages,
+            max_new_tokens=max_new_tokens,
+            eos_ids=self.eos_ids,
             stop=make_stop(self.tokenizer, tuple(stop_strings)) if stop_strings else None,
         )
         return DecodeRun(out, texts, setups, text_rows.sum(dim=1).tolist())
 
     @torch.no_grad()
-    def generate(self, samples: Sequence[Sample], prompts: Sequence[str], strategy: Strategy, budget: Budget, *,
-                 seed: int = 0, max_new_tokens: int = 8, stop_strings: Sequence[str] = ()) -> list[GenerationResult]:
+    def generate(
+        self,
+        samples: Sequence[Sample],
+        prompts: Sequence[str],
+        strategy: Strategy,
+        budget: Budget,
+        *,
+        seed: int = 0,
+        max_new_tokens: int = 8,
+        stop_strings: Sequence[str] = (),
+    ) -> list[GenerationResult]:
         run = self.run(samples, prompts, strategy, budget, seed=seed, max_new_tokens=max_new_tokens, stop_strings=stop_strings)
         out = run.output
         top2 = out.first_logits.topk(2, dim=-1).values

@@ -26,8 +26,9 @@ Position ids after a selection (:attr:`tokenbench.Strategy.position_policy`):
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -337,8 +338,9 @@ def _apply_stage(
     return _repad(rows, layout.hidden.shape[-1], layout.pos.shape[-1], layout.hidden)
 
 
-def _rebuild_row(layout: TokenLayout, b: int, valid_idx: torch.Tensor, v_idx: torch.Tensor, sel: Selection,
-                 policy: str = "original") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _rebuild_row(
+    layout: TokenLayout, b: int, valid_idx: torch.Tensor, v_idx: torch.Tensor, sel: Selection, policy: str = "original"
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The sample's new sequence: text before, the new visual segment, text after (ids by ``policy``).
 
     Returns hidden states, position ids, origins and the merged-token flags.

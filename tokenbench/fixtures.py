@@ -43,7 +43,10 @@ def word_tokenizer(words: list[str] | tuple[str, ...] = WORDS, **kwargs: Any) ->
     tk.decoder = decoders.WordPiece(prefix="##", cleanup=False)
     return PreTrainedTokenizerFast(
         tokenizer_object=tk,
-        pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
         extra_special_tokens={"image_token": "<image>"},
         **kwargs,
     )
@@ -58,8 +61,21 @@ def tiny_llava_checkpoint(path: str | Path, *, seed: int = 0, image_size: int = 
     tok = word_tokenizer()
     torch.manual_seed(seed)
     cfg = LlavaConfig(
-        vision_config=CLIPVisionConfig(image_size=image_size, patch_size=patch_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),
-        text_config=LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=256, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id),
+        vision_config=CLIPVisionConfig(
+            image_size=image_size, patch_size=patch_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
+        ),
+        text_config=LlamaConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=len(tok),
+            max_position_embeddings=256,
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+        ),
         image_token_index=tok.convert_tokens_to_ids("<image>"),
         vision_feature_layer=feature_layer,
         vision_feature_select_strategy="default",
@@ -70,7 +86,14 @@ def tiny_llava_checkpoint(path: str | Path, *, seed: int = 0, image_size: int = 
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(path)
     ip = CLIPImageProcessor(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
-    proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=patch_size, vision_feature_select_strategy="default", num_additional_image_tokens=1, chat_template=CHAT_TEMPLATE)
+    proc = LlavaProcessor(
+        image_processor=ip,
+        tokenizer=tok,
+        patch_size=patch_size,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=CHAT_TEMPLATE,
+    )
     proc.save_pretrained(path)
     return path
 
@@ -103,8 +126,16 @@ QWEN_CHAT_TEMPLATE = (
 
 
 def tiny_qwen2_5_vl_checkpoint(
-    path: str | Path, *, seed: int = 0, layers: int = 3, depth: int = 4, fullatt: tuple[int, ...] = (1, 2),
-    patch_size: int = 4, window_size: int = 16, min_pixels: int = 8 * 8, max_pixels: int = 64 * 64,
+    path: str | Path,
+    *,
+    seed: int = 0,
+    layers: int = 3,
+    depth: int = 4,
+    fullatt: tuple[int, ...] = (1, 2),
+    patch_size: int = 4,
+    window_size: int = 16,
+    min_pixels: int = 8 * 8,
+    max_pixels: int = 64 * 64,
 ) -> Path:
     """Save a tiny random Qwen2.5-VL (model, word tokenizer with Qwen's special tokens, image processor, chat template).
 
@@ -128,10 +159,14 @@ def tiny_qwen2_5_vl_checkpoint(
     tk.add_special_tokens(specials)
     tk.decoder = decoders.WordPiece(prefix="##", cleanup=False)
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk, pad_token="<|endoftext|>", eos_token="<|im_end|>", unk_token="<unk>",
+        tokenizer_object=tk,
+        pad_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        unk_token="<unk>",
         extra_special_tokens={"image_token": "<|image_pad|>", "video_token": "<|video_pad|>"},
         chat_template=QWEN_CHAT_TEMPLATE,
     )
+
     def ids(token: str) -> int:
         ident = tok.convert_tokens_to_ids(token)
         if not isinstance(ident, int):
@@ -140,9 +175,37 @@ def tiny_qwen2_5_vl_checkpoint(
 
     torch.manual_seed(seed)
     cfg = Qwen2_5_VLConfig(
-        vision_config=dict(depth=depth, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=patch_size, spatial_merge_size=2, temporal_patch_size=2, window_size=window_size, out_hidden_size=64, fullatt_block_indexes=list(fullatt), initializer_range=0.1),
-        text_config=dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=None, initializer_range=0.1),
-        image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"), vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+        vision_config=dict(
+            depth=depth,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            patch_size=patch_size,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=window_size,
+            out_hidden_size=64,
+            fullatt_block_indexes=list(fullatt),
+            initializer_range=0.1,
+        ),
+        text_config=dict(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            bos_token_id=None,
+            initializer_range=0.1,
+        ),
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
     )
     model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
     model.generation_config.eos_token_id = tok.eos_token_id

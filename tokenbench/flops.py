@@ -43,9 +43,18 @@ with warnings.catch_warnings():  # fvcore's import calls torch.jit.script, depre
     from fvcore.nn.jit_handles import get_shape
 
 __all__ = [
-    "FLOPS_CONVENTION", "MATMUL_OPERATORS", "SDPA_OPERATORS", "MacCount", "MacCounter",
-    "UncountedOperatorError", "count_macs", "flops_from_macs", "is_matmul_operator",
-    "matmul_macs_from_output", "sdpa_flop_jit", "sdpa_macs",
+    "FLOPS_CONVENTION",
+    "MATMUL_OPERATORS",
+    "SDPA_OPERATORS",
+    "MacCount",
+    "MacCounter",
+    "UncountedOperatorError",
+    "count_macs",
+    "flops_from_macs",
+    "is_matmul_operator",
+    "matmul_macs_from_output",
+    "sdpa_flop_jit",
+    "sdpa_macs",
 ]
 
 FLOPS_CONVENTION = "FLOPs = 2 × multiply-adds (fvcore), causal attention not discounted"
@@ -70,13 +79,33 @@ SDPA_OPERATORS: tuple[str, ...] = (
 #: handle is an error, not a rounding difference.
 MATMUL_OPERATORS: frozenset[str] = frozenset(
     {
-        "aten::matmul", "aten::mm", "aten::bmm", "aten::addmm", "aten::linear",
-        "aten::einsum", "aten::baddbmm", "aten::addbmm", "aten::mv", "aten::addmv",
-        "aten::dot", "aten::vdot", "aten::tensordot", "aten::bilinear",
-        "aten::chain_matmul", "aten::linalg_multi_dot", "aten::_addmm_activation",
-        "aten::_int_mm", "aten::_scaled_mm", "aten::_convolution", "aten::convolution",
-        "aten::_native_multi_head_attention", "aten::_transformer_encoder_layer_fwd",
-        "aten::lstm", "aten::gru", "aten::rnn_tanh", "aten::rnn_relu",
+        "aten::matmul",
+        "aten::mm",
+        "aten::bmm",
+        "aten::addmm",
+        "aten::linear",
+        "aten::einsum",
+        "aten::baddbmm",
+        "aten::addbmm",
+        "aten::mv",
+        "aten::addmv",
+        "aten::dot",
+        "aten::vdot",
+        "aten::tensordot",
+        "aten::bilinear",
+        "aten::chain_matmul",
+        "aten::linalg_multi_dot",
+        "aten::_addmm_activation",
+        "aten::_int_mm",
+        "aten::_scaled_mm",
+        "aten::_convolution",
+        "aten::convolution",
+        "aten::_native_multi_head_attention",
+        "aten::_transformer_encoder_layer_fwd",
+        "aten::lstm",
+        "aten::gru",
+        "aten::rnn_tanh",
+        "aten::rnn_relu",
         *SDPA_OPERATORS,
     }
 )
@@ -271,13 +300,11 @@ class MacCounter:
         self._count_kwargs = count_kwargs
         self.traces = 0
 
-    def count(self, key: Hashable, module: torch.nn.Module, args: tuple[Any, ...],
-              kwargs: Mapping[str, Any] | None = None) -> int:
+    def count(self, key: Hashable, module: torch.nn.Module, args: tuple[Any, ...], kwargs: Mapping[str, Any] | None = None) -> int:
         """Total multiply-adds for ``key``, tracing only on the first call with that key."""
         return self.result(key, module, args, kwargs).total
 
-    def result(self, key: Hashable, module: torch.nn.Module, args: tuple[Any, ...],
-               kwargs: Mapping[str, Any] | None = None) -> MacCount:
+    def result(self, key: Hashable, module: torch.nn.Module, args: tuple[Any, ...], kwargs: Mapping[str, Any] | None = None) -> MacCount:
         """Like :meth:`count`, returning the whole :class:`MacCount`."""
         cached = self._cache.get(key)
         if cached is None:

@@ -120,8 +120,7 @@ def llm_prefill_macs(text_config: Any, tokens_per_layer: Sequence[int], lm_head_
 
 def _layer_macs(dims: dict[str, int], *, n_tokens: int, kv_len: int | None = None) -> int:
     """:func:`decoder_layer_macs` with the dimensions of a text config (:func:`_text_dims`)."""
-    return decoder_layer_macs(dims["hidden"], dims["intermediate"], dims["n_heads"], dims["n_kv_heads"], dims["head_dim"],
-                              n_tokens=n_tokens, kv_len=kv_len)
+    return decoder_layer_macs(dims["hidden"], dims["intermediate"], dims["n_heads"], dims["n_kv_heads"], dims["head_dim"], n_tokens=n_tokens, kv_len=kv_len)
 
 
 def decode_macs_per_token(text_config: Any, cache_len_per_layer: Sequence[int]) -> int:
@@ -226,9 +225,7 @@ def qwen2_5_vl_vision_macs(vision_config: Any, image_size: tuple[int, int] | int
     n = gh * gw
     # windows are laid out on the merged grid, window_size / merge / patch merge units per side
     units = int(_get(cfg, "window_size", default=112)) // merge // patch
-    windows = [
-        (a * merge) * (b * merge) for a in _window_sizes(gh // merge, units) for b in _window_sizes(gw // merge, units)
-    ]
+    windows = [(a * merge) * (b * merge) for a in _window_sizes(gh // merge, units) for b in _window_sizes(gw // merge, units)]
     windowed_sq = sum(w * w for w in windows)
     dense = 4 * n * d * d + 3 * n * d * m
     attention = sum(2 * (n * n if i in full_blocks else windowed_sq) * d for i in range(depth))
@@ -259,4 +256,3 @@ def load_model_config(name: str) -> dict[str, Any]:
         raise KeyError(f"no model config {name!r}.{hint} Available: {', '.join(names)}")
     text = resources.files("tokenbench").joinpath("model_configs").joinpath(f"{name}.json").read_text(encoding="utf-8")
     return json.loads(text)
-

@@ -10,8 +10,8 @@ against fvcore in the tests. FLOPs = 2 × multiply-adds.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
-from typing import Any, Callable
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any
 
 import torch
 

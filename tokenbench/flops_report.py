@@ -38,9 +38,7 @@ def vision_and_projector_flops(config: dict[str, Any]) -> int:
     text_hidden = int(config["text_config"]["hidden_size"])
     vision = config["vision_config"]
     if config.get("model_type") == "llava":
-        macs = vision_tower_macs(vision) + llava_projector_macs(
-            int(vision["hidden_size"]), text_hidden, int(config["num_visual_tokens"])
-        )
+        macs = vision_tower_macs(vision) + llava_projector_macs(int(vision["hidden_size"]), text_hidden, int(config["num_visual_tokens"]))
     elif config.get("model_type") == "qwen2_5_vl":
         macs = qwen2_5_vl_vision_macs(vision, int(config.get("image_size", 448)))  # merger included
     else:
@@ -130,19 +128,15 @@ def flops_table(config_name: str, budgets: Sequence[int], text_tokens: int = 0) 
         for r in rows
     ]
     widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(header)]
-    lines = [
-        "  ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in (header, *body)
-    ]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in (header, *body)]
     lines.insert(1, "  ".join("-" * w for w in widths))
     full = rows[0]["full_visual_tokens"] if rows else "?"
     text_note = f" + {text_tokens} text tokens" if text_tokens else " (no text tokens)"
     notes = [
-        f"{config_name}: reductions are relative to the full {full} visual tokens{text_note}; "
-        "budgets are visual tokens kept at every LLM layer.",
+        f"{config_name}: reductions are relative to the full {full} visual tokens{text_note}; budgets are visual tokens kept at every LLM layer.",
         "¹ FastV formula L·(4nd² + 2n²d + 2ndm), n = visual tokens: one multiply-add counted ONCE, 2-matrix FFN, "
         "no GQA, no LM head — not FLOPs; for comparison with papers only.",
-        "² tokenbench FLOPs = 2 × multiply-adds: 3-matrix SwiGLU FFN, grouped-query attention, causal attention "
-        "not discounted, LM head on the last position.",
+        "² tokenbench FLOPs = 2 × multiply-adds: 3-matrix SwiGLU FFN, grouped-query attention, causal attention not discounted, LM head on the last position.",
         "³ vision encoder + projector/merger on one image, 2 × multiply-adds; unchanged by pruning inside the LLM.",
     ]
     return "\n".join([*lines, "", *notes])

@@ -17,11 +17,27 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-COLUMNS = ["run_id", "model", "task", "strategy", "params", "budget", "sample_id", "kind", "score", "prediction", "error",
-           "tokens_in", "layer_avg", "relevant_token_recall", "answer_margin"]
+COLUMNS = [
+    "run_id",
+    "model",
+    "task",
+    "strategy",
+    "params",
+    "budget",
+    "sample_id",
+    "kind",
+    "score",
+    "prediction",
+    "error",
+    "tokens_in",
+    "layer_avg",
+    "relevant_token_recall",
+    "answer_margin",
+]
 
 
 def _num(x: Any) -> float:
@@ -46,15 +62,28 @@ def results_frame(store_path: str | os.PathLike[str], run_ids: Sequence[str] | N
             if wanted is not None and run.run_id not in wanted:
                 continue
             c = run.config
-            head = {"run_id": run.run_id, "model": (c.get("model") or {}).get("model"), "task": (c.get("task") or {}).get("name"),
-                    "strategy": c.get("strategy"), "params": json.dumps(c.get("params") or {}, sort_keys=True), "budget": c.get("budget")}
+            head = {
+                "run_id": run.run_id,
+                "model": (c.get("model") or {}).get("model"),
+                "task": (c.get("task") or {}).get("name"),
+                "strategy": c.get("strategy"),
+                "params": json.dumps(c.get("params") or {}, sort_keys=True),
+                "budget": c.get("budget"),
+            }
             for rec in store.samples(run.run_id):
                 per_layer = rec.record.get("tokens_per_layer") or []
-                row = {**head, "sample_id": rec.sample_id, "kind": rec.kind, "score": _num(rec.score), "prediction": rec.prediction,
-                       "error": rec.error, "tokens_in": _num(per_layer[0]) if per_layer else math.nan,
-                       "layer_avg": sum(per_layer) / len(per_layer) if per_layer else math.nan,
-                       "relevant_token_recall": _num(rec.record.get("relevant_token_recall")),
-                       "answer_margin": _num(rec.record.get("answer_margin"))}
+                row = {
+                    **head,
+                    "sample_id": rec.sample_id,
+                    "kind": rec.kind,
+                    "score": _num(rec.score),
+                    "prediction": rec.prediction,
+                    "error": rec.error,
+                    "tokens_in": _num(per_layer[0]) if per_layer else math.nan,
+                    "layer_avg": sum(per_layer) / len(per_layer) if per_layer else math.nan,
+                    "relevant_token_recall": _num(rec.record.get("relevant_token_recall")),
+                    "answer_margin": _num(rec.record.get("answer_margin")),
+                }
                 recall = recall or "relevant_token_recall" in rec.record
                 rows.append(row)
     finally:

@@ -29,8 +29,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tokenbench.cli_options import add_budget_options, add_threads_option, apply_threads, quiet_weight_loading, strategy_specs
 from tokenbench.budget import Budget
+from tokenbench.cli_options import add_budget_options, add_threads_option, apply_threads, quiet_weight_loading, strategy_specs
 from tokenbench.errors import PluginError, UsageError
 
 VERSION = 1
@@ -42,15 +42,19 @@ _CONFIG_FLAGS = ("strategies", "budget", "keep", "limit", "model", "task", "seed
 
 
 def add_parser(sub: Any) -> None:
-    g = sub.add_parser("gate", help="check a run against a committed reference (exit 0 or 1, for CI)",
-                       description="Rerun the comparison a reference file describes and check it against the reference.")
+    g = sub.add_parser(
+        "gate",
+        help="check a run against a committed reference (exit 0 or 1, for CI)",
+        description="Rerun the comparison a reference file describes and check it against the reference.",
+    )
     g.add_argument("--reference", required=True, metavar="FILE.json", help="the reference file (created or rewritten by --update)")
-    g.add_argument("--store", help="results database for the gate's run (default: a fresh temporary one; a store that "
-                                   "already holds these runs gives back their stored results)")
+    g.add_argument(
+        "--store",
+        help="results database for the gate's run (default: a fresh temporary one; a store that already holds these runs gives back their stored results)",
+    )
     g.add_argument("--update", action="store_true", help="rerun and rewrite the reference, printing a diff of old and new")
     g.add_argument("--mode", choices=MODES, help="with --update: deterministic (CI subsets) or statistical (full runs)")
-    g.add_argument("--strategies", help="with --update: comma list (new file default: every registered strategy that reduces "
-                                        "tokens and can run on the task)")
+    g.add_argument("--strategies", help="with --update: comma list (new file default: every registered strategy that reduces tokens and can run on the task)")
     add_budget_options(g, prefix="with --update: ")
     g.add_argument("--limit", type=int, help="with --update: samples (new file default: 24)")
     g.add_argument("--model", help="with --update: checkpoint path, hub id or registered name (new file default: the default model, 'reference')")
@@ -70,8 +74,10 @@ def cmd_gate(args: argparse.Namespace) -> int:
     flags = {k: getattr(args, k) for k in _CONFIG_FLAGS if getattr(args, k) is not None}
     if not args.update:
         if old is None:
-            raise UsageError(f"{ref_path}: no reference file; create it with 'tokenbench gate --update --reference {ref_path}' "
-                           "(options --strategies, --keep/--budget, --limit, --model, --task, --mode)")
+            raise UsageError(
+                f"{ref_path}: no reference file; create it with 'tokenbench gate --update --reference {ref_path}' "
+                "(options --strategies, --keep/--budget, --limit, --model, --task, --mode)"
+            )
         if flags or args.mode:
             raise UsageError(f"--{next(iter(flags), 'mode').replace('_', '-')} applies only with --update; the gate runs the configuration in {ref_path}")
     config = new_config(old, flags, args)
@@ -90,8 +96,14 @@ def cmd_gate(args: argparse.Namespace) -> int:
     new = make_reference(cmp, rows, config, mode, (old or {}).get("tolerances", TOLERANCES))
     if args.update:
         new_text = dumps(new)
-        sys.stdout.writelines(difflib.unified_diff((old_text or "").splitlines(keepends=True), new_text.splitlines(keepends=True),
-                                                   fromfile=f"{ref_path} (old)" if old_text else "/dev/null", tofile=f"{ref_path} (new)"))
+        sys.stdout.writelines(
+            difflib.unified_diff(
+                (old_text or "").splitlines(keepends=True),
+                new_text.splitlines(keepends=True),
+                fromfile=f"{ref_path} (old)" if old_text else "/dev/null",
+                tofile=f"{ref_path} (new)",
+            )
+        )
         ref_path.parent.mkdir(parents=True, exist_ok=True)
         ref_path.write_text(new_text, encoding="utf-8")
         print(f"gate: wrote {ref_path} ({mode} mode, {len(new['rows'])} rows, {config.get('limit') or 'all'} samples)", file=sys.stderr)
@@ -165,8 +177,10 @@ def default_strategies(task: str) -> str:
 def cannot_compare(env: dict[str, Any], device: str, dtype: str) -> str | None:
     kind = device.split(":")[0]
     if env.get("device_kind") != kind or env.get("dtype") != dtype:
-        return (f"the reference was measured on {env.get('device_kind')} in {env.get('dtype')}, this run would be {kind} in {dtype}; "
-                "results only compare on the same device kind and dtype (make a reference for this setting with --update)")
+        return (
+            f"the reference was measured on {env.get('device_kind')} in {env.get('dtype')}, this run would be {kind} in {dtype}; "
+            "results only compare on the same device kind and dtype (make a reference for this setting with --update)"
+        )
     return None
 
 
@@ -179,8 +193,17 @@ def _run(config: dict[str, Any], device: str, dtype: str, store: str | None) -> 
     specs = strategy_specs(str(config["strategies"]))
     budgets = Budget.parse_option(*(str(config[k]) if config.get(k) else None for k in ("budget", "keep")))
     with tempfile.TemporaryDirectory(prefix="tokenbench-gate-") as tmp:
-        request = CompareRequest(strategies=specs, budgets=budgets, model=model, task=config.get("task"), limit=config.get("limit"),
-                                 seed=int(config.get("seed", 0)), device=device, dtype=dtype, store=store or str(Path(tmp) / "gate.db"))
+        request = CompareRequest(
+            strategies=specs,
+            budgets=budgets,
+            model=model,
+            task=config.get("task"),
+            limit=config.get("limit"),
+            seed=int(config.get("seed", 0)),
+            device=device,
+            dtype=dtype,
+            store=store or str(Path(tmp) / "gate.db"),
+        )
         if config.get("timing_samples"):
             request.timing_samples = int(config["timing_samples"])
         cmp = run_comparison(request, get_registry())
@@ -197,19 +220,32 @@ def make_reference(cmp: Any, rows: list[dict[str, Any]], config: dict[str, Any],
     from tokenbench.plots import ttft_ms
 
     env = cmp.environment
-    environment = {"device_kind": str(env.get("device", "cpu")).split(":")[0], "device_name": env.get("device_name"), "dtype": cmp.model.get("dtype"),
-                   "attention": cmp.model.get("attention"), "processor": env.get("processor"), "threads": env.get("threads"),
-                   "weights": cmp.model.get("weights_sha256") or cmp.model.get("revision"),
-                   **{k: env.get(k) for k in ("python", "torch", "transformers", "fvcore", "tokenbench")}}
+    environment = {
+        "device_kind": str(env.get("device", "cpu")).split(":")[0],
+        "device_name": env.get("device_name"),
+        "dtype": cmp.model.get("dtype"),
+        "attention": cmp.model.get("attention"),
+        "processor": env.get("processor"),
+        "threads": env.get("threads"),
+        "weights": cmp.model.get("weights_sha256") or cmp.model.get("revision"),
+        **{k: env.get(k) for k in ("python", "torch", "transformers", "fvcore", "tokenbench")},
+    }
     ids = set(cmp.sample_ids)
     base_ttft = next((ttft_ms(r) for r in rows if r["strategy"] == "baseline"), None)
     out_rows = []
     for run, row in zip(cmp.runs, rows):
         recs = [r for r in run.records if r.sample_id in ids]
-        item: dict[str, Any] = {"strategy": run.strategy, "label": run.label, "params": run.params, "budget": run.budget.label,
-                                "flops_prefill": _num(row["flops_prefill"]), "visual_tokens_per_layer": row["visual_tokens_per_layer"],
-                                "predictions": {r.sample_id: [r.prediction, _num(r.record.get("answer_margin"), 4)] for r in recs},
-                                "accuracy": _num(row["accuracy"]), "n": row["n"]}
+        item: dict[str, Any] = {
+            "strategy": run.strategy,
+            "label": run.label,
+            "params": run.params,
+            "budget": run.budget.label,
+            "flops_prefill": _num(row["flops_prefill"]),
+            "visual_tokens_per_layer": row["visual_tokens_per_layer"],
+            "predictions": {r.sample_id: [r.prediction, _num(r.record.get("answer_margin"), 4)] for r in recs},
+            "accuracy": _num(row["accuracy"]),
+            "n": row["n"],
+        }
         if mode == "statistical":
             item["scores"] = {r.sample_id: r.score for r in recs if r.error is None}
         ttft = ttft_ms(row)
@@ -217,8 +253,7 @@ def make_reference(cmp: Any, rows: list[dict[str, Any]], config: dict[str, Any],
             item["ttft_ms"] = ttft
             item["ttft_speedup"] = row.get("ttft_speedup") or (base_ttft / ttft if base_ttft else None)
         out_rows.append(item)
-    return {"version": VERSION, "mode": mode, "config": config, "environment": environment, "rows": out_rows,
-            "tolerances": {**TOLERANCES, **tolerances}}
+    return {"version": VERSION, "mode": mode, "config": config, "environment": environment, "rows": out_rows, "tolerances": {**TOLERANCES, **tolerances}}
 
 
 def _key(row: dict[str, Any]) -> str:
@@ -241,7 +276,7 @@ def check(ref: dict[str, Any], new: dict[str, Any], binary: bool) -> tuple[list[
         if row is None:
             failures.append(f"{name}: row: measured missing from this run, allowed present (as in the reference)")
             continue
-        fail = lambda metric, measured, allowed: failures.append(f"{name}: {metric}: measured {measured}, allowed {allowed}")  # noqa: E731
+        fail = lambda metric, measured, allowed, name=name: failures.append(f"{name}: {metric}: measured {measured}, allowed {allowed}")  # noqa: E731
         if ref["mode"] == "deterministic":
             checks += 2
             if row["flops_prefill"] != ref_row["flops_prefill"]:
@@ -258,10 +293,16 @@ def check(ref: dict[str, Any], new: dict[str, Any], binary: bool) -> tuple[list[
                     if margin is not None and margin < tol["margin_tolerance"]:
                         low.append(sid)
                     else:
-                        why = "no margin recorded" if margin is None else f"reference margin {margin:.3f} ≥ {tol['margin_tolerance']} logits: a confident answer"
+                        why = (
+                            "no margin recorded" if margin is None else f"reference margin {margin:.3f} ≥ {tol['margin_tolerance']} logits: a confident answer"
+                        )
                         fail(f"prediction[{sid}]", repr(got[0]), f"{pred!r} ({why})")
             if len(low) > tol["max_flips"]:
-                fail("low-margin prediction flips", f"{len(low)} ({', '.join(low)})", f"at most {tol['max_flips']} (reference margin < {tol['margin_tolerance']} logits)")
+                fail(
+                    "low-margin prediction flips",
+                    f"{len(low)} ({', '.join(low)})",
+                    f"at most {tol['max_flips']} (reference margin < {tol['margin_tolerance']} logits)",
+                )
             elif low:
                 notes.append(f"{name}: {len(low)} prediction flip(s) on near-tie samples tolerated ({', '.join(low)})")
         else:
@@ -269,7 +310,11 @@ def check(ref: dict[str, Any], new: dict[str, Any], binary: bool) -> tuple[list[
             _check_accuracy(ref_row, row, tol["delta"], binary, fail)
             ref_flops, flops = ref_row.get("flops_prefill"), row.get("flops_prefill")
             if ref_flops is not None and (flops is None or flops > ref_flops * (1 + tol["flops_tolerance"])):
-                fail("flops_prefill", f"{flops:.6g}" if flops is not None else "none", f"≤ {ref_flops * (1 + tol['flops_tolerance']):.6g} (reference {ref_flops:.6g} + {tol['flops_tolerance']:.0%})")
+                fail(
+                    "flops_prefill",
+                    f"{flops:.6g}" if flops is not None else "none",
+                    f"≤ {ref_flops * (1 + tol['flops_tolerance']):.6g} (reference {ref_flops:.6g} + {tol['flops_tolerance']:.0%})",
+                )
             ref_speed, speed = ref_row.get("ttft_speedup"), row.get("ttft_speedup")
             if ref_speed is None or speed is None:
                 timing_missing = True
@@ -280,7 +325,9 @@ def check(ref: dict[str, Any], new: dict[str, Any], binary: bool) -> tuple[list[
                     fail("ttft_speedup", f"{speed:.3f}×", f"≥ {floor:.3f}× (reference {ref_speed:.3f}× − {tol['ttft_tolerance']:.0%})")
     for key, row in new_rows.items():
         if key not in ref_keys:
-            failures.append(f"{row.get('label', row['strategy'])} @ {row['budget']}: row: measured present, allowed absent (not in the reference; run gate --update)")
+            failures.append(
+                f"{row.get('label', row['strategy'])} @ {row['budget']}: row: measured present, allowed absent (not in the reference; run gate --update)"
+            )
     if timing_missing:
         notes.append("no timing data in the reference or this run: TTFT speed-up not checked")
     return failures, notes, checks
@@ -295,10 +342,17 @@ def _check_accuracy(ref_row: dict[str, Any], row: dict[str, Any], delta: float, 
     if common:
         ni = stats.non_inferiority([scores[i] for i in common], [ref_scores[i] for i in common], margin=delta, binary=binary)
         if not ni.non_inferior:
-            fail("accuracy", f"{100 * (acc or 0):.1f}% (paired difference {100 * ni.difference:+.1f} points, one-sided 95% lower bound {100 * ni.lower_bound:+.1f}, n={len(common)})",
-                 f"lower bound above {-100 * delta:.1f} points vs the reference's {100 * (ref_acc or 0):.1f}% (non-inferiority, delta={delta})")
+            fail(
+                "accuracy",
+                f"{100 * (acc or 0):.1f}% (paired difference {100 * ni.difference:+.1f} points, one-sided 95% lower bound {100 * ni.lower_bound:+.1f}, n={len(common)})",
+                f"lower bound above {-100 * delta:.1f} points vs the reference's {100 * (ref_acc or 0):.1f}% (non-inferiority, delta={delta})",
+            )
     elif ref_acc is not None and (acc is None or acc < ref_acc - delta):
-        fail("accuracy", "none" if acc is None else f"{100 * acc:.1f}%", f"≥ {100 * (ref_acc - delta):.1f}% (reference {100 * ref_acc:.1f}% − delta {delta}; no per-sample scores to pair)")
+        fail(
+            "accuracy",
+            "none" if acc is None else f"{100 * acc:.1f}%",
+            f"≥ {100 * (ref_acc - delta):.1f}% (reference {100 * ref_acc:.1f}% − delta {delta}; no per-sample scores to pair)",
+        )
 
 
 def dumps(obj: dict[str, Any]) -> str:

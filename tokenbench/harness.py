@@ -7,8 +7,9 @@ is recorded as an error with its reason; the run goes on.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from tokenbench.adapter import Adapter, GenerationResult
 from tokenbench.budget import Budget
@@ -124,7 +125,7 @@ def evaluate(
         progress(finished, len(samples))
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
-        for (pos, sample), rec in zip(chunk, _run_chunk(adapter, task, chunk, strategy, budget, seed, labels)):
+        for (_pos, sample), rec in zip(chunk, _run_chunk(adapter, task, chunk, strategy, budget, seed, labels)):
             if rec.error and on_error == "fail":
                 store.add_sample(run_id, rec)
                 raise SampleFailure(f"sample {sample.id}: {rec.error}")
@@ -135,7 +136,9 @@ def evaluate(
     return already
 
 
-def _run_chunk(adapter: Adapter, task: Task, chunk: Sequence[tuple[int, Sample]], strategy: Strategy, budget: Budget, seed: int, labels: Sequence[str]) -> list[SampleRecord]:
+def _run_chunk(
+    adapter: Adapter, task: Task, chunk: Sequence[tuple[int, Sample]], strategy: Strategy, budget: Budget, seed: int, labels: Sequence[str]
+) -> list[SampleRecord]:
     """One batch; a failing sample is recorded alone and never costs the others.
 
     A :class:`~tokenbench.errors.StrategyFailure` names the sample that broke (its index
@@ -146,8 +149,7 @@ def _run_chunk(adapter: Adapter, task: Task, chunk: Sequence[tuple[int, Sample]]
     samples = [s for _, s in chunk]
     try:
         prompts = [task.prompt(s, adapter.family) for s in samples]
-        results = adapter.generate(samples, prompts, strategy, budget, seed=seed, max_new_tokens=task.max_new_tokens,
-                                   stop_strings=task.stop_strings)
+        results = adapter.generate(samples, prompts, strategy, budget, seed=seed, max_new_tokens=task.max_new_tokens, stop_strings=task.stop_strings)
         return [_record(task, s, pos, r, strategy, labels) for (pos, s), r in zip(chunk, results)]
     except StrategyFailure as exc:
         if not 0 <= exc.index < len(chunk):

@@ -27,8 +27,7 @@ from tokenbench.store import DEFAULT_STORE
 #: committed files a run from the repository's root would otherwise overwrite
 DEFAULT_OUT = "tokenbench-leaderboards"
 
-_ESCAPES = {"\\": "\\\\", "|": "\\|", "`": "\\`", "*": "\\*", "_": "\\_", "[": "\\[", "]": "\\]", "#": "\\#",
-            "<": "&lt;", ">": "&gt;", "&": "&amp;"}
+_ESCAPES = {"\\": "\\\\", "|": "\\|", "`": "\\`", "*": "\\*", "_": "\\_", "[": "\\[", "]": "\\]", "#": "\\#", "<": "&lt;", ">": "&gt;", "&": "&amp;"}
 
 
 def md_escape(text: Any) -> str:
@@ -47,13 +46,23 @@ def md_escape(text: Any) -> str:
 
 
 def add_parser(sub: Any) -> None:
-    lb = sub.add_parser("leaderboard", help="render markdown leaderboards from a results store or results file",
-                        description="One markdown file per model × task from the stored runs, byte-for-byte reproducible.")
-    lb.add_argument("--store", default=DEFAULT_STORE, metavar="FILE.db|FILE.jsonl.gz",
-                    help="results database (from tokenbench compare) or results file (*.jsonl.gz, from tokenbench runs --export)")
-    lb.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
-                    help=f"output folder (default: {DEFAULT_OUT}, a new folder: the repository's published leaderboards/ is rewritten "
-                         "only when named)")
+    lb = sub.add_parser(
+        "leaderboard",
+        help="render markdown leaderboards from a results store or results file",
+        description="One markdown file per model × task from the stored runs, byte-for-byte reproducible.",
+    )
+    lb.add_argument(
+        "--store",
+        default=DEFAULT_STORE,
+        metavar="FILE.db|FILE.jsonl.gz",
+        help="results database (from tokenbench compare) or results file (*.jsonl.gz, from tokenbench runs --export)",
+    )
+    lb.add_argument(
+        "--out",
+        default=DEFAULT_OUT,
+        metavar="DIR",
+        help=f"output folder (default: {DEFAULT_OUT}, a new folder: the repository's published leaderboards/ is rewritten only when named)",
+    )
     lb.add_argument("--runs", help="only these run ids (comma list); default: every run in the store")
     lb.set_defaults(func=cmd_leaderboard)
 
@@ -134,12 +143,23 @@ def render_leaderboard(cmp: Any, store: Any, runs: list[Any]) -> str:
     cells = display_rows(rows)
     recall = any("relevant_token_recall" in r for r in rows)
     timed = any("latency_ms" in r for r in rows)
-    headers = ["rank", "strategy", "n", "acc % [95% CI]", "Δ vs base, pts [95% CI]", "p (Holm)", "visual tokens in / layer-avg",
-               "prefill FLOPs vs base"] + (["TTFT vs base"] if timed else []) + (["relevant recall %"] if recall else [])
+    headers = (
+        ["rank", "strategy", "n", "acc % [95% CI]", "Δ vs base, pts [95% CI]", "p (Holm)", "visual tokens in / layer-avg", "prefill FLOPs vs base"]
+        + (["TTFT vs base"] if timed else [])
+        + (["relevant recall %"] if recall else [])
+    )
 
     def line(rank: str, r: dict[str, Any], c: dict[str, str]) -> list[str]:
-        out = [rank, md_escape(r["label"]), c["n"], c["acc % [95% CI]"], c["Δ vs base, pts [95% CI]"], c["p (adj.)"],
-               c["tokens in / layer-avg"], c["prefill FLOPs vs base"]] + ([c.get("TTFT vs base", "—")] if timed else [])
+        out = [
+            rank,
+            md_escape(r["label"]),
+            c["n"],
+            c["acc % [95% CI]"],
+            c["Δ vs base, pts [95% CI]"],
+            c["p (adj.)"],
+            c["tokens in / layer-avg"],
+            c["prefill FLOPs vs base"],
+        ] + ([c.get("TTFT vs base", "—")] if timed else [])
         return out + ([c.get("relevant recall %", "—")] if recall else [])
 
     model, task = model_name(cmp.model), str(cmp.task.get("name"))
@@ -195,9 +215,13 @@ def by_kind_section(cmp: Any, rows: list[dict[str, Any]], base_idx: list[int], b
         r = rows[i]
         accs = [_acc(r)] + [_acc(per_kind[k][r["run_id"]]) if r["run_id"] in per_kind[k] else -1.0 for k in kinds]
         table.append([md_escape(r["label"]), md_escape(r["budget"])] + [f"{100 * a:.1f}" if a >= 0 else "—" for a in accs])
-    return ["", "## Accuracy by kind (%)", "",
-            "Per question kind (the task's categories), same samples; significance per kind: `tokenbench compare --by kind`.",
-            ""] + _table(headers, table)
+    return [
+        "",
+        "## Accuracy by kind (%)",
+        "",
+        "Per question kind (the task's categories), same samples; significance per kind: `tokenbench compare --by kind`.",
+        "",
+    ] + _table(headers, table)
 
 
 def _ranked(rows: list[dict[str, Any]], budget: str, base_idx: list[int]) -> list[int]:
@@ -227,7 +251,8 @@ def provenance(cmp: Any, store: Any, runs: list[Any], rows: list[dict[str, Any]]
         f"dtype {md_escape(model.get('dtype'))}, {md_escape(model.get('attention'))} attention, {md_escape(env.get('threads', '?'))} threads"
         + (f", processor {md_escape(env['processor'])}" if env.get("processor") else ""),
         f"- model: {md_escape(model.get('model'))} (model_type {md_escape(model.get('model_type'))}, weights {md_escape(weights)})",
-        f"- task: {md_escape(cmp.task.get('name'))}" + (f" from {md_escape(cmp.task['path'])}" if cmp.task.get("path") else "")
+        f"- task: {md_escape(cmp.task.get('name'))}"
+        + (f" from {md_escape(cmp.task['path'])}" if cmp.task.get("path") else "")
         + f", options {md_escape(options)}; seed {md_escape(cfg.get('seed'))}; max new tokens {md_escape(cfg.get('max_new_tokens'))}",
         f"- samples: {len(cmp.sample_ids)} (the baseline run's); metric: {md_escape(cmp.metric_name)} ({cmp.metric_kind})",
         f"- {md_escape(position_note(cmp))}",
@@ -236,13 +261,18 @@ def provenance(cmp: Any, store: Any, runs: list[Any], rows: list[dict[str, Any]]
     timing = next((r.timing for r in cmp.runs if r.strategy == "baseline" and r.timing), None)
     if timing and (timing.get("latency_ms") or {}).get("ttft_median") is not None:
         st, tenv = timing.get("settings", {}), timing.get("environment", {})
-        lines.append(f"- timing: baseline TTFT median {timing['latency_ms']['ttft_median']:.1f} ms over {len(timing.get('sample_ids', []))} samples, "
-                     f"batch 1, {md_escape(st.get('warmup'))} warm-up runs, strategies interleaved, {md_escape(tenv.get('timer'))}, "
-                     f"{md_escape(tenv.get('device_name'))}, {md_escape(tenv.get('threads'))} threads")
+        lines.append(
+            f"- timing: baseline TTFT median {timing['latency_ms']['ttft_median']:.1f} ms over {len(timing.get('sample_ids', []))} samples, "
+            f"batch 1, {md_escape(st.get('warmup'))} warm-up runs, strategies interleaved, {md_escape(tenv.get('timer'))}, "
+            f"{md_escape(tenv.get('device_name'))}, {md_escape(tenv.get('threads'))} threads"
+        )
     if len(envs) > 1:
         lines.append(f"- note: the runs recorded {len(envs)} different environments (versions, threads or processor); the first is shown")
     lines += ["- runs (configuration hashes, the keys of the results store):", ""]
     by_id = {r["run_id"]: r for r in rows}
-    table = [[md_escape(by_id[r.run_id]["label"]), md_escape(by_id[r.run_id]["budget"]), f"`{r.run_id}`", str(r.n_samples), str(r.n_errors)]
-             for r in runs if r.run_id in by_id]
+    table = [
+        [md_escape(by_id[r.run_id]["label"]), md_escape(by_id[r.run_id]["budget"]), f"`{r.run_id}`", str(r.n_samples), str(r.n_errors)]
+        for r in runs
+        if r.run_id in by_id
+    ]
     return lines + _table(["strategy", "budget", "run id", "samples stored", "errors"], table)

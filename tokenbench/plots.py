@@ -8,8 +8,9 @@ works headless and leaves an interactive session's backend alone.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from tokenbench.errors import UsageError
 from tokenbench.results import Comparison
@@ -102,15 +103,25 @@ def pareto_plot(cmp: Comparison, path: str | Path, *, axis: str = "flops", rows:
         x = [p[0] for p in pts]
         y = [100 * p[1]["accuracy"] for p in pts]
         err = [[100 * (p[1]["accuracy"] - p[1]["ci95"][0]) for p in pts], [100 * (p[1]["ci95"][1] - p[1]["accuracy"]) for p in pts]]
-        ax.errorbar(x, y, yerr=err, marker=MARKERS[i % len(MARKERS)], color=colours[i % len(colours)], label=label,
-                    capsize=3, linewidth=1.3, markersize=6, alpha=0.9)
+        ax.errorbar(
+            x, y, yerr=err, marker=MARKERS[i % len(MARKERS)], color=colours[i % len(colours)], label=label, capsize=3, linewidth=1.3, markersize=6, alpha=0.9
+        )
         points += list(zip(x, y))
     for bx, r in zip(xs, rows):
         if r["strategy"] == "baseline" and bx is not None and _finite(r["accuracy"]):
             lo, hi = r["ci95"]
             by = 100 * r["accuracy"]
-            ax.errorbar([bx], [by], yerr=[[by - 100 * lo], [100 * hi - by]], marker="*", markersize=14, color="black",
-                        capsize=3, linestyle="none", label="baseline (unreduced)")
+            ax.errorbar(
+                [bx],
+                [by],
+                yerr=[[by - 100 * lo], [100 * hi - by]],
+                marker="*",
+                markersize=14,
+                color="black",
+                capsize=3,
+                linestyle="none",
+                label="baseline (unreduced)",
+            )
             points.append((bx, by))
     front = [points[i] for i in pareto_front(points)]
     if front:

@@ -50,8 +50,16 @@ class Progress:
     width) picks the bar or the plain lines.
     """
 
-    def __init__(self, stream: TextIO | None = None, *, enabled: bool = True, tty: bool | None = None,
-                 interval_s: float = 30.0, steps: int = 10, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        stream: TextIO | None = None,
+        *,
+        enabled: bool = True,
+        tty: bool | None = None,
+        interval_s: float = 30.0,
+        steps: int = 10,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = enabled
         self.tty = _is_terminal(self.stream) if tty is None else tty
@@ -78,8 +86,13 @@ class Progress:
         if self.enabled and self.tty:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=self.total, file=self.stream, dynamic_ncols=True, mininterval=0.5,
-                             bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} samples{postfix}")  # tqdm puts ", " before a postfix
+            self._bar = tqdm(
+                total=self.total,
+                file=self.stream,
+                dynamic_ncols=True,
+                mininterval=0.5,
+                bar_format="{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} samples{postfix}",
+            )  # tqdm puts ", " before a postfix
 
     def update(self, run: int, label: str, done: int, total: int) -> None:
         """Run ``run`` (1-based) of :meth:`begin`'s runs, named ``label``, has ``done`` of its ``total`` samples."""

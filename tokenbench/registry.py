@@ -14,9 +14,10 @@ from __future__ import annotations
 import difflib
 import importlib
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Literal
 
 import pluggy
 
@@ -74,21 +75,19 @@ class Entry:
                 obj = getattr(importlib.import_module(module_name), attr)
             except Exception as exc:  # noqa: BLE001 - any import failure is the plugin's
                 raise PluginError(
-                    f"{_SINGULAR[self.family]} {self.name!r} from plugin {self.plugin!r}: "
-                    f"cannot import {self.target!r} ({type(exc).__name__}: {exc})"
+                    f"{_SINGULAR[self.family]} {self.name!r} from plugin {self.plugin!r}: cannot import {self.target!r} ({type(exc).__name__}: {exc})"
                 ) from None
         base = _load_base(self.family)
         if not (isinstance(obj, type) and issubclass(obj, base)):
-            raise PluginError(
-                f"{_SINGULAR[self.family]} {self.name!r} from plugin {self.plugin!r} is "
-                f"{obj!r}, not a subclass of tokenbench.{base.__name__}"
-            )
+            raise PluginError(f"{_SINGULAR[self.family]} {self.name!r} from plugin {self.plugin!r} is {obj!r}, not a subclass of tokenbench.{base.__name__}")
         if isinstance(self.target, str):  # a lazy entry's listing metadata must be the class's own
             for attr, registered in (("name", self.name), ("description", self.description)):
                 declared = getattr(obj, attr, "")
                 if declared and declared != registered:
-                    raise PluginError(f"{_SINGULAR[self.family]} {self.name!r} from plugin {self.plugin!r}: registered with "
-                                      f"{attr} {registered!r} but {self.target} declares {declared!r}; make them equal")
+                    raise PluginError(
+                        f"{_SINGULAR[self.family]} {self.name!r} from plugin {self.plugin!r}: registered with "
+                        f"{attr} {registered!r} but {self.target} declares {declared!r}; make them equal"
+                    )
         self.target = obj
         return obj
 
@@ -180,16 +179,26 @@ class Registry:
                 if description is None:
                     description = getattr(target, "description", "") or (target.__doc__ or "").strip().split("\n")[0]
             if not name or not _NAME.match(name):
-                self.problems.append(PluginProblem(plugin, hook_name, f"invalid {_SINGULAR[family]} name {name!r} (use lower-case letters, digits, '-', '_', '.')"))
+                self.problems.append(
+                    PluginProblem(plugin, hook_name, f"invalid {_SINGULAR[family]} name {name!r} (use lower-case letters, digits, '-', '_', '.')")
+                )
                 return
             existing = self.entries[family].get(name)
             if existing is not None:
-                self.problems.append(PluginProblem(plugin, hook_name, f"duplicate {_SINGULAR[family]} name {name!r}, already registered by plugin {existing.plugin!r}; ignored"))
+                self.problems.append(
+                    PluginProblem(plugin, hook_name, f"duplicate {_SINGULAR[family]} name {name!r}, already registered by plugin {existing.plugin!r}; ignored")
+                )
                 return
             claimed = self.default(family) if meta.get("default") else None
             if claimed is not None:
-                self.problems.append(PluginProblem(plugin, hook_name, f"{_SINGULAR[family]} {name!r} claims to be the default, "
-                                                                      f"but {claimed!r} from plugin {self.entries[family][claimed].plugin!r} already is; registered as a non-default"))
+                self.problems.append(
+                    PluginProblem(
+                        plugin,
+                        hook_name,
+                        f"{_SINGULAR[family]} {name!r} claims to be the default, "
+                        f"but {claimed!r} from plugin {self.entries[family][claimed].plugin!r} already is; registered as a non-default",
+                    )
+                )
                 meta = {k: v for k, v in meta.items() if k != "default"}
             self.entries[family][name] = Entry(family, name, description or "", target, plugin, dist, version, dict(meta))
 

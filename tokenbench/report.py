@@ -13,7 +13,8 @@ import io
 import json
 import math
 import textwrap
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -157,7 +158,9 @@ def display_rows(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
             "acc % [95% CI]": f"{_pct(r['accuracy'])} [{_pct(lo)}, {_pct(hi)}]",
             "Δ vs base, pts [95% CI]": _delta(r),
             "p (adj.)": _p(r["p_adjusted"]),
-            "tokens in / layer-avg": "—" if r["visual_tokens_llm_input"] is None else f"{r['visual_tokens_llm_input']:.0f} / {r['visual_tokens_layer_avg']:.1f}",
+            "tokens in / layer-avg": "—"
+            if r["visual_tokens_llm_input"] is None
+            else f"{r['visual_tokens_llm_input']:.0f} / {r['visual_tokens_layer_avg']:.1f}",
             "prefill FLOPs vs base": _ratio(r["flops_rel_baseline"], 3),
         }
         if "latency_ms" in r:
@@ -198,9 +201,11 @@ def compact_rows(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     return out
 
 
-COMPACT_LEGEND = ("columns: acc % = accuracy (its 95% CI: --wide); Δ pts = paired difference to the baseline in percentage points; "
-                  "p adj. = its adjusted p; tok in/avg = visual tokens entering the language model / their layer average; "
-                  "FLOPs/base, TTFT/base = ratios to the baseline; recall % = relevant tokens kept; long names end in …: --wide")
+COMPACT_LEGEND = (
+    "columns: acc % = accuracy (its 95% CI: --wide); Δ pts = paired difference to the baseline in percentage points; "
+    "p adj. = its adjusted p; tok in/avg = visual tokens entering the language model / their layer average; "
+    "FLOPs/base, TTFT/base = ratios to the baseline; recall % = relevant tokens kept; long names end in …: --wide"
+)
 
 
 def shorten(text: str, limit: int) -> str:
@@ -299,8 +304,7 @@ def position_note(cmp: Comparison) -> str:
     return "position ids after reduction: " + "; ".join(f"{policy} for {', '.join(labels)}" for policy, labels in sorted(policies.items()))
 
 
-def render(cmp: Comparison, fmt: str = "table", *, adjust: str = "holm", by_kind: bool = False, per_sample: bool = False,
-           wide: bool = False) -> str:
+def render(cmp: Comparison, fmt: str = "table", *, adjust: str = "holm", by_kind: bool = False, per_sample: bool = False, wide: bool = False) -> str:
     """The comparison as ``fmt``; ``table`` fits :data:`TABLE_WIDTH` columns unless ``wide``."""
     rows = build_rows(cmp, adjust=adjust)
     if fmt == "json":
@@ -328,8 +332,7 @@ def render(cmp: Comparison, fmt: str = "table", *, adjust: str = "holm", by_kind
     notes = footnotes(cmp, rows, adjust)
     if compact:
         notes = [COMPACT_LEGEND, *notes]
-        parts.append("\n".join(textwrap.fill(n, TABLE_WIDTH, initial_indent=prefix, subsequent_indent=prefix + "  ", break_on_hyphens=False)
-                               for n in notes))
+        parts.append("\n".join(textwrap.fill(n, TABLE_WIDTH, initial_indent=prefix, subsequent_indent=prefix + "  ", break_on_hyphens=False) for n in notes))
     else:
         parts.append("\n".join(prefix + n for n in notes))
     return "\n\n".join(parts) + "\n"
@@ -352,8 +355,16 @@ def to_json(cmp: Comparison, rows: list[dict[str, Any]], *, adjust: str, by_kind
     if per_sample:
         obj["per_sample"] = {
             run.run_id: [
-                {"id": r.sample_id, "kind": r.kind, "prompt": r.prompt, "prediction": r.prediction, "score": r.score,
-                 "error": r.error, "kept": r.record.get("kept"), "tokens_per_layer": r.record.get("tokens_per_layer")}
+                {
+                    "id": r.sample_id,
+                    "kind": r.kind,
+                    "prompt": r.prompt,
+                    "prediction": r.prediction,
+                    "score": r.score,
+                    "error": r.error,
+                    "kept": r.record.get("kept"),
+                    "tokens_per_layer": r.record.get("tokens_per_layer"),
+                }
                 for r in run.records
             ]
             for run in cmp.runs
@@ -380,8 +391,24 @@ def json_safe(x: Any) -> Any:
 
 def _csv(rows: list[dict[str, Any]], cmp: Comparison, by_kind: bool, adjust: str) -> str:
     buf = io.StringIO()
-    cols = ["strategy", "label", "budget", "n", "errors", "accuracy", "ci95_low", "ci95_high", "delta_vs_baseline",
-            "p_value", "p_adjusted", "visual_tokens_llm_input", "visual_tokens_layer_avg", "flops_prefill", "flops_rel_baseline", "kind"]
+    cols = [
+        "strategy",
+        "label",
+        "budget",
+        "n",
+        "errors",
+        "accuracy",
+        "ci95_low",
+        "ci95_high",
+        "delta_vs_baseline",
+        "p_value",
+        "p_adjusted",
+        "visual_tokens_llm_input",
+        "visual_tokens_layer_avg",
+        "flops_prefill",
+        "flops_rel_baseline",
+        "kind",
+    ]
     writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
     writer.writeheader()
     groups = [(None, rows)] + ([(k, build_rows(cmp, adjust=adjust, kind=k)) for k in kinds_of(cmp)] if by_kind else [])

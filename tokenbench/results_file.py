@@ -47,8 +47,9 @@ import io
 import json
 import os
 import zlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from tokenbench.errors import StoreError
 from tokenbench.store import RunDump, SampleRecord, Store
@@ -64,8 +65,17 @@ _FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
     "run": {"run_id": (str,), "created": _NUMBER, "updated": _NUMBER, "config": (dict,)},
     "measurement": {"run_id": (str,), "name": (str,), "value": (object,)},
     "prompt": {"id": (int,), "text": (str,)},
-    "sample": {"run_id": (str,), "sample_id": (str,), "position": (int,), "kind": _OPTIONAL_STR, "score": (int, float, type(None)),
-               "prediction": _OPTIONAL_STR, "prompt": (int, type(None)), "error": _OPTIONAL_STR, "record": (dict,)},
+    "sample": {
+        "run_id": (str,),
+        "sample_id": (str,),
+        "position": (int,),
+        "kind": _OPTIONAL_STR,
+        "score": (int, float, type(None)),
+        "prediction": _OPTIONAL_STR,
+        "prompt": (int, type(None)),
+        "error": _OPTIONAL_STR,
+        "record": (dict,),
+    },
 }
 
 
@@ -98,9 +108,18 @@ def export_lines(runs: Iterable[RunDump]) -> Iterator[str]:
             if rec.prompt is not None and rec.prompt not in prompts:
                 prompts[rec.prompt] = len(prompts)
                 yield _line("prompt", id=prompts[rec.prompt], text=rec.prompt)
-            yield _line("sample", run_id=run.run_id, sample_id=rec.sample_id, position=rec.position, kind=rec.kind, score=rec.score,
-                        prediction=rec.prediction, prompt=None if rec.prompt is None else prompts[rec.prompt], error=rec.error,
-                        record=rec.record)
+            yield _line(
+                "sample",
+                run_id=run.run_id,
+                sample_id=rec.sample_id,
+                position=rec.position,
+                kind=rec.kind,
+                score=rec.score,
+                prediction=rec.prediction,
+                prompt=None if rec.prompt is None else prompts[rec.prompt],
+                error=rec.error,
+                record=rec.record,
+            )
 
 
 def write_results(store: Store, path: str | os.PathLike[str]) -> int:
@@ -110,8 +129,11 @@ def write_results(store: Store, path: str | os.PathLike[str]) -> int:
     tmp = out.with_name(out.name + ".tmp")
     n = 0
     try:
-        with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as gz, \
-                io.TextIOWrapper(gz, encoding="utf-8", newline="\n") as text:
+        with (
+            open(tmp, "wb") as raw,
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=9, mtime=0) as gz,
+            io.TextIOWrapper(gz, encoding="utf-8", newline="\n") as text,
+        ):
             for line in export_lines(store.dump_runs()):
                 n += line.startswith('{"type":"sample"')
                 text.write(line + "\n")
@@ -132,8 +154,7 @@ def _check_fields(obj: dict[str, Any], where: str) -> str:
     missing = [k for k in spec if k not in obj]
     extra = sorted(k for k in obj if k not in spec and k != "type")
     if missing or extra:
-        what = "; ".join(part for part in (f"missing {', '.join(missing)}" if missing else "",
-                                            f"unexpected {', '.join(extra)}" if extra else "") if part)
+        what = "; ".join(part for part in (f"missing {', '.join(missing)}" if missing else "", f"unexpected {', '.join(extra)}" if extra else "") if part)
         raise StoreError(f"{where}: {kind} line: {what}")
     for key, types in spec.items():
         value = obj[key]
@@ -157,8 +178,7 @@ def _check_header(text: str, where: str) -> None:
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise StoreError(f"{where}: unknown results file version {_json(version)}")
     if version > VERSION:
-        raise StoreError(f"{where}: written by a newer tokenbench (results file version {version}, this version reads up to {VERSION}); "
-                         "upgrade tokenbench")
+        raise StoreError(f"{where}: written by a newer tokenbench (results file version {version}, this version reads up to {VERSION}); upgrade tokenbench")
 
 
 def parse_lines(lines: Iterable[str], source: str) -> list[RunDump]:
@@ -179,9 +199,12 @@ def parse_lines(lines: Iterable[str], source: str) -> list[RunDump]:
         if not isinstance(obj, dict):
             raise StoreError(f"{where}: expected a JSON object, got {_json(obj)[:40]}")
         kind = _check_fields(obj, where)
-        label = {"run": f"run {obj.get('run_id')}", "prompt": f"prompt {obj.get('id')}",
-                 "measurement": f"measurement {obj.get('name')} of run {obj.get('run_id')}",
-                 "sample": f"sample {obj.get('sample_id')} of run {obj.get('run_id')}"}[kind]
+        label = {
+            "run": f"run {obj.get('run_id')}",
+            "prompt": f"prompt {obj.get('id')}",
+            "measurement": f"measurement {obj.get('name')} of run {obj.get('run_id')}",
+            "sample": f"sample {obj.get('sample_id')} of run {obj.get('run_id')}",
+        }[kind]
         if label in first_seen:
             raise StoreError(f"{where}: {label} appears twice (first on line {first_seen[label]})")
         first_seen[label] = number
@@ -199,8 +222,18 @@ def parse_lines(lines: Iterable[str], source: str) -> list[RunDump]:
             continue
         if obj["prompt"] is not None and obj["prompt"] not in prompts:
             raise StoreError(f"{where}: sample {obj['sample_id']}: prompt {obj['prompt']} is not defined on an earlier line")
-        run.samples.append(SampleRecord(obj["sample_id"], obj["position"], obj["kind"], obj["score"], obj["prediction"],
-                                        None if obj["prompt"] is None else prompts[obj["prompt"]], obj["error"], obj["record"]))
+        run.samples.append(
+            SampleRecord(
+                obj["sample_id"],
+                obj["position"],
+                obj["kind"],
+                obj["score"],
+                obj["prediction"],
+                None if obj["prompt"] is None else prompts[obj["prompt"]],
+                obj["error"],
+                obj["record"],
+            )
+        )
     if number == 0:
         raise StoreError(f"{source}: line 1: empty; not a tokenbench results file")
     return list(runs.values())

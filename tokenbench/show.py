@@ -13,8 +13,9 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from tokenbench.cli_options import add_budget_options, add_model_options, budgets, key_values, quiet_weight_loading, strategy_specs
 from tokenbench.errors import UsageError
@@ -24,8 +25,11 @@ RELEVANT_COLOUR = "#ff2d8a"
 
 
 def add_parser(sub: Any) -> None:
-    s = sub.add_parser("show", help="draw each strategy's kept visual tokens on one sample's image (PNG)",
-                       description="Run strategies on one sample and draw the tokens each keeps at each stage.")
+    s = sub.add_parser(
+        "show",
+        help="draw each strategy's kept visual tokens on one sample's image (PNG)",
+        description="Run strategies on one sample and draw the tokens each keeps at each stage.",
+    )
     s.add_argument("--strategies", required=True, help="comma list; parameters as name:key=value")
     s.add_argument("--sample", required=True, metavar="ID", help="the sample id (as in the per-sample records)")
     s.add_argument("--out", required=True, metavar="FILE.png", help="where to write the figure")
@@ -40,9 +44,17 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     require_matplotlib("tokenbench show")
     quiet_weight_loading()
-    request = CompareRequest(strategies=strategy_specs(args.strategies), budgets=budgets(args), model=args.model, task=args.task,
-                             task_options=key_values(args.task_option, "--task-option"), adapter=args.adapter, seed=args.seed,
-                             device=args.device, dtype=args.dtype)
+    request = CompareRequest(
+        strategies=strategy_specs(args.strategies),
+        budgets=budgets(args),
+        model=args.model,
+        task=args.task,
+        task_options=key_values(args.task_option, "--task-option"),
+        adapter=args.adapter,
+        seed=args.seed,
+        device=args.device,
+        dtype=args.dtype,
+    )
     path = show(request, args.sample, args.out)
     print(f"tokenbench: wrote {path}", file=sys.stderr)
     return 0
@@ -66,8 +78,9 @@ def show(request: Any, sample_id: str, out: str | Path) -> Path:
     panels = []
     for strategy in strategies:
         for budget in [FULL] if strategy.keeps_all else (request.budgets or [Budget("default")]):
-            result = adapter.generate([sample], [prompt], strategy, budget, seed=request.seed, max_new_tokens=task.max_new_tokens,
-                                      stop_strings=task.stop_strings)[0]
+            result = adapter.generate(
+                [sample], [prompt], strategy, budget, seed=request.seed, max_new_tokens=task.max_new_tokens, stop_strings=task.stop_strings
+            )[0]
             panels.append((strategy.label, budget.label, result, task.score(sample, result.prediction)))
     return draw(sample, panels, out, relevant=lambda grid: task.relevant_tokens(sample, grid) or [])
 
@@ -120,8 +133,9 @@ def stages(result: Any) -> list[tuple[str, list[int]]]:
     return [(label, list(kept)) for label, kept in result.kept.items()]
 
 
-def draw(sample: Any, panels: Sequence[tuple[str, str, Any, float]], out: str | Path,
-         relevant: Callable[[tuple[int, int]], list[int]] = lambda grid: []) -> Path:
+def draw(
+    sample: Any, panels: Sequence[tuple[str, str, Any, float]], out: str | Path, relevant: Callable[[tuple[int, int]], list[int]] = lambda grid: []
+) -> Path:
     """One panel per (strategy, budget, stage); ``relevant(grid)``: the cells the task says the answer depends on."""
     import numpy as np
     from matplotlib.collections import PatchCollection
@@ -148,19 +162,23 @@ def draw(sample: Any, panels: Sequence[tuple[str, str, Any, float]], out: str | 
             if i not in keep:
                 shade[i // w, i % w] = (0, 0, 0, 0.72)
         ax.imshow(shade, extent=(0, w, h, 0), interpolation="nearest")
-        ax.add_collection(PatchCollection([Rectangle((i % w, i // w), 1, 1) for i in sorted(keep) if i < h * w],
-                                          facecolor="none", edgecolor=KEPT_COLOUR, linewidth=0.6))
+        ax.add_collection(
+            PatchCollection([Rectangle((i % w, i // w), 1, 1) for i in sorted(keep) if i < h * w], facecolor="none", edgecolor=KEPT_COLOUR, linewidth=0.6)
+        )
         relevant_here = relevant((h, w))
         if relevant_here:
-            ax.add_collection(PatchCollection([Rectangle((i % w, i // w), 1, 1) for i in relevant_here], facecolor="none",
-                                              edgecolor=RELEVANT_COLOUR, linewidth=1.8))
+            ax.add_collection(
+                PatchCollection([Rectangle((i % w, i // w), 1, 1) for i in relevant_here], facecolor="none", edgecolor=RELEVANT_COLOUR, linewidth=1.8)
+            )
         # merged tokens present after this stage: made here, or made earlier and kept
         merged = (res.merged.get(stage, 0) if res.merged else 0) + (getattr(res, "kept_merged", None) or {}).get(stage, 0)
         extra = f" +{merged} merged" if merged else ""
         rel = f"; relevant kept {sum(i in keep for i in relevant_here)}/{len(relevant_here)}" if relevant_here else ""
         verdict = "correct" if score >= 1 else "wrong" if score <= 0 else f"score {score:.2f}"
-        ax.set_title(f"{shorten(label, 30)} @ {budget} — {stage}\n{len(keep)}/{res.num_visual} kept{extra}{rel}\n"
-                     f"pred: {shorten(repr(res.prediction), 32)} ({verdict})", fontsize=8)
+        ax.set_title(
+            f"{shorten(label, 30)} @ {budget} — {stage}\n{len(keep)}/{res.num_visual} kept{extra}{rel}\npred: {shorten(repr(res.prediction), 32)} ({verdict})",
+            fontsize=8,
+        )
         ax.set_xlim(0, w)
         ax.set_ylim(h, 0)
         ax.set_xticks([])

@@ -61,12 +61,10 @@ def _as_scores(x: ArrayLike, name: str) -> FloatArray:
     return arr
 
 
-def _as_pair(a: ArrayLike, b: ArrayLike, names: tuple[str, str] = ("a", "b"),
-             binary: bool = False) -> tuple[FloatArray, FloatArray]:
+def _as_pair(a: ArrayLike, b: ArrayLike, names: tuple[str, str] = ("a", "b"), binary: bool = False) -> tuple[FloatArray, FloatArray]:
     x, y = _as_scores(a, names[0]), _as_scores(b, names[1])
     if x.size != y.size:
-        raise ValueError(f"{names[0]} and {names[1]} must have the same length (paired "
-                         f"per-sample scores), got {x.size} and {y.size}")
+        raise ValueError(f"{names[0]} and {names[1]} must have the same length (paired per-sample scores), got {x.size} and {y.size}")
     if binary:
         for arr, name in ((x, names[0]), (y, names[1])):
             if not np.isin(arr, (0.0, 1.0)).all():
@@ -125,8 +123,7 @@ def _bootstrap_means(x: FloatArray, n_resamples: int, seed: int | None) -> Float
     return means
 
 
-def bootstrap_interval(scores: ArrayLike, level: float = 0.95, n_resamples: int = 10_000,
-                       seed: int | None = 0) -> tuple[float, float]:
+def bootstrap_interval(scores: ArrayLike, level: float = 0.95, n_resamples: int = 10_000, seed: int | None = 0) -> tuple[float, float]:
     """Percentile bootstrap interval for the mean of `scores`.
 
     >>> low, high = bootstrap_interval([0.2, 0.4, 0.6, 0.8, 1.0] * 20)
@@ -158,8 +155,7 @@ def mcnemar_exact(a: ArrayLike, b: ArrayLike) -> float:
     return float(min(1.0, 2 * binom.cdf(min(b01, b10), b01 + b10, 0.5)))
 
 
-def paired_permutation_test(a: ArrayLike, b: ArrayLike, n_permutations: int = 10_000,
-                            seed: int | None = 0) -> float:
+def paired_permutation_test(a: ArrayLike, b: ArrayLike, n_permutations: int = 10_000, seed: int | None = 0) -> float:
     """Two-sided paired sign-flip permutation test of mean(a - b) = 0.
 
     Zero differences do not change the statistic and are dropped; with at most 16
@@ -226,8 +222,7 @@ class PairedDifference:
     test: str
 
 
-def paired_difference(a: ArrayLike, b: ArrayLike, *, binary: bool, level: float = 0.95,
-                      seed: int | None = 0) -> PairedDifference:
+def paired_difference(a: ArrayLike, b: ArrayLike, *, binary: bool, level: float = 0.95, seed: int | None = 0) -> PairedDifference:
     """Paired comparison of two systems scored on the same samples.
 
     binary=True: Newcombe hybrid score interval (Wilson margins + phi) and exact McNemar p.
@@ -281,8 +276,7 @@ def benjamini_hochberg(p_values: Sequence[float]) -> list[float]:
     return [float(v) for v in adjusted]
 
 
-def adjust(p_values: Sequence[float],
-           method: Literal["holm", "bh", "none"] = "holm") -> list[float]:
+def adjust(p_values: Sequence[float], method: Literal["holm", "bh", "none"] = "holm") -> list[float]:
     """Adjust p-values for multiple comparisons with "holm", "bh" or "none".
 
     >>> adjust([0.01, 0.04, 0.03], "none")
@@ -315,13 +309,14 @@ class NonInferiority:
         """
         verdict = "Non-inferior" if self.non_inferior else "Not shown non-inferior"
         relation = "is above" if self.non_inferior else "is not above"
-        return (f"{verdict} at a {100 * self.margin:.1f}-point margin: candidate - reference = "
-                f"{100 * self.difference:.1f} points, one-sided {100 * self.level:g}% lower bound "
-                f"{100 * self.lower_bound:.1f} {relation} {-100 * self.margin:.1f}.")
+        return (
+            f"{verdict} at a {100 * self.margin:.1f}-point margin: candidate - reference = "
+            f"{100 * self.difference:.1f} points, one-sided {100 * self.level:g}% lower bound "
+            f"{100 * self.lower_bound:.1f} {relation} {-100 * self.margin:.1f}."
+        )
 
 
-def non_inferiority(candidate: ArrayLike, reference: ArrayLike, *, margin: float, binary: bool,
-                    level: float = 0.95, seed: int | None = 0) -> NonInferiority:
+def non_inferiority(candidate: ArrayLike, reference: ArrayLike, *, margin: float, binary: bool, level: float = 0.95, seed: int | None = 0) -> NonInferiority:
     """Is the candidate at most `margin` (absolute score units) worse than the reference?
 
     Uses the lower bound of a one-sided `level` interval on mean(candidate) -
@@ -344,8 +339,7 @@ def non_inferiority(candidate: ArrayLike, reference: ArrayLike, *, margin: float
     return NonInferiority(float(x.mean() - y.mean()), lower, margin, level, lower > -margin)
 
 
-def minimum_detectable_difference(n: int, discordance: float, alpha: float = 0.05,
-                                  power: float = 0.8) -> float:
+def minimum_detectable_difference(n: int, discordance: float, alpha: float = 0.05, power: float = 0.8) -> float:
     """Smallest paired accuracy difference detectable with `n` samples (McNemar, normal approx).
 
     d = (z_{1-alpha/2} + z_power) * sqrt(max(discordance, 1/n) / n), where `discordance`
@@ -363,8 +357,7 @@ def minimum_detectable_difference(n: int, discordance: float, alpha: float = 0.0
     return z * math.sqrt(max(discordance, 1 / n) / n)
 
 
-def power_note(n: int, discordance: float, margin: float, alpha: float = 0.05,
-               power: float = 0.8) -> str | None:
+def power_note(n: int, discordance: float, margin: float, alpha: float = 0.05, power: float = 0.8) -> str | None:
     """A one-line caveat when `n` is too small to detect a difference of size `margin`.
 
     >>> power_note(50, 0.1, margin=0.02)[:44]
@@ -376,6 +369,8 @@ def power_note(n: int, discordance: float, margin: float, alpha: float = 0.05,
     detectable = minimum_detectable_difference(n, discordance, alpha, power)
     if detectable <= margin:
         return None
-    return (f"n={n} can only detect differences ≥ {100 * detectable:.1f} points "
-            f"(α={alpha:g}, power {power:g}); a non-significant result here is not "
-            f"evidence of no difference")
+    return (
+        f"n={n} can only detect differences ≥ {100 * detectable:.1f} points "
+        f"(α={alpha:g}, power {power:g}); a non-significant result here is not "
+        f"evidence of no difference"
+    )

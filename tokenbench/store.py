@@ -20,9 +20,10 @@ import hashlib
 import json
 import sqlite3
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from tokenbench.errors import StoreError
 
@@ -170,8 +171,7 @@ class Store:
 
     def samples(self, run_id: str, ids: list[str] | None = None) -> list[SampleRecord]:
         rows = self._db.execute(
-            "SELECT sample_id, position, kind, score, prediction, prompt, error, record FROM samples "
-            "WHERE run_id=? ORDER BY position, sample_id",
+            "SELECT sample_id, position, kind, score, prediction, prompt, error, record FROM samples WHERE run_id=? ORDER BY position, sample_id",
             (run_id,),
         ).fetchall()
         recs = [SampleRecord(r[0], r[1], r[2], r[3], r[4], r[5], r[6], json.loads(r[7])) for r in rows]
@@ -218,8 +218,9 @@ class Store:
                     raise StoreError(f"{self.path}: already holds run {d.run_id}; restore into a store without it")
                 try:
                     self._db.execute("INSERT INTO runs VALUES (?, ?, ?, ?)", (d.run_id, _config_json(d.config), d.created, d.updated))
-                    self._db.executemany("INSERT INTO measurements VALUES (?, ?, ?)",
-                                         [(d.run_id, name, _value_json(value)) for name, value in d.measurements.items()])
+                    self._db.executemany(
+                        "INSERT INTO measurements VALUES (?, ?, ?)", [(d.run_id, name, _value_json(value)) for name, value in d.measurements.items()]
+                    )
                     self._db.executemany("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [_sample_row(d.run_id, r) for r in d.samples])
                 except sqlite3.IntegrityError as exc:
                     raise StoreError(f"{self.path}: cannot restore run {d.run_id} ({exc})") from None

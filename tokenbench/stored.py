@@ -13,11 +13,12 @@ one task with one seed and prompt template and one tokenbench version.
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from tokenbench.budget import FULL, Budget
-from tokenbench.results import Comparison, RunResult
 from tokenbench.errors import UsageError
+from tokenbench.results import Comparison, RunResult
 from tokenbench.store import RunInfo, Store
 
 #: the configuration keys that vary inside one comparison
@@ -81,9 +82,15 @@ def environment_of(store: Store, runs: Sequence[RunInfo]) -> dict[str, Any]:
             return dict(env)
     config = runs[0].config if runs else {}
     model = config.get("model", {})
-    return {"tokenbench": config.get("tokenbench", "not recorded"), "device": config.get("device_kind", "not recorded"),
-            "device_name": model.get("device_name", "not recorded"), "torch": "not recorded", "transformers": "not recorded",
-            "fvcore": "not recorded", "threads": "not recorded"}
+    return {
+        "tokenbench": config.get("tokenbench", "not recorded"),
+        "device": config.get("device_kind", "not recorded"),
+        "device_name": model.get("device_name", "not recorded"),
+        "torch": "not recorded",
+        "transformers": "not recorded",
+        "fvcore": "not recorded",
+        "threads": "not recorded",
+    }
 
 
 def stored_timings(store: Store, run_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -125,9 +132,20 @@ def comparison_from_store(store: Store, run_ids: Sequence[str] | None = None, re
         c = info.config
         records = store.samples(info.run_id)
         flops = store.measurement(info.run_id, "flops")
-        results.append(RunResult(str(c.get("strategy")), dict(c.get("params") or {}), budget_from_label(str(c.get("budget"))), info.run_id, c,
-                                 records, dict(flops["mean"]) if flops else None, resumed=0, defaults=strategy_defaults(reg, str(c.get("strategy"))),
-                                 timing=timings.get(info.run_id)))
+        results.append(
+            RunResult(
+                str(c.get("strategy")),
+                dict(c.get("params") or {}),
+                budget_from_label(str(c.get("budget"))),
+                info.run_id,
+                c,
+                records,
+                dict(flops["mean"]) if flops else None,
+                resumed=0,
+                defaults=strategy_defaults(reg, str(c.get("strategy"))),
+                timing=timings.get(info.run_id),
+            )
+        )
     base_run = results[0]
     sample_ids = [r.sample_id for r in base_run.records]
     scores = [float(r.score) for run in results for r in run.records if r.score is not None]

@@ -25,8 +25,9 @@ Example: a strategy that keeps the first ``budget`` visual tokens.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, cast
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 from tokenbench.errors import PluginError, SelectionError, UsageError
 
@@ -144,8 +145,7 @@ class StageContext:
         """
         value = getattr(self, signal, None) if signal in ("saliency", "text_embeddings", "attention") else None
         if value is None:
-            raise PluginError(f"{self.stage.label}: no {signal!r} signal in the stage context "
-                              f"(the stage asked for {sorted(self.stage.signals) or 'none'})")
+            raise PluginError(f"{self.stage.label}: no {signal!r} signal in the stage context (the stage asked for {sorted(self.stage.signals) or 'none'})")
         return cast("torch.Tensor", value)
 
     @classmethod
@@ -179,9 +179,7 @@ class StageContext:
             generator=torch.Generator().manual_seed(seed + 1),
             saliency=sal / sal.sum(),
             text_embeddings=torch.randn(num_text, dim, generator=g),
-            attention=torch.softmax(torch.randn(num_text, num_visual, generator=g), dim=-1)
-            if stage.kind == "llm"
-            else None,
+            attention=torch.softmax(torch.randn(num_text, num_visual, generator=g), dim=-1) if stage.kind == "llm" else None,
         )
 
 
@@ -361,7 +359,5 @@ def coerce_param(strategy: str, key: str, value: Any, default: Any) -> Any:
         if isinstance(default, tuple):
             return tuple(type(default[0])(v) if default else v for v in value.split("/"))
     except ValueError:
-        raise UsageError(
-            f"strategy {strategy!r}: parameter {key}={value!r} is not a {type(default).__name__}"
-        ) from None
+        raise UsageError(f"strategy {strategy!r}: parameter {key}={value!r} is not a {type(default).__name__}") from None
     return value

@@ -11,9 +11,10 @@ paired test applies: ``"binary"`` (McNemar) or ``"continuous"`` (permutation).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Mapping, Sequence
+from typing import Any, ClassVar, Literal
 
 from tokenbench.errors import TaskDataError, UsageError
 

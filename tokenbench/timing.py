@@ -45,9 +45,10 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -61,13 +62,21 @@ if TYPE_CHECKING:
     from tokenbench.task import Sample, Task
 
 __all__ = [
-    "MemoryProbe", "PhaseTimer", "TimedCall", "TimingConfig", "TimingSettings", "current_timer",
-    "mark_phase", "summarise", "timed_loop", "timing_environment",
+    "MemoryProbe",
+    "PhaseTimer",
+    "TimedCall",
+    "TimingConfig",
+    "TimingSettings",
+    "current_timer",
+    "mark_phase",
+    "summarise",
+    "timed_loop",
+    "timing_environment",
 ]
 
 MIN_WARMUP = 2
 
-_ACTIVE: ContextVar["PhaseTimer | None"] = ContextVar("tokenbench_phase_timer", default=None)
+_ACTIVE: ContextVar[PhaseTimer | None] = ContextVar("tokenbench_phase_timer", default=None)
 
 
 def current_timer() -> PhaseTimer | None:
@@ -351,10 +360,16 @@ def timing_key(settings: TimingSettings, sample_ids: Sequence[str], env: dict[st
     """The store's measurement name for these timing settings (``timing:<hash>``)."""
     from tokenbench.store import run_key
 
-    return "timing:" + run_key({
-        "settings": settings.__dict__, "samples": list(sample_ids), "device": env.get("device"),
-        "device_name": env.get("device_name"), "threads": env.get("threads"), "dtype": env.get("dtype"),
-    })
+    return "timing:" + run_key(
+        {
+            "settings": settings.__dict__,
+            "samples": list(sample_ids),
+            "device": env.get("device"),
+            "device_name": env.get("device_name"),
+            "threads": env.get("threads"),
+            "dtype": env.get("dtype"),
+        }
+    )
 
 
 def time_runs(

@@ -29,11 +29,12 @@ disjoint, so the random streams are distinct, and in addition
 an item of the default eval split (``eval_keys()``), so the training stream
 provably never contains an eval item.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Iterator, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -361,8 +362,7 @@ def _eval_item(i: int) -> tuple[Scene, ShapesQuestion]:
         lo, hi = COUNT_RANGE
         kw = dict(answer=NUMBER_WORDS[lo + k % (hi - lo + 1)])
     else:
-        kw = dict(answer=COLOUR_NAMES[k % len(COLOUR_NAMES)],
-                  direction=list(DIRECTIONS)[(k // len(COLOUR_NAMES)) % 4])
+        kw = dict(answer=COLOUR_NAMES[k % len(COLOUR_NAMES)], direction=list(DIRECTIONS)[(k // len(COLOUR_NAMES)) % 4])
     return _make(rng, kind, (4, 8), qid=qid, **kw)
 
 
@@ -420,9 +420,31 @@ def train_stream(
 
 def vocabulary() -> list[str]:
     """All words that can appear in prompts / questions / answers."""
-    words = ["USER", ":", "ASSISTANT", "?", "what", "colour", "is", "the", "shape", "object",
-             "there", "a", "how", "many", "objects", "are", "left", "right", "of", "above",
-             "below", "yes", "no"]
+    words = [
+        "USER",
+        ":",
+        "ASSISTANT",
+        "?",
+        "what",
+        "colour",
+        "is",
+        "the",
+        "shape",
+        "object",
+        "there",
+        "a",
+        "how",
+        "many",
+        "objects",
+        "are",
+        "left",
+        "right",
+        "of",
+        "above",
+        "below",
+        "yes",
+        "no",
+    ]
     words += list(COLOUR_NAMES) + list(SHAPES) + list(NUMBER_WORDS)
     seen: list[str] = []
     for w in words:

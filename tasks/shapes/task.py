@@ -10,7 +10,8 @@ share of those cells whose visual token survived the last reduction stage unmerg
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from tokenbench.answers import exact_match
 from tokenbench.task import Sample, Task

@@ -1,7 +1,8 @@
 """The example plugin runs tokenbench's own contract suite on its strategy."""
 
-from tokenbench.testing import check_strategy_contract
 from tokenbench_centre_crop.strategy import CentreCrop
+
+from tokenbench.testing import check_strategy_contract
 
 
 def test_centre_crop_meets_the_contract(tmp_path):

@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from tokenbench_deepseek_vl.adapter import DeepseekVLAdapter
 
 import tokenbench
 from tokenbench.testing import check_strategy_contract, word_tokenizer
-from tokenbench_deepseek_vl.adapter import DeepseekVLAdapter
 
 IMAGE, PATCH, LAYERS = 48, 8, 4
 N = (IMAGE // PATCH) ** 2  # 36 visual tokens, a 6 x 6 grid
@@ -53,9 +53,18 @@ def tiny_deepseek_vl(path: Path, seed: int = 0) -> Path:
     tok = word_tokenizer(" ".join(QUESTIONS).split() + ["User", "Assistant"])
     cfg = DeepseekVLConfig(
         vision_config=SiglipVisionConfig(image_size=IMAGE, patch_size=PATCH, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4),
-        text_config=LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=LAYERS, num_attention_heads=4, num_key_value_heads=2,
-                                vocab_size=len(tok), max_position_embeddings=256, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                                eos_token_id=tok.eos_token_id),
+        text_config=LlamaConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=len(tok),
+            max_position_embeddings=256,
+            pad_token_id=tok.pad_token_id,
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+        ),
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         tie_word_embeddings=False,
     )
@@ -65,7 +74,9 @@ def tiny_deepseek_vl(path: Path, seed: int = 0) -> Path:
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.dim() == 1:
-                p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=g) if "norm" in name and name.endswith("weight") else 0.1 * torch.randn(p.shape, generator=g))
+                p.copy_(
+                    1.0 + 0.1 * torch.randn(p.shape, generator=g) if "norm" in name and name.endswith("weight") else 0.1 * torch.randn(p.shape, generator=g)
+                )
             else:
                 p.copy_(torch.randn(p.shape, generator=g) / (1.0 if "embed" in name else math.sqrt(p[0].numel())))
         # greedy decoding never picks a special token or the newline, so runs are never cut short
@@ -73,8 +84,9 @@ def tiny_deepseek_vl(path: Path, seed: int = 0) -> Path:
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(path)
-    processor = DeepseekVLProcessor(image_processor=DeepseekVLImageProcessorPil(size={"height": IMAGE, "width": IMAGE}), tokenizer=tok,
-                                    chat_template=TEMPLATE, num_image_tokens=N)
+    processor = DeepseekVLProcessor(
+        image_processor=DeepseekVLImageProcessorPil(size={"height": IMAGE, "width": IMAGE}), tokenizer=tok, chat_template=TEMPLATE, num_image_tokens=N
+    )
     processor.save_pretrained(path)
     return path
 
@@ -102,8 +114,10 @@ def samples() -> list[tokenbench.Sample]:
 
     rng = np.random.default_rng(0)
     sizes = [(48, 32), (40, 40)]  # (width, height): padded to square by the processor
-    return [tokenbench.Sample(id=f"s{i}", image=Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)), question=q, answers=("x",))
-            for i, ((w, h), q) in enumerate(zip(sizes, QUESTIONS))]
+    return [
+        tokenbench.Sample(id=f"s{i}", image=Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)), question=q, answers=("x",))
+        for i, ((w, h), q) in enumerate(zip(sizes, QUESTIONS))
+    ]
 
 
 def encode(adapter: DeepseekVLAdapter, samples: list[tokenbench.Sample]) -> Any:
@@ -144,8 +158,28 @@ def test_registered_listed_and_picked_by_model_type(ckpt: Path, tmp_path: Path) 
     listed = subprocess.run([*cli, "list", "adapters"], capture_output=True, text=True, timeout=300)
     assert listed.returncode == 0 and "deepseek_vl" in listed.stdout and "tokenbench-deepseek-vl-adapter" in listed.stdout, listed.stderr
     # no --adapter: compare reads model_type from config.json and picks this plugin
-    run = subprocess.run([*cli, "compare", "--model", str(ckpt), "--strategies", "random", "--keep", "0.25", "--limit", "4",
-                          "--format", "json", "--quiet", "--store", str(tmp_path / "r.db")], capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [
+            *cli,
+            "compare",
+            "--model",
+            str(ckpt),
+            "--strategies",
+            "random",
+            "--keep",
+            "0.25",
+            "--limit",
+            "4",
+            "--format",
+            "json",
+            "--quiet",
+            "--store",
+            str(tmp_path / "r.db"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr
     assert '"family": "deepseek_vl"' in run.stdout and '"visual_tokens_llm_input": 9.0' in run.stdout
     assert DeepseekVLAdapter.visual_token_capacity({"vision_config": {"image_size": IMAGE, "patch_size": PATCH}}) == N
@@ -164,7 +198,7 @@ def test_baseline_equals_stock_generate(adapter: DeepseekVLAdapter, stock: Any, 
         logits = stock(**enc).logits[:, -1].float()
         gen = stock.generate(**enc, max_new_tokens=12, do_sample=False)
     torch.testing.assert_close(out.first_logits, logits, atol=ATOL, rtol=0)
-    assert out.tokens == gen[:, enc["input_ids"].shape[1]:].tolist()
+    assert out.tokens == gen[:, enc["input_ids"].shape[1] :].tolist()
     assert all(len(t) == 12 for t in out.tokens)
     assert [(s.num_visual, s.grid) for s in setups] == [(N, (6, 6))] * batch
 
@@ -228,8 +262,12 @@ def test_flops_follow_the_token_counts(adapter: DeepseekVLAdapter, samples: list
     assert f_full["projector"] == 2 * N * (vh * th + th * th)  # the aligner's two linear layers
     assert f_pruned["vision"] == f_full["vision"] > 0 and f_pruned["llm_prefill"] < f_full["llm_prefill"]
     assert pruned.tokens_per_layer == [9] * LAYERS and len(pruned.kept["vision"]) == 9
-    assert adapter.flops_for(tokenbench.TokenCounts.from_record({"num_visual": N, "grid": [6, 6], "text_tokens": full.text_tokens,
-                                                                 "tokens_per_layer": full.tokens_per_layer})) == f_full
+    assert (
+        adapter.flops_for(
+            tokenbench.TokenCounts.from_record({"num_visual": N, "grid": [6, 6], "text_tokens": full.text_tokens, "tokens_per_layer": full.tokens_per_layer})
+        )
+        == f_full
+    )
 
 
 @pytest.mark.parametrize("name", tokenbench.get_registry(refresh=True).names("strategies"))

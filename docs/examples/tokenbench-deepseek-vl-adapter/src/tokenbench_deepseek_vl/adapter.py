@@ -19,7 +19,8 @@ with its pruned KV cache, greedy decoding, results, FLOPs of the decoder) is
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import torch
 
