@@ -335,9 +335,18 @@ def strategy_label(name: str, params: Mapping[str, Any], defaults: Mapping[str, 
     'fastv:k=3'
     >>> strategy_label("fastv", {"k": 2}, {"k": 2})
     'fastv'
+    >>> strategy_label("pdrop", {"layers": [8, 16, 24]}, {"layers": (8, 16, 24)})  # as read back from JSON
+    'pdrop'
     """
-    args = ",".join(f"{k}={v}" for k, v in sorted(params.items()) if defaults is None or v != defaults.get(k))
+    args = ",".join(f"{k}={v}" for k, v in sorted(params.items()) if defaults is None or not _same_value(v, defaults.get(k)))
     return f"{name}:{args}" if args else name
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    """Equal, counting a list and a tuple of the same items as equal (JSON has no tuples)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return list(a) == list(b)
+    return bool(a == b)
 
 
 def coerce_param(strategy: str, key: str, value: Any, default: Any) -> Any:
