@@ -155,7 +155,9 @@ def test_registered_listed_and_picked_by_model_type(ckpt: Path, tmp_path: Path) 
     entry = registry.entry("adapters", "deepseek_vl")
     assert entry.meta["model_types"] == ("deepseek_vl",) and registry.load("adapters", "deepseek_vl") is DeepseekVLAdapter
     cli = [sys.executable, "-c", "from tokenbench.cli import main; raise SystemExit(main())"]
-    listed = subprocess.run([*cli, "list", "adapters"], capture_output=True, text=True, timeout=300)
+    # run outside any source tree: `python -c` puts the working directory first on sys.path
+    listed = subprocess.run([*cli, "list", "adapters"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert "warning" not in listed.stderr, listed.stderr
     assert listed.returncode == 0 and "deepseek_vl" in listed.stdout and "tokenbench-deepseek-vl-adapter" in listed.stdout, listed.stderr
     # no --adapter: compare reads model_type from config.json and picks this plugin
     run = subprocess.run(
@@ -179,6 +181,7 @@ def test_registered_listed_and_picked_by_model_type(ckpt: Path, tmp_path: Path) 
         capture_output=True,
         text=True,
         timeout=600,
+        cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr
     assert '"family": "deepseek_vl"' in run.stdout and '"visual_tokens_llm_input": 9.0' in run.stdout
