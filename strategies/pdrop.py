@@ -84,11 +84,11 @@ Deviations from the official code:
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from tokenbench.errors import UsageError
 from tokenbench.strategies.attention_only import top_k_sorted
+from tokenbench.strategies.depth import round_half_up, scale_layers
 from tokenbench.strategies.sparsevlm import layer_average
 from tokenbench.strategy import ModelInfo, Selection, StageContext, StageSpec, Strategy
 
@@ -101,10 +101,6 @@ DEFAULT_KEEP = 270 / 576
 _STATE = "pdrop"
 
 
-def _round_half_up(x: float) -> int:
-    return int(math.floor(x + 0.5))
-
-
 def stage_layers(num_layers: int, layers: tuple[int, ...] = REF_LAYERS) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The stage layers for a depth, and each one's exponent (the number of the last reference stage it holds).
 
@@ -115,20 +111,10 @@ def stage_layers(num_layers: int, layers: tuple[int, ...] = REF_LAYERS) -> tuple
     >>> stage_layers(4)
     ((1, 2), (1, 3))
     """
-    last = num_layers - 2
-    if last < 1:
+    if num_layers - 2 < 1:
         raise UsageError(f"strategy 'pdrop' needs at least 3 decoder layers (a stage after layer 1 and a layer after it), got {num_layers}")
-    out: list[int] = []
-    exps: list[int] = []
-    for stage, ref in enumerate(layers, start=1):
-        layer = max(_round_half_up(ref * num_layers / REF_DEPTH), 1, out[-1] + 1 if out else 1)
-        layer = min(layer, last)
-        if out and layer == out[-1]:
-            exps[-1] = stage  # collapsed: the later (smaller) count wins
-        else:
-            out.append(layer)
-            exps.append(stage)
-    return tuple(out), tuple(exps)
+    out, source = scale_layers(layers, REF_DEPTH, num_layers, lowest=1)
+    return out, tuple(i + 1 for i in source)
 
 
 def keep_plan(
@@ -171,7 +157,7 @@ def keep_plan(
         lam = round((lo + hi) / 2, 12)  # so that the official λ = 0.5 comes out as 0.5, not 0.49999…
     counts: list[int] = []
     for c in counts_at(lam):
-        k = min(max(_round_half_up(c), 1), num_visual)
+        k = min(max(round_half_up(c), 1), num_visual)
         counts.append(min(k, counts[-1]) if counts else k)
     return stages, tuple(counts), lam
 

@@ -110,6 +110,7 @@ import torch
 
 from tokenbench.errors import UsageError
 from tokenbench.strategies.attention_only import top_k_sorted
+from tokenbench.strategies.depth import round_half_up, scale_layers
 from tokenbench.strategy import ModelInfo, Selection, StageContext, StageSpec, Strategy
 
 REF_N = 576
@@ -125,10 +126,6 @@ RECYCLE_RATIO = 0.3  # the released "Top 30%" (modelling_sparse_llama.py line 28
 _STATE = "sparsevlm"
 
 
-def _round_half_up(x: float) -> int:
-    return int(math.floor(x + 0.5))
-
-
 def pruning_layers(num_layers: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """The pruning layers for a depth, and which reference stage (0, 1, 2) each one takes its count from.
 
@@ -139,22 +136,9 @@ def pruning_layers(num_layers: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
     >>> pruning_layers(3)
     ((0, 1), (0, 2))
     """
-    last = num_layers - 2
-    if last < 0:
+    if num_layers < 2:
         raise ValueError(f"sparsevlm needs at least 2 decoder layers, got {num_layers}")
-    layers: list[int] = []
-    source: list[int] = []
-    for i, ref in enumerate(REF_LAYERS):
-        layer = _round_half_up(ref * num_layers / REF_DEPTH)
-        if layers:
-            layer = max(layer, layers[-1] + 1)
-        layer = min(layer, last)
-        if layers and layer == layers[-1]:
-            source[-1] = i  # collapsed: the later (smaller) count wins
-        else:
-            layers.append(layer)
-            source.append(i)
-    return tuple(layers), tuple(source)
+    return scale_layers(REF_LAYERS, REF_DEPTH, num_layers)
 
 
 def nearest_list(num_visual: int, budget: int) -> int:
@@ -247,7 +231,7 @@ def keep_counts(num_visual: int, budget: int, num_layers: int, recycle_ratio: fl
     def scaled(s: float) -> tuple[int, ...]:
         counts: list[int] = []
         for c in base:
-            k = min(max(_round_half_up(s * c), 1), num_visual)
+            k = min(max(round_half_up(s * c), 1), num_visual)
             counts.append(min(k, counts[-1]) if counts else k)
         return tuple(counts)
 
@@ -372,7 +356,7 @@ class SparseVLM(Strategy):
         n = ctx.num_tokens
         if self.params["adaptive"]:
             rank = int(torch.linalg.matrix_rank(att[raters]))
-            k = _round_half_up(float(self.params["adaptive_scale"]) * rank + float(self.params["adaptive_bias"]) * n)
+            k = round_half_up(float(self.params["adaptive_scale"]) * rank + float(self.params["adaptive_bias"]) * n)
         else:
             if "counts" not in state:
                 ratio = float(self.params["recycle_ratio"]) if self.params["recycle"] else None

@@ -73,6 +73,7 @@ import torch.nn.functional as F
 
 from tokenbench.errors import UsageError
 from tokenbench.strategies.attention_only import top_k_sorted
+from tokenbench.strategies.depth import round_half_up
 from tokenbench.strategy import ModelInfo, Selection, StageContext, StageSpec, Strategy
 
 
@@ -123,7 +124,7 @@ def progressive_split(budget: int, num_visual: int, num_layers: int, ratio: floa
     >>> progressive_split(9, 36, 4, 0.75)
     (1, 12, 8)
     """
-    p = max(1, _round_half_up(num_layers / 4))
+    p = max(1, round_half_up(num_layers / 4))
     if p > num_layers - 1:
         raise ValueError(f"sppruner: progressive needs at least 2 decoder layers, got {num_layers}")
     rest = num_layers - p
@@ -132,15 +133,11 @@ def progressive_split(budget: int, num_visual: int, num_layers: int, ratio: floa
     best: tuple[float, float, int, int] | None = None
     # b1 near the ideal; the pair whose layer average is nearest b wins (then b1 nearest the ideal)
     for b1 in range(max(budget, min(num_visual, math.floor(ideal)) - rest), min(num_visual, math.ceil(ideal) + rest) + 1):
-        b2 = min(max(_round_half_up((total - p * b1) / rest), 1), b1)
+        b2 = min(max(round_half_up((total - p * b1) / rest), 1), b1)
         key = (abs(p * b1 + rest * b2 - total), abs(b1 - ideal), b1, b2)
         best = key if best is None or key < best else best
     assert best is not None  # the range holds at least min(num_visual, ⌈ideal⌉) ≥ budget
     return p, best[2], best[3]
-
-
-def _round_half_up(x: float) -> int:
-    return int(math.floor(x + 0.5))
 
 
 class SPPruner(Strategy):

@@ -21,10 +21,9 @@ from tokenbench.cli_options import (
     add_model_options,
     add_threads_option,
     apply_threads,
-    budgets,
     key_values,
+    model_request,
     quiet_weight_loading,
-    strategy_specs,
 )
 from tokenbench.errors import TokenbenchError, UsageError
 from tokenbench.registry import FAMILIES, get_registry
@@ -57,22 +56,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 # -- compare -------------------------------------------------------------------------
 def cmd_compare(args: argparse.Namespace) -> int:
-    from tokenbench.compare import CompareRequest, prepare, run_comparison
+    from tokenbench.compare import prepare, run_comparison
     from tokenbench.progress import Progress
     from tokenbench.report import render
 
-    request = CompareRequest(
-        strategies=strategy_specs(args.strategies),
-        budgets=budgets(args),
-        model=args.model,
-        task=args.task,
-        task_options=key_values(args.task_option, "--task-option"),
-        adapter=args.adapter,
+    request = model_request(
+        args,
         model_options=key_values(args.model_option, "--model-option"),
         limit=args.limit,
-        seed=args.seed,
-        device=args.device,
-        dtype=args.dtype,
         batch_size=args.batch_size,
         store=args.store,
         on_error=args.on_error,

@@ -45,6 +45,25 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
 
 
+def model_request(args: argparse.Namespace, **more: Any) -> Any:
+    """A :class:`tokenbench.compare.CompareRequest` from the flags :func:`add_model_options` and
+    :func:`add_budget_options` define, plus ``--strategies``; ``more`` sets the command's other fields."""
+    from tokenbench.compare import CompareRequest
+
+    return CompareRequest(
+        strategies=strategy_specs(args.strategies),
+        budgets=budgets(args),
+        model=args.model,
+        task=args.task,
+        task_options=key_values(args.task_option, "--task-option"),
+        adapter=args.adapter,
+        seed=args.seed,
+        device=args.device,
+        dtype=args.dtype,
+        **more,
+    )
+
+
 def key_values(items: Sequence[str] | None, flag: str) -> dict[str, str]:
     """``["a=1", "b=x"]`` -> ``{"a": "1", "b": "x"}``; an item without ``=`` is a usage error naming ``flag``.
 

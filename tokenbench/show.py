@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tokenbench.cli_options import add_budget_options, add_model_options, budgets, key_values, quiet_weight_loading, strategy_specs
+from tokenbench.cli_options import add_budget_options, add_model_options, model_request, quiet_weight_loading
 from tokenbench.errors import UsageError
 
 KEPT_COLOUR = "#00d5ff"
@@ -39,23 +39,11 @@ def add_parser(sub: Any) -> None:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    from tokenbench.compare import CompareRequest
     from tokenbench.plots import require_matplotlib
 
     require_matplotlib("tokenbench show")
     quiet_weight_loading()
-    request = CompareRequest(
-        strategies=strategy_specs(args.strategies),
-        budgets=budgets(args),
-        model=args.model,
-        task=args.task,
-        task_options=key_values(args.task_option, "--task-option"),
-        adapter=args.adapter,
-        seed=args.seed,
-        device=args.device,
-        dtype=args.dtype,
-    )
-    path = show(request, args.sample, args.out)
+    path = show(model_request(args), args.sample, args.out)
     print(f"tokenbench: wrote {path}", file=sys.stderr)
     return 0
 
