@@ -6,7 +6,10 @@ Duplication Matters More", EMNLP 2025, arXiv 2502.11494; official code ZichenWen
 Sources read. Of the official repository only the README could be read here (commit
 0c888673198b0f2784053a5686f95a519ceef209: ``scripts/v1_5/eval/[Benchmark].sh
 [Reduction_Ratio] [Max_Num_Trunction]``, e.g. ``textvqa.sh 0.778 128``); its model code
-could not be fetched. The rules below are pinned to the LLaVA port in ModelTC/llmc,
+could not be fetched (the first author's own DART code in ZichenWen1/EPIC @b2ed9cd,
+``llava/model/language_model/dart/modeling_llama_self.py`` lines 1447–1471 and
+1528–1580, agrees with every rule below; see docs/strategies.md). The rules below are
+pinned to the LLaVA port in ModelTC/llmc,
 commit 05eedff08c58ce5a3a4e2e879133bc922dff6ff5 (``dart.py`` last changed in 7de3a7eb),
 ``llmc/compression/token_reduction/dart.py`` (lines below) with its config
 ``configs/sparsification/methods/DART/dart.yml`` lines 19–23, and cross-checked against
