@@ -27,10 +27,11 @@ class HeldOut:
         self.enc = enc
 
     @torch.no_grad()
-    def accuracy(self, model, bs=100, budget=None):
+    def accuracy(self, model, bs=100, budget=None, contiguous=False):
         """Teacher-forced accuracy by kind; with ``budget``, each sample keeps only its
         relevant cells plus random others up to ``budget`` image tokens (a check that
-        pruning to what the answer needs costs nothing)."""
+        pruning to what the answer needs costs nothing), at their original position ids
+        or, with ``contiguous``, renumbered contiguously."""
         model.eval()
         hits = {}
         gen = torch.Generator().manual_seed(1234)
@@ -39,7 +40,8 @@ class HeldOut:
             vh, _ = vision(model, self.pix[i : i + bs])
             ids, last, ans = self.enc.batch(qs)
             keep = None if budget is None else self.enc.keep_mask(qs, 1.0, gen, lo=budget, hi=budget)
-            pred = lm_answer_logits(model, ids, last, vh, keep=keep)[:, 0].argmax(-1)
+            contig = torch.full((len(qs),), contiguous) if keep is not None else None
+            pred = lm_answer_logits(model, ids, last, vh, keep=keep, contiguous=contig)[:, 0].argmax(-1)
             for q, p, a in zip(qs, pred.tolist(), ans.tolist()):
                 hits.setdefault(q.kind, []).append(p == a)
         model.train()

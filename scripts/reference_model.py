@@ -348,7 +348,17 @@ def input_embeds(model, ids, vis_hidden):
     return emb, img
 
 
-def lm_answer_logits(model, ids, last, vis_hidden, att_heads=None, keep=None, local=None):
+def contiguous_position_ids(ids, img, keep):
+    """(B, L) position ids that renumber each sample's kept tokens 0, 1, 2, ... with the
+    dropped image tokens (masked out) removed from the count: the adapter's contiguous
+    position policy.  ``img`` (B, L) marks the image positions, ``keep`` (B, 144) which of
+    them each sample keeps."""
+    present = torch.ones(ids.shape, dtype=torch.long)
+    present[img] = keep.reshape(-1).long()
+    return (present.cumsum(1) - 1).clamp(min=0)
+
+
+def lm_answer_logits(model, ids, last, vis_hidden, att_heads=None, keep=None, local=None, contiguous=None):
     """Logits at the answer position and at the EOS position: (B, 2, V).
     With att_heads [(layer, head), ...] also returns those heads' attention from the
     answer position onto the 144 image tokens: (B, n_heads, 144).
@@ -356,7 +366,9 @@ def lm_answer_logits(model, ids, last, vis_hidden, att_heads=None, keep=None, lo
     returns each head's attention from the query cell onto the key cell: (B, n_local).
     keep (B, 144) bool masks the dropped image tokens out of every attention, with the
     position ids left as they are: the same computation as the adapter's input-level
-    pruning (which removes them and keeps the survivors' original position ids)."""
+    pruning (which removes them and keeps the survivors' original position ids).
+    contiguous (B,) bool: those samples' kept tokens get contiguous position ids instead
+    (``contiguous_position_ids``), the other position policy."""
     m = model.model
     emb, img = input_embeds(model, ids, vis_hidden)
     attention_mask = None
@@ -364,7 +376,17 @@ def lm_answer_logits(model, ids, last, vis_hidden, att_heads=None, keep=None, lo
         attention_mask = torch.ones(ids.shape, dtype=torch.long)
         attention_mask[img] = keep.reshape(-1).long()
     # right padding + causal attention: padded tail never influences real tokens
-    o = m.language_model(inputs_embeds=emb, attention_mask=attention_mask, use_cache=False, output_attentions=bool(att_heads) or bool(local))
+    position_ids = None
+    if keep is not None and contiguous is not None and bool(contiguous.any()):
+        original = torch.arange(ids.shape[1]).expand(ids.shape[0], -1)
+        position_ids = torch.where(contiguous[:, None], contiguous_position_ids(ids, img, keep), original)
+    o = m.language_model(
+        inputs_embeds=emb,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        use_cache=False,
+        output_attentions=bool(att_heads) or bool(local),
+    )
     h = o.last_hidden_state
     idx = torch.stack([last, last + 1], 1)  # (B,2)
     hs = h.gather(1, idx[..., None].expand(-1, -1, h.shape[-1]))
@@ -384,7 +406,23 @@ def lm_answer_logits(model, ids, last, vis_hidden, att_heads=None, keep=None, lo
     return tuple(out)
 
 
-def vqa_loss(model, ids, last, ans, eos, vis_hidden, rel=None, att_heads=None, att_w=0.0, key_ids=None, keep=None, local=None, local_w=1.0, question_mask=None):
+def vqa_loss(
+    model,
+    ids,
+    last,
+    ans,
+    eos,
+    vis_hidden,
+    rel=None,
+    att_heads=None,
+    att_w=0.0,
+    key_ids=None,
+    keep=None,
+    local=None,
+    local_w=1.0,
+    question_mask=None,
+    contiguous=None,
+):
     """Answer(+EOS) cross-entropy; optionally plus att_w * attention supervision:
     -log(attention mass on the relevant cells) for the given (layer, head)s at the
     answer position (a training-only auxiliary loss; the model stays stock).
@@ -400,7 +438,7 @@ def vqa_loss(model, ids, last, ans, eos, vis_hidden, rel=None, att_heads=None, a
     heads = list(cell_heads) + list(q_heads)
     local = local if (local and att_w > 0 and bool((local[1][:, 0] >= 0).any())) else None
     want_att = bool(heads) and att_w > 0
-    out = lm_answer_logits(model, ids, last, vis_hidden, heads if want_att else None, keep=keep, local=local)
+    out = lm_answer_logits(model, ids, last, vis_hidden, heads if want_att else None, keep=keep, local=local, contiguous=contiguous)
     logits, *parts = out if isinstance(out, tuple) else (out,)  # then att (if asked), then local (if asked)
     att = parts.pop(0) if want_att else None
     loc = parts.pop(0) if local else None

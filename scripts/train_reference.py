@@ -185,12 +185,12 @@ def drop_gen(stream: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(1_000_003 * (stream + 1) + step)
 
 
-def stage_params(model, head, stage):
+def stage_params(model, head, stage, freeze_vision=False):
     m = model.model
-    if stage == "A":
-        train = list(m.vision_tower.parameters()) + list(m.multi_modal_projector.parameters()) + list(head.parameters())
-    elif stage == "B":
+    if stage == "B" or (stage == "C" and freeze_vision):
         train = list(m.multi_modal_projector.parameters()) + list(m.language_model.parameters()) + list(model.lm_head.parameters())
+    elif stage == "A":
+        train = list(m.vision_tower.parameters()) + list(m.multi_modal_projector.parameters()) + list(head.parameters())
     else:
         train = list(model.parameters()) + list(head.parameters())
     ids = {id(p) for p in train}
@@ -208,7 +208,8 @@ def run_stage(stage, args, model, head, enc, tok, heldout, ckpt_path, resume_sta
     steps = cfg["steps"]
     if steps <= 0:
         return
-    params = stage_params(model, head, stage)
+    frozen_vision = stage == "B" or (stage == "C" and bool(args.init_from))
+    params = stage_params(model, head, stage, freeze_vision=frozen_vision)
     # projector + word embeddings move slower than the LM body in stages B/C
     slow_ids = {id(p) for p in list(model.model.multi_modal_projector.parameters()) + list(model.get_input_embeddings().parameters())}
     mult = 1.0 if stage == "A" else args.emb_lr_mult
@@ -238,10 +239,11 @@ def run_stage(stage, args, model, head, enc, tok, heldout, ckpt_path, resume_sta
 
     def answer_loss(vh, qs, scenes_, step):
         ids, last, ans = enc.batch(qs)
+        gen = drop_gen(stream, step)
         keep = enc.keep_mask(
             qs,
             args.drop_frac,
-            drop_gen(stream, step),
+            gen,
             scenes=scenes_ if args.drop_keep_adjacent else None,
             kinds=drop_kinds,
             near_frac=args.drop_near_frac if stage == "C" else 0.0,
@@ -253,6 +255,9 @@ def run_stage(stage, args, model, head, enc, tok, heldout, ckpt_path, resume_sta
         rel = enc.relevance(qs, relation_later_cell=order)
         local = (local_heads, enc.relation_pairs(qs)) if order else None
         qmask = enc.question_mask(qs, ids.shape[1]) if att_heads[1] else None
+        contiguous = None
+        if keep is not None and args.contiguous_frac > 0:  # drawn after keep_mask: frac 0 leaves the old draws unchanged
+            contiguous = torch.rand(len(qs), generator=gen) < args.contiguous_frac
         return vqa_loss(
             model,
             ids,
@@ -268,6 +273,7 @@ def run_stage(stage, args, model, head, enc, tok, heldout, ckpt_path, resume_sta
             local=local,
             local_w=args.relation_local_w,
             question_mask=qmask,
+            contiguous=contiguous,
         )
 
     last_ckpt = time.time()
@@ -304,13 +310,13 @@ def run_stage(stage, args, model, head, enc, tok, heldout, ckpt_path, resume_sta
             loss = mse + bce
             acc = bce.detach()
         else:
-            if stage == "B":
+            if frozen_vision:
                 with torch.no_grad():
                     vh, _ = vision(model, pix)
             else:
                 vh, pooled = vision(model, pix)
             loss, acc = answer_loss(vh, [q for _, q in batch], scenes_, step)
-            if stage == "C":
+            if not frozen_vision:
                 bce = F.binary_cross_entropy_with_logits(head(pooled), pair_multihot(scenes_))
                 loss = loss + args.cls_aux * bce
         opt.zero_grad(set_to_none=True)
@@ -342,6 +348,9 @@ def run_stage(stage, args, model, head, enc, tok, heldout, ckpt_path, resume_sta
                 )
                 res = heldout.accuracy(model, budget=32)
                 log(f"stage {stage} heldout acc @32 tokens (relevant + random) " + " ".join(f"{k}={v:.3f}" for k, v in res.items()))
+                if args.contiguous_frac > 0:
+                    res = heldout.accuracy(model, budget=32, contiguous=True)
+                    log(f"stage {stage} heldout acc @32 tokens, contiguous positions " + " ".join(f"{k}={v:.3f}" for k, v in res.items()))
         if time.time() - last_ckpt > args.ckpt_every and done < steps:
             checkpoint(done)
             last_ckpt = time.time()
@@ -358,7 +367,7 @@ _NOT_RECIPE = {"out", "workdir", "resume", "log_every", "eval_every", "heldout",
 
 
 # recipe flags added later, with the value every checkpoint saved before them was trained with
-_ADDED_FLAGS = {"prompt_order": "question-first"}
+_ADDED_FLAGS = {"prompt_order": "question-first", "init_from": "", "contiguous_frac": 0.0}
 
 
 def flags_changed(saved: dict, now: dict) -> list[str]:
@@ -382,6 +391,19 @@ def main():
         default="question-first",
         choices=list(S.PROMPT_ORDERS),
         help="where the question goes relative to the image, in the training prompts and in the chat template exported with the model",
+    )
+    ap.add_argument(
+        "--init-from",
+        default="",
+        help="an exported checkpoint folder (model.safetensors) to start from: stages A and B are skipped and "
+        "stage C fine-tunes it with the vision tower frozen (so its [CLS] attention is unchanged), "
+        "for example to move a trained model to another --prompt-order",
+    )
+    ap.add_argument(
+        "--contiguous-frac",
+        type=float,
+        default=0.0,
+        help="stages B/C: share of the pruned samples whose kept tokens get contiguous position ids (the other position policy) instead of their original ones",
     )
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--steps-a", type=int, default=480)
@@ -470,6 +492,12 @@ def main():
     log(f"model params {n_params / 1e6:.2f}M vocab {len(tok)}")
 
     state = None
+    if args.init_from:
+        try:  # through from_pretrained: the saved file uses transformers' own key names
+            model.load_state_dict(type(model).from_pretrained(args.init_from).state_dict())
+        except (OSError, RuntimeError) as e:
+            raise SystemExit(f"--init-from {args.init_from}: not a checkpoint of this architecture ({str(e).splitlines()[0]})") from None
+        log(f"initialised from {args.init_from}: stages A and B skipped, stage C with the vision tower frozen")
     if args.resume and ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=False)
         model.load_state_dict(state["model"])
@@ -480,7 +508,7 @@ def main():
             log("WARNING: resuming with flags that differ from the checkpoint's: " + "; ".join(changed))
     heldout = HeldOut(enc, args.heldout)
 
-    cur = state["stage"] if state is not None else "A"
+    cur = state["stage"] if state is not None else ("C" if args.init_from else "A")
     for st in STAGES:
         if cur == "done" or STAGES.index(st) < STAGES.index(cur):
             continue

@@ -220,3 +220,29 @@ def test_a_resume_names_every_recipe_flag_that_differs_from_the_checkpoint(rm):
     now = {"drop_frac": 0.0, "drop_kinds": "all", "workdir": "/b", "threads": 4, "seed": 0, "steps_c": 600}
     changed = train_reference.flags_changed(saved, now)
     assert changed == ["--drop-frac: checkpoint 0.5, now 0.0", "--threads: checkpoint 2, now 4"]
+
+
+def test_contiguous_training_positions_renumber_the_kept_tokens_as_the_adapter_does(rm, questions):
+    torch.manual_seed(0)
+    tok = rm.build_tokenizer()
+    enc = rm.Encoder(tok, "both")
+    model = rm.build_model(tok).eval()
+    qs = questions[:3]
+    items = rm.S.eval_split(3)
+    with torch.no_grad():
+        vh, _ = rm.vision(model, rm.pixels([rm.S.render(s) for s, _ in items]))
+        ids, last, _ = enc.batch(qs)
+        keep = enc.keep_mask(qs, 1.0, torch.Generator().manual_seed(2), lo=20, hi=20)
+        img = ids == model.config.image_token_index
+        pos = rm.contiguous_position_ids(ids, img, keep)
+        contiguous = rm.lm_answer_logits(model, ids, last, vh, keep=keep, contiguous=torch.ones(3, dtype=torch.bool))[:, 0]
+        original = rm.lm_answer_logits(model, ids, last, vh, keep=keep)[:, 0]
+        for i in range(len(qs)):
+            n = int(last[i]) + 1
+            emb, im = rm.input_embeds(model, ids[i : i + 1, :n], vh[i : i + 1])
+            kept = torch.ones(n, dtype=torch.bool)
+            kept[im[0]] = keep[i]
+            assert pos[i, :n][kept].tolist() == list(range(int(kept.sum())))  # 0, 1, 2, ... over what is kept
+            out = model.model.language_model(inputs_embeds=emb[:, kept], use_cache=False)  # the stock model, default positions
+            torch.testing.assert_close(contiguous[i], model.lm_head(out.last_hidden_state[:, -1])[0], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(contiguous, original, atol=1e-3)  # the policy changes the logits
