@@ -348,13 +348,18 @@ def input_embeds(model, ids, vis_hidden):
     return emb, img
 
 
-def contiguous_position_ids(ids, img, keep):
-    """(B, L) position ids that renumber each sample's kept tokens 0, 1, 2, ... with the
-    dropped image tokens (masked out) removed from the count: the adapter's contiguous
-    position policy.  ``img`` (B, L) marks the image positions, ``keep`` (B, 144) which of
-    them each sample keeps."""
+def present_mask(ids, img, keep):
+    """(B, L) long: 1 for every token a sample keeps, 0 for its dropped image tokens.
+    ``img`` (B, L) marks the image positions, ``keep`` (B, 144) which of them it keeps."""
     present = torch.ones(ids.shape, dtype=torch.long)
     present[img] = keep.reshape(-1).long()
+    return present
+
+
+def contiguous_position_ids(present):
+    """(B, L) position ids that renumber each sample's kept tokens 0, 1, 2, ... with the
+    dropped ones (``present_mask`` 0, masked out) removed from the count: the adapter's
+    contiguous position policy."""
     return (present.cumsum(1) - 1).clamp(min=0)
 
 
@@ -371,15 +376,12 @@ def lm_answer_logits(model, ids, last, vis_hidden, att_heads=None, keep=None, lo
     (``contiguous_position_ids``), the other position policy."""
     m = model.model
     emb, img = input_embeds(model, ids, vis_hidden)
-    attention_mask = None
-    if keep is not None:
-        attention_mask = torch.ones(ids.shape, dtype=torch.long)
-        attention_mask[img] = keep.reshape(-1).long()
+    attention_mask = None if keep is None else present_mask(ids, img, keep)
     # right padding + causal attention: padded tail never influences real tokens
     position_ids = None
-    if keep is not None and contiguous is not None and bool(contiguous.any()):
+    if attention_mask is not None and contiguous is not None and bool(contiguous.any()):
         original = torch.arange(ids.shape[1]).expand(ids.shape[0], -1)
-        position_ids = torch.where(contiguous[:, None], contiguous_position_ids(ids, img, keep), original)
+        position_ids = torch.where(contiguous[:, None], contiguous_position_ids(attention_mask), original)
     o = m.language_model(
         inputs_embeds=emb,
         attention_mask=attention_mask,

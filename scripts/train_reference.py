@@ -186,8 +186,10 @@ def drop_gen(stream: int, step: int) -> torch.Generator:
 
 
 def stage_params(model, head, stage, freeze_vision=False):
+    """The parameters a stage trains (all others frozen): with ``freeze_vision`` (stage B,
+    and C after --init-from) the projector and the LM only."""
     m = model.model
-    if stage == "B" or (stage == "C" and freeze_vision):
+    if freeze_vision:
         train = list(m.multi_modal_projector.parameters()) + list(m.language_model.parameters()) + list(model.lm_head.parameters())
     elif stage == "A":
         train = list(m.vision_tower.parameters()) + list(m.multi_modal_projector.parameters()) + list(head.parameters())

@@ -67,16 +67,23 @@ def test_token_drops_are_a_pure_function_of_the_generator_seed(rm, questions):
     assert enc.keep_mask(questions, 0.0, torch.Generator().manual_seed(7)) is None
 
 
-def test_masking_dropped_tokens_equals_removing_them_with_their_position_ids(rm, questions):
+def _random_model_batch(rm, questions, n, order="question-first"):
+    """A random-weight model (seed 0), the encoder of ``order`` and the first ``n`` eval
+    questions' vision states and ids."""
     torch.manual_seed(0)
     tok = rm.build_tokenizer()
-    enc = rm.Encoder(tok)
+    enc = rm.Encoder(tok, order)
     model = rm.build_model(tok).eval()
-    qs = questions[:4]
-    items = rm.S.eval_split(4)
+    qs = questions[:n]
     with torch.no_grad():
-        vh, _ = rm.vision(model, rm.pixels([rm.S.render(s) for s, _ in items]))
-        ids, last, _ = enc.batch(qs)
+        vh, _ = rm.vision(model, rm.pixels([rm.S.render(s) for s, _ in rm.S.eval_split(n)]))
+    ids, last, _ = enc.batch(qs)
+    return model, enc, qs, vh, ids, last
+
+
+def test_masking_dropped_tokens_equals_removing_them_with_their_position_ids(rm, questions):
+    model, enc, qs, vh, ids, last = _random_model_batch(rm, questions, 4)
+    with torch.no_grad():
         keep = enc.keep_mask(qs, 1.0, torch.Generator().manual_seed(1), lo=32, hi=32)
         masked = rm.lm_answer_logits(model, ids, last, vh, keep=keep)[:, 0]
         unmasked = rm.lm_answer_logits(model, ids, last, vh)[:, 0]
@@ -223,18 +230,10 @@ def test_a_resume_names_every_recipe_flag_that_differs_from_the_checkpoint(rm):
 
 
 def test_contiguous_training_positions_renumber_the_kept_tokens_as_the_adapter_does(rm, questions):
-    torch.manual_seed(0)
-    tok = rm.build_tokenizer()
-    enc = rm.Encoder(tok, "both")
-    model = rm.build_model(tok).eval()
-    qs = questions[:3]
-    items = rm.S.eval_split(3)
+    model, enc, qs, vh, ids, last = _random_model_batch(rm, questions, 3, "both")
     with torch.no_grad():
-        vh, _ = rm.vision(model, rm.pixels([rm.S.render(s) for s, _ in items]))
-        ids, last, _ = enc.batch(qs)
         keep = enc.keep_mask(qs, 1.0, torch.Generator().manual_seed(2), lo=20, hi=20)
-        img = ids == model.config.image_token_index
-        pos = rm.contiguous_position_ids(ids, img, keep)
+        pos = rm.contiguous_position_ids(rm.present_mask(ids, ids == model.config.image_token_index, keep))
         contiguous = rm.lm_answer_logits(model, ids, last, vh, keep=keep, contiguous=torch.ones(3, dtype=torch.bool))[:, 0]
         original = rm.lm_answer_logits(model, ids, last, vh, keep=keep)[:, 0]
         for i in range(len(qs)):
