@@ -51,7 +51,7 @@ CHAT_TEMPLATES = {
     "both": _chat_template(_TEXT + _NL + _IMAGE + _NL + _TEXT),
 }
 assert set(CHAT_TEMPLATES) == set(S.PROMPT_ORDERS)
-CHAT_TEMPLATE = CHAT_TEMPLATES["question-first"]  # the shipped reference's
+CHAT_TEMPLATE = CHAT_TEMPLATES["both"]  # the shipped reference's (a fine-tune of the question-first run)
 N_PAIRS = len(S.COLOUR_NAMES) * len(S.SHAPES)
 
 
@@ -223,6 +223,16 @@ class Encoder:
             m[i, self.question_positions(q.question)] = True
         return m
 
+    def after_image_mask(self, qs, length: int, key_ids: torch.Tensor) -> torch.Tensor:
+        """(B, length) bool: the question's content words (``key_ids``) that come after the
+        image, the rows text-side raters read; empty for an order with no text there."""
+        m = self.question_mask(qs, length)
+        for i, q in enumerate(qs):
+            ids = self.prompt_ids(q.question)
+            m[i, : len(ids) - ids[::-1].index(self.image_id)] = False  # up to the last image token
+            m[i, : len(ids)] &= torch.isin(torch.tensor(ids), key_ids)
+        return m
+
     def answer_id(self, answer: str) -> int:
         return self.tok.convert_tokens_to_ids(answer)
 
@@ -363,7 +373,7 @@ def contiguous_position_ids(present):
     return (present.cumsum(1) - 1).clamp(min=0)
 
 
-def lm_answer_logits(model, ids, last, vis_hidden, att_heads=None, keep=None, local=None, contiguous=None):
+def lm_answer_logits(model, ids, last, vis_hidden, att_heads=None, keep=None, local=None, contiguous=None, rater_heads=None):
     """Logits at the answer position and at the EOS position: (B, 2, V).
     With att_heads [(layer, head), ...] also returns those heads' attention from the
     answer position onto the 144 image tokens: (B, n_heads, 144).
@@ -373,7 +383,9 @@ def lm_answer_logits(model, ids, last, vis_hidden, att_heads=None, keep=None, lo
     position ids left as they are: the same computation as the adapter's input-level
     pruning (which removes them and keeps the survivors' original position ids).
     contiguous (B,) bool: those samples' kept tokens get contiguous position ids instead
-    (``contiguous_position_ids``), the other position policy."""
+    (``contiguous_position_ids``), the other position policy.
+    With rater_heads [(layer, head), ...] also returns those heads' whole attention
+    matrices: (B, n_rater_heads, L, L) (every query row, for the text-side raters)."""
     m = model.model
     emb, img = input_embeds(model, ids, vis_hidden)
     attention_mask = None if keep is None else present_mask(ids, img, keep)
@@ -387,13 +399,13 @@ def lm_answer_logits(model, ids, last, vis_hidden, att_heads=None, keep=None, lo
         attention_mask=attention_mask,
         position_ids=position_ids,
         use_cache=False,
-        output_attentions=bool(att_heads) or bool(local),
+        output_attentions=bool(att_heads) or bool(local) or bool(rater_heads),
     )
     h = o.last_hidden_state
     idx = torch.stack([last, last + 1], 1)  # (B,2)
     hs = h.gather(1, idx[..., None].expand(-1, -1, h.shape[-1]))
     logits = model.lm_head(hs)
-    if not att_heads and not local:
+    if not att_heads and not local and not rater_heads:
         return logits
     B = ids.shape[0]
     out = [logits]
@@ -405,6 +417,8 @@ def lm_answer_logits(model, ids, last, vis_hidden, att_heads=None, keep=None, lo
         start = img.long().argmax(1)  # first image position
         q, k = start + pairs[:, 0].clamp(min=0), start + pairs[:, 1].clamp(min=0)
         out.append(torch.stack([o.attentions[layer][torch.arange(B), head, q, k] for layer, head in heads], 1))
+    if rater_heads:
+        out.append(torch.stack([o.attentions[layer][:, head] for layer, head in rater_heads], 1))
     return tuple(out)
 
 
@@ -424,6 +438,7 @@ def vqa_loss(
     local_w=1.0,
     question_mask=None,
     contiguous=None,
+    raters=None,
 ):
     """Answer(+EOS) cross-entropy; optionally plus att_w * attention supervision:
     -log(attention mass on the relevant cells) for the given (layer, head)s at the
@@ -435,15 +450,22 @@ def vqa_loss(
     the prompt order puts them, and key_ids narrows them to its content words.
     local: ([(layer, head), ...], pairs (B, 2) of (query cell, key cell), -1 where a
     sample has none): those heads are pushed, at the query cell, onto the key cell, with
-    weight local_w (when att_w > 0)."""
+    weight local_w (when att_w > 0).
+    raters: ([(layer, head), ...], query mask (B, L) bool, relevant cells (B, 144), weight):
+    those heads are pushed, at every masked query position (the question's content words
+    after the image), onto the relevant cells: what text-side raters (SparseVLM) read."""
     cell_heads, q_heads = att_heads if att_heads else ([], [])
     heads = list(cell_heads) + list(q_heads)
     local = local if (local and att_w > 0 and bool((local[1][:, 0] >= 0).any())) else None
     want_att = bool(heads) and att_w > 0
-    out = lm_answer_logits(model, ids, last, vis_hidden, heads if want_att else None, keep=keep, local=local, contiguous=contiguous)
-    logits, *parts = out if isinstance(out, tuple) else (out,)  # then att (if asked), then local (if asked)
+    raters = raters if (raters and raters[3] > 0 and bool(raters[1].any())) else None
+    out = lm_answer_logits(
+        model, ids, last, vis_hidden, heads if want_att else None, keep=keep, local=local, contiguous=contiguous, rater_heads=raters[0] if raters else None
+    )
+    logits, *parts = out if isinstance(out, tuple) else (out,)  # then att, local, raters (each if asked)
     att = parts.pop(0) if want_att else None
     loc = parts.pop(0) if local else None
+    rat = parts.pop(0) if raters else None
     tgt = torch.stack([ans, torch.full_like(ans, eos)], 1)
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1))
     if att is not None:
@@ -466,5 +488,11 @@ def vqa_loss(
     if loc is not None:
         has = local[1][:, 0] >= 0
         loss = loss + local_w * (-torch.log(loc[has] + 1e-4)).mean()
+    if rat is not None:
+        _, rmask, rrel, rater_w = raters
+        target = torch.zeros(ids.shape)
+        target[ids == model.config.image_token_index] = rrel.reshape(-1)
+        mass = (rat * target[:, None, None, :]).sum(-1)  # (B, heads, L)
+        loss = loss + rater_w * (-torch.log(mass + 1e-4))[rmask[:, None].expand_as(mass)].mean()
     acc = (logits[:, 0].argmax(-1) == ans).float().mean()
     return loss, acc

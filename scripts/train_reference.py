@@ -36,29 +36,46 @@ on --threads (CPU reduction order): the documented setting is 2.
 --prompt-order sets where the question goes (the training prompts and the chat
 template exported with the model, so that the harness prompts the model as it was
 trained; stage A does not read a prompt):
-  question-first  "USER: {question}\n<image> ASSISTANT:" (the default, the shipped one)
+  question-first  "USER: {question}\n<image> ASSISTANT:" (the default; the shipped model's first run)
   image-first     "USER: <image>\n{question} ASSISTANT:" (LLaVA's own order, the one
                   text-side pruning methods assume)
-  both            "USER: {question}\n<image>\n{question} ASSISTANT:"
+  both            "USER: {question}\n<image>\n{question} ASSISTANT:" (the shipped one,
+                  by fine-tuning the question-first model: --init-from)
 With the image first, every stage-B run before attention supervision, order supervision,
 the curriculum and pruned-input batches existed sat at the answer prior, because the
 answer position had to learn question-conditioned retrieval over 144 tokens from
 scratch; with the question first, each visual token can condition on it and B learns
 within a few hundred steps.
 
-Run (from an empty --workdir; the defaults are the shipped recipe):
-    python scripts/train_reference.py --device cpu --threads 2 --workdir DIR --out OUT
+Run (two commands from empty --workdir folders; together they are the shipped recipe):
+    python scripts/train_reference.py --device cpu --threads 2 --workdir DIR1 --out QF
+    python scripts/train_reference.py --device cpu --threads 2 --init-from QF \
+        --prompt-order both --contiguous-frac 0.5 --rater-heads 0.0,1.0,2.0 \
+        --freeze-inputs --workdir DIR2 --out OUT
+The first trains the question-first model (stages A, B, C; about 105 min on 2 cores);
+the second fine-tunes it to the "both" order (stage C alone, 600 steps, vision tower,
+projector and word embeddings frozen; about 6 min), with one head in each of layers
+0-2 supervised to attend, from the question's content words after the image, to the
+answer's cells (--rater-heads: the text-to-image attention text-side raters read).
+QF's weights are also in git history (git show 9d360db:reference/checkpoint/model.safetensors).
 
-Status (2026-12-01): reference/checkpoint (weights ecca84bb8f6fc8bf) is the output of
-this command: stage A 786 s (rerun from scratch: bit-identical weights), B 4,240 s,
-C 1,121 s on 2 CPU cores, resumed from checkpoints across sessions; stage C rerun
-from B's end state, interrupted and resumed once, gave the shipped weights bit for bit.  On the
-1,200-question split: 98.0% (attribute 99.0, existence 98.7, count 94.3, relation
-100.0); the shapes oracle at 16/32/48 of 144 tokens: 96.8/97.2/97.5 (count
-90.0/91.3/92.7).  With --drop-near-frac 0 (same A and B): 98.75%, but the oracle
-lost 10 points on count (two objects kept with their nearest cells were counted as
-three); its stage C, rerun from B's end state and interrupted and resumed once, gave
-bit-identical weights.
+Status (2026-12-02): reference/checkpoint (weights 0f5cf3d57b63abd7) is OUT; rerun on
+the same machine: bit-identical weights.  On the 1,200-question split (HF generate):
+98.42% (attribute 99.0, existence 99.0, count 95.7, relation 100.0); the shapes oracle
+at 16/32/48 of 144 tokens: 96.2/96.8/96.9; [CLS] top-k object recall 0.745.  Without
+--rater-heads/--freeze-inputs: 98.50%, but the question after the image attended at
+random (sparsevlm 40.4% at 32 tokens); with --rater-heads but without --freeze-inputs:
+98.33%, but the word embeddings moved 3x further and sppruner/cdpruner lost 7-10 points.
+
+QF (weights ecca84bb8f6fc8bf, shipped until 2026-12-02): stage A 786 s (rerun from
+scratch: bit-identical weights), B 4,240 s, C 1,121 s on 2 CPU cores, resumed from
+checkpoints across sessions; stage C rerun from B's end state, interrupted and resumed
+once, gave the same weights bit for bit.  On the 1,200-question split: 98.0% (attribute
+99.0, existence 98.7, count 94.3, relation 100.0); the oracle at 16/32/48 tokens:
+96.8/97.2/97.5 (count 90.0/91.3/92.7).  With --drop-near-frac 0 (same A and B): 98.75%,
+but the oracle lost 10 points on count (two objects kept with their nearest cells were
+counted as three); its stage C, rerun from B's end state and interrupted and resumed
+once, gave bit-identical weights.
 
 Earlier recipes (docs/reference-model/*.log), all from the same stage A:
   --drop-frac 0 --no-relation-order-sup --drop-kinds all --drop-near-frac 0: 85.25%, relation 50.7,
@@ -185,12 +202,17 @@ def drop_gen(stream: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(1_000_003 * (stream + 1) + step)
 
 
-def stage_params(model, head, stage, freeze_vision=False):
+def stage_params(model, head, stage, freeze_vision=False, freeze_inputs=False):
     """The parameters a stage trains (all others frozen): with ``freeze_vision`` (stage B,
-    and C after --init-from) the projector and the LM only."""
+    and C after --init-from) the projector and the LM only; ``freeze_inputs`` also keeps
+    the projector and the word embeddings (the space in which vision-stage methods
+    compare visual tokens with the prompt's words) as they are."""
     m = model.model
     if freeze_vision:
         train = list(m.multi_modal_projector.parameters()) + list(m.language_model.parameters()) + list(model.lm_head.parameters())
+        if freeze_inputs:
+            fixed = {id(p) for p in list(m.multi_modal_projector.parameters()) + list(model.get_input_embeddings().parameters())}
+            train = [p for p in train if id(p) not in fixed]
     elif stage == "A":
         train = list(m.vision_tower.parameters()) + list(m.multi_modal_projector.parameters()) + list(head.parameters())
     else:
@@ -211,7 +233,7 @@ def run_stage(stage, args, model, head, enc, tok, heldout, ckpt_path, resume_sta
     if steps <= 0:
         return
     frozen_vision = stage == "B" or (stage == "C" and bool(args.init_from))
-    params = stage_params(model, head, stage, freeze_vision=frozen_vision)
+    params = stage_params(model, head, stage, freeze_vision=frozen_vision, freeze_inputs=args.freeze_inputs)
     # projector + word embeddings move slower than the LM body in stages B/C
     slow_ids = {id(p) for p in list(model.model.multi_modal_projector.parameters()) + list(model.get_input_embeddings().parameters())}
     mult = 1.0 if stage == "A" else args.emb_lr_mult
@@ -235,8 +257,9 @@ def run_stage(stage, args, model, head, enc, tok, heldout, ckpt_path, resume_sta
     att_heads = (_heads(args.att_heads), _heads(args.att_q_heads))
     key_ids = torch.tensor([vocab[w] for w in list(S.COLOUR_NAMES) + list(S.SHAPES) + ["left", "right", "above", "below"]])
     local_heads = _heads(args.relation_local_heads) if args.relation_order_sup else []
+    rater_heads = _heads(args.rater_heads) if args.rater_w > 0 else []
     drop_kinds = kinds_of(args.drop_kinds)
-    if (att_heads[0] or att_heads[1] or local_heads) and args.att_sup > 0:
+    if ((att_heads[0] or att_heads[1] or local_heads) and args.att_sup > 0) or rater_heads:
         model.model.language_model.set_attn_implementation("eager")  # to get attention probabilities
 
     def answer_loss(vh, qs, scenes_, step):
@@ -257,6 +280,7 @@ def run_stage(stage, args, model, head, enc, tok, heldout, ckpt_path, resume_sta
         rel = enc.relevance(qs, relation_later_cell=order)
         local = (local_heads, enc.relation_pairs(qs)) if order else None
         qmask = enc.question_mask(qs, ids.shape[1]) if att_heads[1] else None
+        raters = (rater_heads, enc.after_image_mask(qs, ids.shape[1], key_ids), enc.relevance(qs), args.rater_w) if rater_heads else None
         contiguous = None
         if keep is not None and args.contiguous_frac > 0:  # drawn after keep_mask: frac 0 leaves the old draws unchanged
             contiguous = torch.rand(len(qs), generator=gen) < args.contiguous_frac
@@ -276,6 +300,7 @@ def run_stage(stage, args, model, head, enc, tok, heldout, ckpt_path, resume_sta
             local_w=args.relation_local_w,
             question_mask=qmask,
             contiguous=contiguous,
+            raters=raters,
         )
 
     last_ckpt = time.time()
@@ -369,7 +394,7 @@ _NOT_RECIPE = {"out", "workdir", "resume", "log_every", "eval_every", "heldout",
 
 
 # recipe flags added later, with the value every checkpoint saved before them was trained with
-_ADDED_FLAGS = {"prompt_order": "question-first", "init_from": "", "contiguous_frac": 0.0}
+_ADDED_FLAGS = {"prompt_order": "question-first", "init_from": "", "contiguous_frac": 0.0, "rater_heads": "", "rater_w": 1.0, "freeze_inputs": False}
 
 
 def flags_changed(saved: dict, now: dict) -> list[str]:
@@ -424,6 +449,17 @@ def main():
     )
     ap.add_argument("--att-sup", type=float, default=1.0, help="weight of the stage B/C auxiliary attention-supervision loss (0 = off)")
     ap.add_argument("--att-heads", default="2.0,2.1,3.0", help="layer.head pairs supervised to attend to relevant cells")
+    ap.add_argument(
+        "--rater-heads",
+        default="",
+        help="layer.head pairs supervised to attend, from the question's content words after the image, to the relevant cells (what text-side raters read; needs --prompt-order both or image-first)",
+    )
+    ap.add_argument("--rater-w", type=float, default=1.0, help="weight of the --rater-heads loss")
+    ap.add_argument(
+        "--freeze-inputs",
+        action="store_true",
+        help="with --init-from: also freeze the projector and the word embeddings (so that prompt-to-image similarities stay as the initial model has them)",
+    )
     ap.add_argument("--att-q-heads", default="", help="layer.head pairs supervised to attend (from the answer position) to the question's content words")
     ap.add_argument("--kinds-c", default=RELATION_HEAVY, help="stage-C question kinds, comma list; a kind listed twice is drawn twice as often")
     ap.add_argument(

@@ -114,9 +114,9 @@ def test_the_shipped_processor_gives_the_ids_and_pixels_the_script_trained_on(rm
     finally:
         sys.path.remove(str(SCRIPTS))
     checkpoint = Path(str(resources.files("tokenbench.reference") / "checkpoint"))
-    reference_eval.check_pipeline(checkpoint, rm.Encoder(rm.build_tokenizer()))  # raises on any difference
-    # the shipped model reads the question first: the script's default order
-    assert (checkpoint / "chat_template.jinja").read_text() == rm.CHAT_TEMPLATES["question-first"]
+    reference_eval.check_pipeline(checkpoint, rm.Encoder(rm.build_tokenizer(), "both"))  # raises on any difference
+    # the shipped model reads the question before the image and again after it (issue 21)
+    assert (checkpoint / "chat_template.jinja").read_text() == rm.CHAT_TEMPLATES["both"] == rm.CHAT_TEMPLATE
 
 
 @pytest.mark.parametrize("order", ["question-first", "image-first", "both"])
@@ -155,6 +155,23 @@ def test_with_the_question_first_its_mask_is_the_one_before_the_image(rm, questi
     img = ids == tok.convert_tokens_to_ids("<image>")
     before_image = torch.arange(ids.shape[1])[None] < img.long().argmax(1)[:, None]
     assert torch.equal(enc.question_mask(questions, ids.shape[1]) & torch.isin(ids, key_ids), before_image & torch.isin(ids, key_ids))
+
+
+def test_the_rater_rows_are_the_content_words_after_the_image_and_only_those(rm, questions):
+    """--rater-heads supervises the rows SparseVLM's raters read: the question's content
+    words in its copy after the image; an order with no question there has none."""
+    tok = rm.build_tokenizer()
+    key_ids = torch.tensor([tok.get_vocab()[w] for w in list(rm.S.COLOUR_NAMES) + list(rm.S.SHAPES) + ["left", "right", "above", "below"]])
+    enc = rm.Encoder(tok, "both")
+    ids, _, _ = enc.batch(questions)
+    mask = enc.after_image_mask(questions, ids.shape[1], key_ids)
+    image_id = tok.convert_tokens_to_ids("<image>")
+    for q, row, seq in zip(questions, mask, ids):
+        end = int((seq == image_id).nonzero().max()) + 1  # just after the last image token
+        content = [t for t in tok(q.question, add_special_tokens=False)["input_ids"] if t in key_ids]
+        assert not row[:end].any() and seq[row].tolist() == content, q.id
+    qf = rm.Encoder(tok)
+    assert not qf.after_image_mask(questions, qf.batch(questions)[0].shape[1], key_ids).any()
 
 
 def test_with_scenes_a_pruned_sample_also_keeps_the_objects_beside_its_relevant_cells(rm):

@@ -67,19 +67,20 @@ COUNT_RANGE: tuple[int, int] = (1, 3)  # answers one / two / three
 BACKGROUND = (200, 200, 200)
 NOISE = 6  # +- uniform per-pixel background noise
 # Where the question goes relative to the image, by prompt order.  The shipped reference
-# reads the question before the image: with causal attention the visual tokens can then
-# condition on it.  Image-first is LLaVA-1.5's own order (the one text-side pruning
+# reads "both": the question before the image (so that, with causal attention, the
+# visual tokens condition on it) and again after it (so that the text after the image
+# carries the question, as on LLaVA, for text-side raters).  It is a fine-tune of a
+# question-first model.  Image-first is LLaVA-1.5's own order (the one text-side pruning
 # methods assume); before the answer position's attention was supervised onto the answer
 # cells, every image-first run sat at the answer prior, because that position had to learn
 # question-conditioned retrieval over 144 tokens at once (docs/reference-model/README.md).
-# "both" is the fallback: the question before the image and again after it.
 PROMPT_TEMPLATES: dict[str, str] = {
     "question-first": "USER: {question}\n<image> ASSISTANT:",
     "image-first": "USER: <image>\n{question} ASSISTANT:",
     "both": "USER: {question}\n<image>\n{question} ASSISTANT:",
 }
 PROMPT_ORDERS: tuple[str, ...] = tuple(PROMPT_TEMPLATES)
-PROMPT_TEMPLATE = PROMPT_TEMPLATES["question-first"]  # the shipped reference's
+PROMPT_TEMPLATE = PROMPT_TEMPLATES["both"]  # the shipped reference's
 _SS = 2  # supersampling factor for anti-aliased drawing
 
 
