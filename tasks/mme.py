@@ -1,37 +1,52 @@
 """``mme``: the MME benchmark, 10 perception and 4 cognition subtasks of yes/no questions.
 
-Data (``--task mme:PATH``): the official release folder ``MME_Benchmark_release_version``
-(``PATH`` itself or its parent), one folder per subtask. Both layouts of the release
-are read:
+Data (``--task mme`` or ``--task mme:PATH``):
 
-* ``SUBTASK/images/NAME.jpg|png`` + ``SUBTASK/questions_answers_YN/NAME.txt``
-  (artwork, celebrity, landmark, posters, scene);
-* flat ``SUBTASK/NAME.jpg|png`` + ``SUBTASK/NAME.txt`` (the others).
+* no path: the Hugging Face dataset ``lmms-lab/MME`` (split ``test``, 2,374 rows,
+  columns ``question_id, image, question, answer, category``; ``question_id`` names the
+  image, e.g. ``code_reasoning/0020.png``, shared by its two questions) from the
+  ``datasets`` cache;
+* ``PATH`` a local copy of it (``PATH/data/test-*.parquet`` as ``hf download
+  lmms-lab/MME --repo-type dataset --local-dir PATH`` leaves it, or ``save_to_disk``);
+  images are decoded lazily, one per sample;
+* ``PATH`` the official release folder ``MME_Benchmark_release_version`` (``PATH``
+  itself or its parent), one folder per subtask, in either layout of the release:
+  ``SUBTASK/images/NAME.jpg|png`` + ``SUBTASK/questions_answers_YN/NAME.txt``
+  (artwork, celebrity, landmark, posters, scene), or flat ``SUBTASK/NAME.jpg|png`` +
+  ``SUBTASK/NAME.txt`` (the others); each ``.txt`` holds lines ``question<TAB>Yes|No``,
+  two questions per image. Subtasks whose folder is absent are skipped (at least one
+  must be present); ``aggregate`` then sums only what was loaded, so compare totals only
+  on the full release.
 
-Each ``.txt`` holds lines ``question<TAB>Yes|No``, two questions per image. Subtasks
-whose folder is absent are skipped (at least one must be present); ``aggregate`` then
-sums only what was loaded, so compare totals only on the full release.
+Prompt (every family, both protocols; lmms-eval's ``mme_doc_to_text`` with the default
+kwargs, as LLaVA-1.5's evaluation): the stripped question with every
+``" Please answer yes or no."`` removed, + ``"\\nAnswer the question using a single
+word or phrase."``; the adapter applies the chat template.
 
-Score (official ``calculation.py``): per subtask, accuracy×100 + accuracy+×100, where
-accuracy+ is the share of images with every question right; a prediction is read by
-:func:`tokenbench.answers.mme_yes_no` (anything but a leading yes/no is wrong).
-``aggregate`` reports each subtask's ``acc``, ``acc_plus`` and ``score``, and
-separately ``perception`` (max 2000; LLaVA-1.5-7B: 1510.7), ``cognition`` (max 800) and
-``total`` (max 2800; LLaVA-1.5-7B: ~1862), since papers quote either. The two questions
-on one image share ``meta["group"]``, so a stratified ``--limit`` keeps them together.
-Prompt (every family): the question with its trailing " Please answer yes or no."
-replaced by ``"\\nAnswer the question using a single word or phrase."``, as LLaVA-1.5's
-evaluation and lmms-eval do; the adapter applies the chat template.
+Score (``lmms_eval/tasks/mme/utils.py`` of lmms-eval v0.7.2, commit cb45ac4d, which is
+the official ``calculation.py``): per subtask, the mean over images of accuracy×100 +
+accuracy+×100 (accuracy+: both questions of the image right). A prediction is read,
+``protocol=lmms_eval`` (default), by
+:func:`tokenbench.tasks.lmms_answers.mme_answer` (periods removed, a lone ``y``/``n``
+counts), ``protocol=llava`` by :func:`tokenbench.answers.mme_yes_no`; anything but
+yes/no is wrong. ``aggregate`` reports each subtask's ``acc``, ``acc_plus`` and
+``score``, and ``perception`` (lmms-eval's ``mme_perception_score``, max 2000;
+LLaVA-1.5-7B: 1510.7), ``cognition`` (``mme_cognition_score``, max 800) and ``total``.
+The two questions on one image share ``meta["group"]``, so a stratified ``--limit``
+keeps them together.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tokenbench.answers import mme_yes_no
 from tokenbench.task import Sample, Task
 from tokenbench.tasks.files import data_error, need_dir
+from tokenbench.tasks.hf import hf_rows, is_hf_folder
+from tokenbench.tasks.lmms_answers import check_protocol, mme_answer
 
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene", "landmark", "artwork", "OCR")
 COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
@@ -41,8 +56,11 @@ ORIGINAL_SUFFIX = " Please answer yes or no."
 LAYOUT = (
     "DIR/SUBTASK/ for SUBTASK in existence, count, ..., code_reasoning, each either SUBTASK/images/NAME.jpg|png + "
     "SUBTASK/questions_answers_YN/NAME.txt or flat SUBTASK/NAME.jpg|png + SUBTASK/NAME.txt; "
-    "each .txt has lines 'question<TAB>Yes|No'"
+    "each .txt has lines 'question<TAB>Yes|No'; "
+    "or lmms-lab/MME as parquet (DIR/data/test-*.parquet with columns question_id, image, question, answer, category) or saved with save_to_disk"
 )
+HF_ID = "lmms-lab/MME"
+HF_SCHEMA = ("question_id", "image", "question", "answer", "category")
 
 
 class MmeTask(Task):
@@ -51,10 +69,20 @@ class MmeTask(Task):
     metric_kind = "binary"
     metric_name = "accuracy (yes/no)"
     max_new_tokens = 16
-    needs_path = True
+    defaults = {"protocol": "lmms_eval"}
+    #: the two questions on one image are one cluster for the paired statistics
+    cluster_key = "group"
+
+    def __init__(self, path: str | None = None, **options: Any) -> None:
+        super().__init__(path, **options)
+        self.options["protocol"] = check_protocol(self.options["protocol"])
 
     def load(self) -> Sequence[Sample]:
+        if not self.path:
+            return self._load_hf(None)
         root = need_dir(self.path, LAYOUT)
+        if is_hf_folder(root, "test"):
+            return self._load_hf(root)
         if not any((root / t).is_dir() for t in PERCEPTION + COGNITION) and (root / "MME_Benchmark_release_version").is_dir():
             root = root / "MME_Benchmark_release_version"
         present = [t for t in PERCEPTION + COGNITION if (root / t).is_dir()]
@@ -99,14 +127,29 @@ class MmeTask(Task):
                 raise data_error(txt, "no questions", LAYOUT)
         return samples
 
+    def _load_hf(self, root: Path | None) -> list[Sample]:
+        rows = hf_rows(HF_ID, root, split="test", schema=HF_SCHEMA, layout=LAYOUT, task=self.name)
+        known = PERCEPTION + COGNITION
+        samples, seen = [], {}
+        for i, row in enumerate(rows):
+            subtask, answer = str(row["category"]), str(row["answer"]).strip().lower().replace(".", "")
+            if subtask not in known:
+                raise data_error(f"{rows.where} row {i}", f"category {subtask!r} is not an MME subtask ({', '.join(known)})", LAYOUT)
+            if answer not in ("yes", "no"):
+                raise data_error(f"{rows.where} row {i}", f"answer {row['answer']!r} is not Yes or No", LAYOUT)
+            group = f"{subtask}/{row['question_id']}" if not str(row["question_id"]).startswith(f"{subtask}/") else str(row["question_id"])
+            n = seen[group] = seen.get(group, -1) + 1
+            samples.append(
+                Sample(id=f"{group}/{n}", image=rows.image(i), question=str(row["question"]), answers=(answer,), kind=subtask, meta={"group": group})
+            )
+        return samples
+
     def prompt(self, sample: Sample, family: str) -> str:
-        question = sample.question
-        if question.endswith(ORIGINAL_SUFFIX.strip()):
-            question = question[: -len(ORIGINAL_SUFFIX.strip())].rstrip()
-        return question + SUFFIX
+        return sample.question.strip().replace(ORIGINAL_SUFFIX, "") + SUFFIX
 
     def score(self, sample: Sample, prediction: str) -> float:
-        return float(mme_yes_no(prediction) == sample.answers[0])
+        read = mme_answer(prediction) if self.options["protocol"] == "lmms_eval" else mme_yes_no(prediction)
+        return float(read == sample.answers[0])
 
     def aggregate(self, samples: Sequence[Sample], scores: Sequence[float], predictions: Sequence[str]) -> dict[str, float]:
         out: dict[str, float] = {}

@@ -1,24 +1,39 @@
 """``textvqa_val``: TextVQA v0.5.1 validation (5,000 questions on 3,166 images).
 
-Data (``--task textvqa_val:PATH``): the official release, ``TextVQA_0.5.1_val.json``
-(``{"data": [{"question_id", "question", "image_id", "answers": [10 strings],
-"ocr_tokens"?, ...}]}``) in ``PATH`` (or ``PATH`` is the file), the images as
-``train_images/{image_id}.jpg`` (validation images ship in ``train_val_images.zip``
-under ``train_images/``; option ``images=DIR`` to point elsewhere), and optionally
-``TextVQA_Rosetta_OCR_v0.2_val.json`` (``{"data": [{"image_id", "ocr_tokens"}]}``),
-whose tokens are used where a question has no ``ocr_tokens`` of its own.
+Data (``--task textvqa_val`` or ``--task textvqa_val:PATH``):
 
-Option ``ocr=true|false`` (default false): add ``"\\nReference OCR token: a, b, c"``
-after the question, as LLaVA-1.5's reported TextVQA numbers do. The two settings
-differ by roughly 12 points for LLaVA-1.5-7B (58.2 is *with* OCR tokens), so the
-option is part of the task's ``describe()`` and of every run key.
+* no path: the Hugging Face dataset ``lmms-lab/textvqa``, split ``validation``
+  (columns ``image_id, question_id, question, question_tokens, image, image_width,
+  image_height, flickr_original_url, flickr_300k_url, answers, image_classes,
+  set_name, ocr_tokens``) from the ``datasets`` cache;
+* ``PATH`` a local copy of it (``PATH/data/validation-*.parquet`` as ``hf download
+  lmms-lab/textvqa --repo-type dataset --local-dir PATH`` leaves it); images are
+  decoded lazily, one per sample;
+* ``PATH`` the official release, ``TextVQA_0.5.1_val.json`` (``{"data": [{"question_id",
+  "question", "image_id", "answers": [10 strings], "ocr_tokens"?, ...}]}``) in ``PATH``
+  (or ``PATH`` is the file), the images as ``train_images/{image_id}.jpg`` (validation
+  images ship in ``train_val_images.zip`` under ``train_images/``; option
+  ``images=DIR`` to point elsewhere), and optionally
+  ``TextVQA_Rosetta_OCR_v0.2_val.json`` (``{"data": [{"image_id", "ocr_tokens"}]}``),
+  whose tokens are used where a question has no ``ocr_tokens`` of its own.
 
-Metric (continuous): the official VQA accuracy, ``min(1, matching humans / 3)``
-averaged over the ten leave-one-out subsets of the human answers, after the official
-EvalAI answer processing (:func:`tokenbench.answers.vqa_accuracy`): with 10 answers of
-which k match, k=1 → 0.3, 2 → 0.6, 3 → 0.9, ≥4 → 1. Prompt (every family): question
-[+ OCR line] + ``"\\nAnswer the question using a single word or phrase."``; the adapter
-applies the chat template.
+Prompt (every family; the adapter applies the chat template), ``protocol=lmms_eval``
+(default; ``textvqa_doc_to_text`` of lmms-eval v0.7.2, commit cb45ac4d, default
+kwargs): ``question.capitalize()`` (Python's: first letter upper, the rest lower) [+
+``"\\nReference OCR token: a, b, c"`` with option ``ocr=true``] + ``"\\nAnswer the
+question using a single word or phrase."``. ``protocol=llava``: the question as written.
+
+Option ``ocr=true|false`` (default false, as lmms-eval's default): add the OCR line, as
+LLaVA-1.5's reported TextVQA numbers do. The two settings differ by roughly 12 points for
+LLaVA-1.5-7B (58.2 is *with* OCR tokens), so the option is part of the task's
+``describe()`` and of every run key.
+
+Metric (continuous; ``textvqa_process_results``, the same for both protocols): the
+official VQA accuracy, ``min(1, matching humans / 3)`` averaged over the ten
+leave-one-out subsets of the human answers, after the EvalAI answer processing
+(:func:`tokenbench.answers.vqa_accuracy`, lmms-eval's ``EvalAIAnswerProcessor``): with
+10 answers of which k match, k=1 → 0.3, 2 → 0.6, 3 → 0.9, ≥4 → 1. ``aggregate``'s
+``accuracy`` is lmms-eval's ``exact_match`` in percent.
 """
 
 from __future__ import annotations
@@ -30,13 +45,18 @@ from typing import Any
 from tokenbench.answers import vqa_accuracy
 from tokenbench.task import Sample, Task
 from tokenbench.tasks.files import as_bool, check_images, data_error, first_file, need_keys, read_json
+from tokenbench.tasks.hf import hf_rows, is_hf_folder
+from tokenbench.tasks.lmms_answers import check_protocol
 
 FILE = "TextVQA_0.5.1_val.json"
 OCR_FILE = "TextVQA_Rosetta_OCR_v0.2_val.json"
 SUFFIX = "\nAnswer the question using a single word or phrase."
 LAYOUT = (
-    f"DIR/{FILE} ({{data: [{{question_id, question, image_id, answers[10]}}]}}) + DIR/train_images/{{image_id}}.jpg (or option images=DIR) [+ DIR/{OCR_FILE}]"
+    f"DIR/{FILE} ({{data: [{{question_id, question, image_id, answers[10]}}]}}) + DIR/train_images/{{image_id}}.jpg (or option images=DIR) [+ DIR/{OCR_FILE}], "
+    "or lmms-lab/textvqa as parquet: DIR/data/validation-*.parquet (question_id, question, image_id, answers, image, ocr_tokens)"
 )
+HF_ID, HF_SPLIT = "lmms-lab/textvqa", "validation"
+HF_SCHEMA = ("question_id", "question", "image_id", "answers", "image", "ocr_tokens")
 
 
 class TextVqaTask(Task):
@@ -45,15 +65,19 @@ class TextVqaTask(Task):
     metric_kind = "continuous"
     metric_name = "VQA accuracy"
     max_new_tokens = 16
-    needs_path = True
-    defaults = {"ocr": False, "images": None}
+    defaults = {"ocr": False, "images": None, "protocol": "lmms_eval"}
 
     def __init__(self, path: str | None = None, **options: Any) -> None:
         super().__init__(path, **options)
         self.options["ocr"] = as_bool(self.options["ocr"], "ocr")
+        self.options["protocol"] = check_protocol(self.options["protocol"])
 
     def load(self) -> Sequence[Sample]:
+        if not self.path:
+            return self._load_hf(None)
         root = Path(str(self.path))
+        if root.is_dir() and is_hf_folder(root, HF_SPLIT) and not (root / FILE).is_file():
+            return self._load_hf(root)
         if root.is_file():
             qfile, root = root, root.parent
         else:
@@ -86,6 +110,25 @@ class TextVqaTask(Task):
         check_images((Path(s.image) for s in samples), LAYOUT)
         return samples
 
+    def _load_hf(self, root: Path | None) -> list[Sample]:
+        rows = hf_rows(HF_ID, root, split=HF_SPLIT, schema=HF_SCHEMA, layout=LAYOUT, task=self.name)
+        samples = []
+        for i, row in enumerate(rows):
+            answers = row["answers"]
+            if not isinstance(answers, list) or not answers:
+                raise data_error(f"{rows.where} row {i}", "'answers' must be a non-empty list of strings", LAYOUT)
+            samples.append(
+                Sample(
+                    id=str(row["question_id"]),
+                    image=rows.image(i),
+                    question=str(row["question"]),
+                    answers=tuple(str(a) for a in answers),
+                    kind="textvqa",
+                    meta={"ocr_tokens": tuple(str(t) for t in row["ocr_tokens"] or ())},
+                )
+            )
+        return samples
+
     @staticmethod
     def _rosetta(path: Path) -> dict[str, list[str]]:
         if not path.is_file():
@@ -97,7 +140,7 @@ class TextVqaTask(Task):
         return {str(r["image_id"]): list(r.get("ocr_tokens") or []) for r in rows if isinstance(r, dict) and "image_id" in r}
 
     def prompt(self, sample: Sample, family: str) -> str:
-        text = sample.question
+        text = sample.question.capitalize() if self.options["protocol"] == "lmms_eval" else sample.question
         tokens = sample.meta.get("ocr_tokens") or ()
         if self.options["ocr"] and tokens:
             text += "\nReference OCR token: " + ", ".join(tokens)

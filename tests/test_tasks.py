@@ -10,7 +10,6 @@ import base64
 import io
 import json
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -77,7 +76,7 @@ def test_pope_all_splits_metrics(tmp_path):
         "I think yes",
         "yes",
     ]  # adversarial: TP FP
-    t = task("pope", tmp_path)
+    t = task("pope", tmp_path, protocol="llava")  # LLaVA's eval_pope reading; lmms-eval's: tests/test_tasks_hf.py
     samples, scores, agg = run(t, preds)
     assert [s.kind for s in samples] == ["random"] * 4 + ["popular"] * 2 + ["adversarial"] * 2
     assert t.prompt(samples[0], "llava") == "Is there a dog in the image?" + SUFFIX
@@ -96,12 +95,12 @@ def test_pope_single_split_and_images_option(tmp_path):
     write_pope(tmp_path / "data")
     moved = tmp_path / "coco_images"
     (tmp_path / "data" / "val2014").rename(moved)
-    t = task("pope", tmp_path / "data", split="random", images=str(moved))
+    t = task("pope", tmp_path / "data", split="random", images=str(moved), protocol="llava")
     samples, _, agg = run(t, ["yes", "yes", "yes", "no"])  # TP TP FP TN
     assert len(samples) == 4 and {s.kind for s in samples} == {"random"}
     assert agg["precision"] == pytest.approx(200 / 3) and agg["recall"] == pytest.approx(100.0)
     assert agg["f1"] == pytest.approx(80.0) and agg["yes_ratio"] == pytest.approx(75.0) and agg["accuracy"] == 75.0
-    assert t.describe()["options"] == {"images": str(moved), "split": "random"}
+    assert t.describe()["options"] == {"images": str(moved), "protocol": "llava", "split": "random"}
     with pytest.raises(ValueError, match="split"):
         task("pope", tmp_path, split="hard")
 
@@ -134,15 +133,7 @@ def test_pope_hub_dataset(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)  # not importable
     with pytest.raises(TaskDataError) as e:
         task("pope", tmp_path).load()
-    one_line_error(e, "datasets", str(tmp_path))
-    rows = [
-        {"question_id": str(i), "question": "Is there a cat?", "answer": a, "image": Image.new("RGB", (4, 4)), "category": c}
-        for i, (a, c) in enumerate([("yes", "random"), ("no", "popular"), ("no", "adversarial")])
-    ]
-    fake = types.SimpleNamespace(load_from_disk=lambda p: {"test": rows})
-    monkeypatch.setitem(sys.modules, "datasets", fake)
-    samples = task("pope", tmp_path, split="popular").load()
-    assert [(s.id, s.answers, s.kind) for s in samples] == [("popular-1", ("no",), "popular")]
+    one_line_error(e, "datasets", str(tmp_path))  # a real save_to_disk copy: tests/test_tasks_hf.py
 
 
 # --- GQA -------------------------------------------------------------------------------
@@ -160,7 +151,7 @@ def write_gqa(root: Path) -> None:
 
 def test_gqa_exact_match_after_normalisation(tmp_path):
     write_gqa(tmp_path)
-    t = task("gqa", tmp_path)
+    t = task("gqa", tmp_path, protocol="llava")
     samples, scores, agg = run(t, ["Yes.", "The table-cloth", "right"])
     assert [s.kind for s in samples] == ["verify", "query", "query"]
     assert t.prompt(samples[0], "qwen2_5_vl") == "Is the ball red?" + SUFFIX
@@ -279,7 +270,7 @@ def write_sqa(root: Path, images: str = "images/test") -> None:
 @pytest.mark.parametrize("images", ["images/test", "test"])
 def test_scienceqa_img(tmp_path, images):
     write_sqa(tmp_path, images)
-    t = task("scienceqa_img", tmp_path)
+    t = task("scienceqa_img", tmp_path, protocol="llava")
     samples, scores, agg = run(t, ["B", "(C) Iowa"])
     assert [(s.id, s.answers, s.kind) for s in samples] == [("5", ("B",), "natural science"), ("9", ("C",), "social science")]
     assert t.prompt(samples[0], "llava") == (
@@ -328,7 +319,7 @@ def write_textvqa(root: Path) -> None:
 
 def test_textvqa_official_vqa_accuracy(tmp_path):
     write_textvqa(tmp_path)
-    t = task("textvqa_val", tmp_path)
+    t = task("textvqa_val", tmp_path, protocol="llava")
     # "Coca-Cola." -> "coca cola", 2 of 10 humans: leave out one of the 2 -> 1/3 (x2),
     # one of the other 8 -> 2/3 (x8): (2/3 + 16/3) / 10 = 0.6.
     # "Yes": 1 of 10: leave it out -> 0, leave out another -> 1/3 (x9): 0.3.
@@ -343,7 +334,7 @@ def test_textvqa_official_vqa_accuracy(tmp_path):
 
 def test_textvqa_ocr_option(tmp_path):
     write_textvqa(tmp_path)
-    t = task("textvqa_val", tmp_path, ocr="true")
+    t = task("textvqa_val", tmp_path, ocr="true", protocol="llava")
     samples = t.load()
     assert t.describe()["options"]["ocr"] is True
     assert t.prompt(samples[0], "llava") == "what brand is this?\nReference OCR token: COCA, cola" + SUFFIX
@@ -379,7 +370,7 @@ def write_mmbench(root: Path, rows: list[list[str]] | None = None) -> Path:
 
 def test_mmbench_circular(tmp_path):
     write_mmbench(tmp_path)
-    t = task("mmbench_en_dev", tmp_path)
+    t = task("mmbench_en_dev", tmp_path, protocol="llava")
     samples = list(t.load())
     assert [s.id for s in samples] == ["0-r0", "0-r1", "0-r2", "0-r3", "1-r0", "1-r1"]
     assert [s.meta["group"] for s in samples] == [0, 0, 0, 0, 1, 1]

@@ -138,7 +138,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
         return 0
     if not os.path.exists(args.store):
         raise UsageError(f"{args.store}: no results store there; run 'tokenbench compare' first or pass --store PATH")
+    if args.format and not args.export:
+        raise UsageError(f"--format {args.format} goes with --export DIR (it says how the export is written)")
     store = open_results(args.store)
+    if args.export and args.format == "lmms-eval":
+        return _export_lmms_eval(store, args.export, _registry(args))
     if args.export:
         return _export(store, args.export)
     if args.wide:
@@ -217,6 +221,29 @@ def _export(store: Any, path: str) -> int:
         with open(path, "w", encoding="utf-8") as fh:
             json.dump({"runs": [r.__dict__ for r in store.runs()], "samples": records}, fh, indent=1)
     print(f"tokenbench: exported {len(records)} sample records to {path}", file=sys.stderr)
+    return 0
+
+
+def _export_lmms_eval(store: Any, directory: str, registry: Any) -> int:
+    from tokenbench.export_lmms_eval import LMMS_EVAL_VERSION, export_lmms_eval, task_metric_name, task_targets
+    from tokenbench.stored import strategy_defaults
+    from tokenbench.strategy import strategy_label
+
+    def label(run: Any) -> str:
+        name = str(run.config.get("strategy"))
+        return strategy_label(name, run.config.get("params", {}), strategy_defaults(registry, name))
+
+    done = export_lmms_eval(store, directory, label=label, metric_name=task_metric_name(registry), targets=task_targets(registry))
+    skipped = f", {done.skipped_errors} failed samples left out" if done.skipped_errors else ""
+    print(
+        f"tokenbench: exported {done.samples} sample records{skipped} as lmms-eval {LMMS_EVAL_VERSION} logs: {len(done.files)} files in {directory}",
+        file=sys.stderr,
+    )
+    if done.runs_without_targets:
+        print(
+            f"tokenbench: warning: the task data of {done.runs_without_targets} run(s) cannot be loaded here; their lines have target null",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -299,9 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     transfer = r.add_mutually_exclusive_group()
     transfer.add_argument(
         "--export",
-        metavar="FILE.json|FILE.csv|FILE.jsonl.gz",
+        metavar="FILE.json|FILE.csv|FILE.jsonl.gz|DIR",
         help="export every per-sample record; FILE.jsonl.gz: the results file (every run, measurement and sample, "
-        "what leaderboards are published from; see docs/outputs.md)",
+        "what leaderboards are published from; see docs/outputs.md); DIR with --format lmms-eval",
     )
     transfer.add_argument(
         "--import",
@@ -310,6 +337,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="add the runs of a results file to --store (to resume or extend them); refused if the store holds one already",
     )
     r.add_argument("--wide", action="store_true", help="every parameter as JSON and the full model name; by default the table fits 100 columns")
+    r.add_argument(
+        "--format",
+        choices=["lmms-eval"],
+        help="with --export DIR: lmms-eval's --log_samples files (DIR/MODEL/DATE_samples_TASK__STRATEGY__BUDGET.jsonl per run, DATE_results.json)",
+    )
     r.set_defaults(func=cmd_runs)
 
     f = sub.add_parser("flops", help="analytic FLOPs of a published architecture at several budgets (no weights)")

@@ -93,6 +93,9 @@ def _record(task: Task, sample: Sample, position: int, result: GenerationResult,
         "selection_seconds": result.selection_seconds,
     }
     record.update(task.diagnostics(sample, result))
+    cluster = task.cluster(sample)
+    if cluster is not None:  # the paired statistics test over clusters (tokenbench.stats_clustered)
+        record["cluster"] = cluster
     score = None if mismatch else task.score(sample, result.prediction)
     return SampleRecord(sample.id, position, sample.kind, score, result.prediction, result.prompt, mismatch, record)
 

@@ -3,7 +3,10 @@
 Every row is one strategy at one budget. Differences are paired over the samples both
 the row and the baseline answered; p-values are McNemar's exact test (binary scores)
 or a paired permutation test (continuous), adjusted over the table's family of
-comparisons (Holm by default).
+comparisons (Holm by default). When the task declares clusters of related samples
+(their records carry ``cluster``) and one holds more than one sample, the test is the
+cluster sign-flip permutation test and the intervals are cluster-robust
+(:mod:`tokenbench.stats_clustered`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from tokenbench import stats
+from tokenbench import stats, stats_clustered
 from tokenbench.results import Comparison, RunResult
 
 POWER_MARGIN = 0.02  # the difference (2 points) the power note asks about
@@ -26,6 +29,20 @@ POWER_MARGIN = 0.02  # the difference (2 points) the power note asks about
 
 def _scores(run: RunResult, ids: Sequence[str]) -> dict[str, float]:
     return {r.sample_id: float(r.score) for r in run.records if r.error is None and r.score is not None and r.sample_id in ids}
+
+
+def cluster_map(cmp: Comparison) -> dict[str, str]:
+    """Each sample's cluster, as the task recorded it (``record["cluster"]``); samples without one are absent."""
+    return {r.sample_id: str(r.record["cluster"]) for run in cmp.runs for r in run.records if "cluster" in r.record}
+
+
+def _cluster_ids(clusters: dict[str, str], ids: Sequence[str]) -> list[tuple[str, str]]:
+    """The cluster of each of ``ids``; a sample without one is a cluster of its own."""
+    return [("cluster", clusters[i]) if i in clusters else ("sample", i) for i in ids]
+
+
+def _clip(interval: tuple[float, float], low: float, high: float) -> tuple[float, float]:
+    return max(low, interval[0]), min(high, interval[1])
 
 
 def _mean_list(rows: list[list[int]]) -> list[float]:
@@ -43,6 +60,7 @@ def build_rows(cmp: Comparison, *, adjust: str = "holm", kind: str | None = None
     base_scores = _scores(base, ids)
     base_flops = (base.flops or {}).get("total_prefill")
     base_ttft = ((base.timing or {}).get("latency_ms") or {}).get("ttft_median")
+    clusters = cluster_map(cmp)
     rows: list[dict[str, Any]] = []
     for run in cmp.runs:
         sc = _scores(run, ids)
@@ -50,8 +68,11 @@ def build_rows(cmp: Comparison, *, adjust: str = "holm", kind: str | None = None
         values = np.array(list(sc.values()), dtype=float)
         n = len(values)
         acc = float(values.mean()) if n else float("nan")
+        scored = _cluster_ids(clusters, list(sc))
         if n == 0:
             ci = (float("nan"), float("nan"))
+        elif stats_clustered.is_clustered(scored):
+            ci = _clip(stats_clustered.cluster_robust_interval(values, scored), 0.0, 1.0)
         elif binary:
             ci = stats.wilson_interval(int(values.sum()), n)
         else:
@@ -71,14 +92,20 @@ def build_rows(cmp: Comparison, *, adjust: str = "holm", kind: str | None = None
             "p_value": None,
             "p_adjusted": None,
             "power_note": None,
+            "clusters": None,
             "position_policy": run.position_policy,
         }
         common = [i for i in ids if i in sc and i in base_scores]
         if run is not base and common:
             a = np.array([sc[i] for i in common])
             b = np.array([base_scores[i] for i in common])
-            diff = stats.paired_difference(a, b, binary=binary)
-            row.update(delta_vs_baseline=diff.difference, delta_ci95=[diff.low, diff.high], p_value=diff.p_value, test=diff.test)
+            paired = _cluster_ids(clusters, common)
+            if stats_clustered.is_clustered(paired):
+                diff = stats_clustered.clustered_paired_difference(a, b, paired)
+            else:
+                diff = stats.paired_difference(a, b, binary=binary)
+            delta_ci = list(_clip((diff.low, diff.high), -1.0, 1.0))
+            row.update(delta_vs_baseline=diff.difference, delta_ci95=delta_ci, p_value=diff.p_value, test=diff.test, clusters=diff.clusters)
             discord = float(np.mean(a != b))
             row["power_note"] = stats.power_note(len(common), max(discord, 1.0 / len(common)), POWER_MARGIN) if diff.p_value >= 0.05 else None
         per_layer = [r.record["tokens_per_layer"] for r in ok]
@@ -261,16 +288,28 @@ def plain_table(table: list[dict[str, str]], right: Sequence[str] = ()) -> str:
     return "\n".join(rows)
 
 
-def footnotes(cmp: Comparison, rows: list[dict[str, Any]], adjust: str) -> list[str]:
+def significance_note(cmp: Comparison, rows: list[dict[str, Any]], adjust: str) -> str:
+    """The footnote naming the paired test, its adjustment and the intervals (clustered when the rows were)."""
+    tested = sum(r["p_value"] is not None for r in rows)
+    adjusted = f"{'Holm' if adjust == 'holm' else adjust}-adjusted over {tested} comparison{'s' if tested != 1 else ''}"
+    clusters = max((r["clusters"] for r in rows if r.get("clusters")), default=None)
+    if clusters is not None:
+        return (
+            f"p: {stats_clustered.CLUSTER_TEST} test against the baseline, paired over the task's {clusters} clusters of related samples "
+            f"(the sum of each cluster's differences flips sign as one), {adjusted}; Δ and accuracy CI: cluster-robust 95% "
+            "(lmms-eval's clustered standard error, t with clusters − 1 degrees of freedom)"
+        )
     test = "McNemar's exact test" if cmp.metric_kind == "binary" else "paired permutation test"
+    return f"p: {test} against the baseline on paired samples, {adjusted}; accuracy CI: " + ("Wilson" if cmp.metric_kind == "binary" else "bootstrap") + " 95%"
+
+
+def footnotes(cmp: Comparison, rows: list[dict[str, Any]], adjust: str) -> list[str]:
     env = cmp.environment
     weights = cmp.model.get("weights_sha256") or cmp.model.get("revision")
-    tested = sum(r["p_value"] is not None for r in rows)
     notes = [
         f"model {cmp.model.get('model')} ({f'weights {weights}, ' if weights else ''}{cmp.model.get('dtype')}, {cmp.model.get('attention')} attention, "
         f"{env.get('device_name')}, {env.get('threads')} threads); task {cmp.task.get('name')}, {len(cmp.sample_ids)} samples, metric {cmp.metric_name}",
-        f"p: {test} against the baseline on paired samples, {'Holm' if adjust == 'holm' else adjust}-adjusted over {tested} comparison{'s' if tested != 1 else ''}; "
-        "accuracy CI: " + ("Wilson" if cmp.metric_kind == "binary" else "bootstrap") + " 95%",
+        significance_note(cmp, rows, adjust),
         "tokens: visual tokens entering the language model / averaged over decoder layers (measured in the forward pass); "
         "FLOPs: prefill (vision + projector + LLM), FLOPs = 2 × multiply-adds counted by fvcore, mean per sample",
         position_note(cmp),

@@ -166,8 +166,20 @@ def paired_permutation_test(a: ArrayLike, b: ArrayLike, n_permutations: int = 10
     0.25
     """
     x, y = _as_pair(a, b)
+    return sign_flip_p_value((x - y)[x != y], n_permutations, seed)
+
+
+def sign_flip_p_value(d: FloatArray, n_permutations: int = 10_000, seed: int | None = 0) -> float:
+    """Two-sided sign-flip p-value of sum(d) = 0 for non-zero, exchangeable-in-sign values ``d``.
+
+    Exact (all 2**k flips) for k <= 16 values, else Monte Carlo (count + 1) / (n + 1);
+    an empty ``d`` gives 1.0. The core of :func:`paired_permutation_test` and of the
+    cluster test in :mod:`tokenbench.stats_clustered`.
+
+    >>> sign_flip_p_value(np.array([3.0, 2.0, 1.0]))
+    0.25
+    """
     n_permutations = _check_count(n_permutations, "n_permutations", 1)
-    d = (x - y)[x != y]
     if d.size == 0:
         return 1.0
     observed = abs(float(d.sum()))
@@ -220,6 +232,8 @@ class PairedDifference:
     high: float
     p_value: float
     test: str
+    #: clusters the test and interval were computed over (None: samples, unclustered)
+    clusters: int | None = None
 
 
 def paired_difference(a: ArrayLike, b: ArrayLike, *, binary: bool, level: float = 0.95, seed: int | None = 0) -> PairedDifference:

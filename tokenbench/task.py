@@ -59,6 +59,13 @@ class Task:
     Subclasses set ``name``, ``description``, ``metric_kind`` and implement
     :meth:`load` and :meth:`score`; :meth:`prompt` and :meth:`aggregate` have defaults.
     ``Task(path, **options)`` is how the registry builds a task from ``NAME[:PATH]``.
+
+    Samples that are not independent (two questions on one image, an item's option
+    rotations) are declared by ``cluster_key``, the :attr:`Sample.meta` key whose value
+    names a sample's cluster (or by overriding :meth:`cluster`). The cluster is stored
+    with each sample's record, and comparisons then test and bound the paired
+    difference over clusters (:mod:`tokenbench.stats_clustered`). The default, ``None``,
+    makes every sample its own cluster, and so does a sample without the key.
     """
 
     name: ClassVar[str] = ""
@@ -78,6 +85,9 @@ class Task:
     #: True when :meth:`relevant_tokens` knows, per sample, which visual tokens the answer
     #: depends on (ground truth: strategies that declare ``needs_ground_truth`` run only here)
     provides_relevant_tokens: ClassVar[bool] = False
+    #: the ``Sample.meta`` key naming the cluster of samples that are not independent
+    #: (``"group"``: MME's two questions on one image, MMBench's rotations); ``None``: none
+    cluster_key: ClassVar[str | None] = None
 
     def __init__(self, path: str | None = None, **options: Any) -> None:
         if self.needs_path and not path:
@@ -113,6 +123,20 @@ class Task:
         ``result`` is the :class:`tokenbench.GenerationResult` of the sample.
         """
         return {}
+
+    def cluster(self, sample: Sample) -> str | None:
+        """The cluster ``sample`` belongs to for the paired statistics; ``None``: a cluster of its own.
+
+        >>> class Grouped(Task):
+        ...     cluster_key = "group"
+        >>> Grouped().cluster(Sample(id="q1", image=None, question="", answers=("a",), meta={"group": 7}))
+        '7'
+        >>> Task().cluster(Sample(id="q1", image=None, question="", answers=("a",), meta={"group": 7})) is None
+        True
+        """
+        if self.cluster_key is None or self.cluster_key not in sample.meta:
+            return None
+        return str(sample.meta[self.cluster_key])
 
     def relevant_tokens(self, sample: Sample, grid: tuple[int, int]) -> list[int] | None:
         """Indices (row-major on ``grid``) of the visual tokens ``sample``'s answer depends on; ``None``: unknown."""
