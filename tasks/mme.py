@@ -130,7 +130,8 @@ class MmeTask(Task):
     def _load_hf(self, root: Path | None) -> list[Sample]:
         rows = hf_rows(HF_ID, root, split="test", schema=HF_SCHEMA, layout=LAYOUT, task=self.name)
         known = PERCEPTION + COGNITION
-        samples, seen = [], {}
+        samples: list[Sample] = []
+        seen: dict[str, int] = {}
         for i, row in enumerate(rows):
             subtask, answer = str(row["category"]), str(row["answer"]).strip().lower().replace(".", "")
             if subtask not in known:
