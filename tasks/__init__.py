@@ -12,6 +12,11 @@ _BUILTIN = (
     ("scienceqa:ScienceQaImgTask", "scienceqa_img", "ScienceQA test split, questions with an image; option-letter accuracy."),
     ("textvqa:TextVqaTask", "textvqa_val", "TextVQA v0.5.1 validation; official VQA accuracy (option ocr=true adds OCR tokens)."),
     ("mmbench:MmbenchTask", "mmbench_en_dev", "MMBench English dev; circular evaluation (every option rotation must be right)."),
+    ("ocrbench:OcrBenchTask", "ocrbench", "OCRBench v1 (1,000 OCR questions); contains-match, per-category counts, final score out of 1000."),
+    ("chartqa:ChartQaTask", "chartqa", "ChartQA test; relaxed accuracy (numbers within 5%), human and augmented splits."),
+    ("docvqa:DocVqaTask", "docvqa_val", "DocVQA validation; ANLS (threshold 0.5)."),
+    ("mmstar:MmStarTask", "mmstar", "MMStar val, multiple choice; letter accuracy averaged over sub-categories."),
+    ("seedbench:SeedBenchTask", "seedbench", "SEED-Bench v1 image questions, A-D; accuracy, per dimension."),
 )
 
 
