@@ -17,9 +17,9 @@ lmms-eval strips every generation before scoring, and so do these.
 from __future__ import annotations
 
 import string
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
-__all__ = ["LMMS_EVAL_VERSION", "PROTOCOLS", "gqa_exact_match", "mmbench_letter", "mme_answer", "pope_answer", "sqa_exact_match"]
+__all__ = ["LMMS_EVAL_VERSION", "PROTOCOLS", "gqa_exact_match", "mmbench_letter", "mcq_letter", "mme_answer", "pope_answer", "sqa_exact_match"]
 
 #: the lmms-eval release whose task definitions the benchmark tasks follow
 LMMS_EVAL_VERSION = "lmms-eval v0.7.2 (commit cb45ac4d)"
@@ -74,28 +74,6 @@ def sqa_exact_match(prediction: str, letter: str) -> float:
 # --- MMBench: mmbench/mmbench_evals.py (can_infer, static variant) + _task_utils/mcq_extract.py ---
 
 _AFFIXES = (("", "."), ("", ","), ("", ":"), ("", ")"), ("", ")."), ("(", ")"), ("(", ")."), (":", ""), (":", ","), (":", "."), (":", ")"), (":", ")."))
-_PHRASES = (
-    "the answer is",
-    "answer is",
-    "the correct answer is",
-    "correct answer is",
-    "the best answer is",
-    "best answer is",
-    "the correct option is",
-    "correct option is",
-    "the best option is",
-    "best option is",
-    "the choice is",
-    "choice is",
-    "the correct choice is",
-    "correct choice is",
-    "i choose",
-    "i select",
-    "i pick",
-    "my answer is",
-    "my choice is",
-)
-_RANK = {"start": 10, "end": 9, "phrase": 7, "parentheses": 6, "period": 5, "colon": 4, "right_paren": 3, "space": 2, "fallback": 0}
 
 
 def _letter_token(answer: str) -> str | None:
@@ -119,20 +97,65 @@ def _option_text(answer: str, options: Mapping[str, str]) -> str | None:
     return hits[0] if len(hits) == 1 else None
 
 
-def _mcq_extract(response: str, letters: list[str]) -> str | None:
-    """``extract_mcq_answer``: the best-ranked letter among several answer formats, the last occurrence on ties."""
+# --- MMBench, MMStar: _task_utils/mcq_extract.py (extract_mcq_answer) -----------------------
+
+_ANSWER_PHRASES = (
+    "the answer is",
+    "answer is",
+    "the correct answer is",
+    "correct answer is",
+    "the best answer is",
+    "best answer is",
+    "the correct option is",
+    "correct option is",
+    "the best option is",
+    "best option is",
+    "the choice is",
+    "choice is",
+    "the correct choice is",
+    "correct choice is",
+    "i choose",
+    "i select",
+    "i pick",
+    "my answer is",
+    "my choice is",
+    "옵션",
+    "정답은",
+    "답은",
+    "답:",
+    "答案是",
+    "答案为",
+    "选",
+    "答えは",
+)
+#: how sure each answer format is that it names the intended letter (higher wins)
+_FORMAT_RANK = {"start": 10, "end": 9, "phrase": 7, "parentheses": 6, "period": 5, "colon": 4, "right_paren": 3, "space": 2, "fallback": 0}
+_FORMATS = (("parentheses", "({})"), ("period", "{}."), ("colon", "{}:"), ("right_paren", "{})"), ("space", "{} "))
+
+
+def mcq_letter(response: str, letters: Sequence[str] = "ABCD") -> str:
+    """The option letter ``extract_mcq_answer`` reads from ``response``; ``""`` if none.
+
+    Candidates come from several formats (``(B)``, ``B.``, ``B:``, ``B)``, ``B `` , after an
+    answer phrase, a standalone leading or trailing letter); the best-ranked format wins
+    and, within it, the last occurrence. Only when no format matches does any occurrence
+    of a letter count.
+
+    >>> mcq_letter("B"), mcq_letter("I think A: no, B. is right"), mcq_letter("none")
+    ('B', 'B', '')
+    """
+    if not response.strip():
+        return ""
     text = response.strip()
-    if not text:
-        return None
-    for ch in ",.!?;:'\"":
-        text = text.strip(ch)
+    for mark in ",.!?;:'\"":
+        text = text.strip(mark)
     text = f" {text} "
     found: list[tuple[str, int, str]] = []
-    for fmt, pattern in (("parentheses", "({})"), ("period", "{}."), ("colon", "{}:"), ("right_paren", "{})"), ("space", "{} ")):
-        found += [(c, text.rfind(pattern.format(c)), fmt) for c in letters if pattern.format(c) in text]
-    low = text.lower()
-    for phrase in _PHRASES:
-        at = low.find(phrase)
+    for name, pattern in _FORMATS:
+        found += [(c, text.rfind(pattern.format(c)), name) for c in letters if pattern.format(c) in text]
+    lowered = text.lower()
+    for phrase in _ANSWER_PHRASES:
+        at = lowered.find(phrase)
         if at != -1:
             found += [(c, text.find(c, at + len(phrase)), "phrase") for c in letters if text.find(c, at + len(phrase)) != -1]
     bare = text.strip()
@@ -141,8 +164,12 @@ def _mcq_extract(response: str, letters: list[str]) -> str | None:
     if not found:
         found = [(c, text.rfind(c), "fallback") for c in letters if c in text]
     if not found:
-        return None
-    return max(found, key=lambda f: (_RANK[f[2]], f[1]))[0]
+        return ""
+    # highest rank, then the latest position; on a full tie the first candidate found (a stable sort's order)
+    best = max(_FORMAT_RANK[name] for _, _, name in found)
+    top = [f for f in found if _FORMAT_RANK[f[2]] == best]
+    latest = max(pos for _, pos, _ in top)
+    return next(c for c, pos, _ in top if pos == latest)
 
 
 def mmbench_letter(prediction: str, options: Mapping[str, str]) -> str | None:
@@ -152,4 +179,4 @@ def mmbench_letter(prediction: str, options: Mapping[str, str]) -> str | None:
     token, else the one option text contained in the answer), else ``extract_mcq_answer``.
     """
     pred = prediction.strip()
-    return _letter_token(pred) or _option_text(pred, options) or _mcq_extract(pred, sorted(options))
+    return _letter_token(pred) or _option_text(pred, options) or mcq_letter(pred, sorted(options)) or None

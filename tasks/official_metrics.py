@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from tokenbench.tasks.lmms_answers import LMMS_EVAL_VERSION, mcq_letter
+
 __all__ = [
     "LMMS_EVAL_VERSION",
     "anls",
@@ -29,9 +31,6 @@ __all__ = [
     "relaxed_correctness",
     "seed_letter",
 ]
-
-#: the lmms-eval release whose task definitions these five benchmarks follow (the same as the other benchmark tasks)
-LMMS_EVAL_VERSION = "lmms-eval v0.7.2 (commit cb45ac4d)"
 
 
 def lmms_eval_prediction(prediction: str, stop_strings: Sequence[str]) -> str:
@@ -140,81 +139,6 @@ def ocrbench_match(prediction: str, answers: Iterable[str], *, handwritten_math:
         if gold in pred:
             return True
     return False
-
-
-# --- MMStar: lmms_eval/tasks/_task_utils/mcq_extract.py (extract_mcq_answer) ---------------
-
-_ANSWER_PHRASES = (
-    "the answer is",
-    "answer is",
-    "the correct answer is",
-    "correct answer is",
-    "the best answer is",
-    "best answer is",
-    "the correct option is",
-    "correct option is",
-    "the best option is",
-    "best option is",
-    "the choice is",
-    "choice is",
-    "the correct choice is",
-    "correct choice is",
-    "i choose",
-    "i select",
-    "i pick",
-    "my answer is",
-    "my choice is",
-    "옵션",
-    "정답은",
-    "답은",
-    "답:",
-    "答案是",
-    "答案为",
-    "选",
-    "答えは",
-)
-#: how sure each answer format is that it names the intended letter (higher wins)
-_FORMAT_RANK = {"start": 10, "end": 9, "phrase": 7, "parentheses": 6, "period": 5, "colon": 4, "right_paren": 3, "space": 2, "fallback": 0}
-_FORMATS = (("parentheses", "({})"), ("period", "{}."), ("colon", "{}:"), ("right_paren", "{})"), ("space", "{} "))
-
-
-def mcq_letter(response: str, letters: Sequence[str] = "ABCD") -> str:
-    """The option letter ``extract_mcq_answer`` reads from ``response``; ``""`` if none.
-
-    Candidates come from several formats (``(B)``, ``B.``, ``B:``, ``B)``, ``B `` , after an
-    answer phrase, a standalone leading or trailing letter); the best-ranked format wins
-    and, within it, the last occurrence. Only when no format matches does any occurrence
-    of a letter count.
-
-    >>> mcq_letter("B"), mcq_letter("I think A: no, B. is right"), mcq_letter("none")
-    ('B', 'B', '')
-    """
-    if not response.strip():
-        return ""
-    text = response.strip()
-    for mark in ",.!?;:'\"":
-        text = text.strip(mark)
-    text = f" {text} "
-    found: list[tuple[str, int, str]] = []
-    for name, pattern in _FORMATS:
-        found += [(c, text.rfind(pattern.format(c)), name) for c in letters if pattern.format(c) in text]
-    lowered = text.lower()
-    for phrase in _ANSWER_PHRASES:
-        at = lowered.find(phrase)
-        if at != -1:
-            found += [(c, text.find(c, at + len(phrase)), "phrase") for c in letters if text.find(c, at + len(phrase)) != -1]
-    bare = text.strip()
-    found += [(c, 0, "start") for c in letters if bare.startswith(c) and (len(bare) == 1 or not bare[1].isalpha())]
-    found += [(c, len(text) - 1, "end") for c in letters if bare.endswith(c) and (len(bare) == 1 or not bare[-2].isalpha())]
-    if not found:
-        found = [(c, text.rfind(c), "fallback") for c in letters if c in text]
-    if not found:
-        return ""
-    # highest rank, then the latest position; on a full tie the first candidate found (a stable sort's order)
-    best = max(_FORMAT_RANK[name] for _, _, name in found)
-    top = [f for f in found if _FORMAT_RANK[f[2]] == best]
-    latest = max(pos for _, pos, _ in top)
-    return next(c for c, pos, _ in top if pos == latest)
 
 
 # --- SEED-Bench: lmms_eval/tasks/seedbench/utils.py (seed_process_result, seed_aggregation_result) ---

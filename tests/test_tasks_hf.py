@@ -299,3 +299,6 @@ def test_mmbench_letter_reading_follows_lmms_eval() -> None:
     assert mmbench_letter("C", options) == "C" and mmbench_letter("(b)", options) is None
     assert mmbench_letter("I think it is a cow, option C.", options) == "C"  # "C." as a token
     assert mmbench_letter("dog or cat", options) is None  # two option texts, no letter
+    # extract_mcq_answer's answer phrases include the Chinese/Korean/Japanese ones: the phrase "答案是" (rank 7)
+    # beats the parenthesised "(A)" (rank 6); "是B" is not a standalone ending because CJK characters are letters
+    assert mmbench_letter("(A)不对, 答案是B", options) == "B"
