@@ -12,9 +12,11 @@ schema. Where the rows come from:
 * a folder written by ``Dataset.save_to_disk``.
 
 Images are never decoded up front: every image column is cast to
-``datasets.Image(decode=False)``, the metadata is read without the image columns, and
-each sample's image is a :class:`LazyImage` that reads and decodes that one row's bytes
-when the harness asks for it. A 40-sample run of a 1.4 GB dataset decodes 40 images.
+``datasets.Image(decode=False)`` (a column holding a *list* of images, as
+``lmms-lab/SEED-Bench``'s ``image``, to a list of them), the metadata is read without the
+image columns, and each sample's image is a :class:`LazyImage` that reads and decodes that
+one row's bytes when the harness asks for it. A 40-sample run of a 1.4 GB dataset decodes
+40 images.
 
 Every failure is one line that names the dataset, the path or column, and the fix.
 """
@@ -45,17 +47,20 @@ def hf_cache_dir(dataset_id: str) -> Path:
     return hub / f"datasets--{dataset_id.replace('/', '--')}"
 
 
-def _parquet_files(root: Path, split: str, subdir: str | None) -> list[Path]:
+def _parquet_files(root: Path, split: str, subdir: str | None, stems: Sequence[str] = ()) -> list[Path]:
     """``split``'s parquet files: under ``root/subdir`` when given and present, else anywhere under ``root``.
 
-    A ``subdir`` (a configuration) that ``root`` lacks means ``root`` is that folder
-    itself, so only its own files count, never a sibling configuration's.
+    A file counts when its name is ``SPLIT-*.parquet`` or ``SPLIT.parquet``, or the same
+    with one of ``stems`` (a repository that names its one file otherwise, as
+    ``Lin-Chen/MMStar``'s ``mmstar.parquet``). A ``subdir`` (a configuration) that
+    ``root`` lacks means ``root`` is that folder itself, so only its own files count, never
+    a sibling configuration's.
     """
     if subdir and (root / subdir).is_dir():
         base, pattern = root / subdir, "**/"
     else:
         base, pattern = root, "" if subdir else "**/"
-    files = sorted({*base.glob(f"{pattern}{split}-*.parquet"), *base.glob(f"{pattern}{split}.parquet")})
+    files = sorted({f for stem in (split, *stems) for glob in (f"{stem}-*.parquet", f"{stem}.parquet") for f in base.glob(pattern + glob)})
     return [f for f in files if ".cache" not in f.relative_to(base).parts]
 
 
@@ -67,11 +72,12 @@ def is_hf_folder(root: Path, split: str, subdir: str | None = None) -> bool:
 class LazyImage:
     """One row's image, read and decoded only when called (``Sample.image`` accepts it).
 
-    Picklable: it holds the memory-mapped dataset, not the bytes.
+    ``index`` picks one image of a list-of-images cell. Picklable: it holds the
+    memory-mapped dataset, not the bytes.
     """
 
-    def __init__(self, images: Any, row: int, column: str, where: str) -> None:
-        self._images, self._row, self._column, self._where = images, row, column, where
+    def __init__(self, images: Any, row: int, column: str, where: str, index: int | None = None) -> None:
+        self._images, self._row, self._column, self._where, self._index = images, row, column, where, index
 
     def __call__(self) -> Any:
         from PIL import Image
@@ -79,6 +85,11 @@ class LazyImage:
         from tokenbench.errors import TaskDataError
 
         value = self._images[self._row][self._column]
+        if self._index is not None:
+            if not isinstance(value, Sequence) or len(value) <= self._index:
+                count = len(value) if isinstance(value, Sequence) else 0
+                raise TaskDataError(f"{self._where} row {self._row}: column {self._column!r} holds {count} image(s), no image {self._index}")
+            value = value[self._index]
         data = value.get("bytes") if isinstance(value, Mapping) else value
         try:
             if data is None and isinstance(value, Mapping) and value.get("path"):
@@ -92,15 +103,17 @@ class LazyImage:
             raise TaskDataError(f"{self._where} row {self._row}: cannot decode column {self._column!r} as an image ({reason})") from None
 
     def __repr__(self) -> str:
-        return f"LazyImage({self._where} row {self._row}, {self._column!r})"
+        at = "" if self._index is None else f"[{self._index}]"
+        return f"LazyImage({self._where} row {self._row}, {self._column!r}{at})"
 
 
 class HfRows(Sequence[Mapping[str, Any]]):
     """The rows of one split without their image columns, plus :meth:`image` for lazy images."""
 
-    def __init__(self, dataset: Any, image_columns: Sequence[str], where: str) -> None:
+    def __init__(self, dataset: Any, image_columns: Sequence[str], where: str, image_lists: Sequence[str] = ()) -> None:
         self.where = where
         self.image_columns = tuple(image_columns)
+        self.image_lists = frozenset(image_lists)
         self._images = dataset.select_columns(list(self.image_columns)) if self.image_columns else None
         self._meta = dataset.remove_columns(list(self.image_columns)) if self.image_columns else dataset
         self.columns: tuple[str, ...] = tuple(dataset.column_names)
@@ -116,11 +129,11 @@ class HfRows(Sequence[Mapping[str, Any]]):
     def __iter__(self) -> Iterator[Mapping[str, Any]]:
         return iter(self._meta)
 
-    def image(self, row: int, column: str = "image") -> LazyImage | None:
-        """``row``'s image in ``column`` as a :class:`LazyImage`; ``None`` if the cell is empty."""
+    def image(self, row: int, column: str = "image", index: int = 0) -> LazyImage:
+        """``row``'s image in ``column`` as a :class:`LazyImage` (of a list-of-images column, image ``index``)."""
         if self._images is None or column not in self.image_columns:
             raise KeyError(f"{self.where}: no image column {column!r} (image columns: {', '.join(self.image_columns) or 'none'})")
-        return LazyImage(self._images, row, column, self.where)
+        return LazyImage(self._images, row, column, self.where, index if column in self.image_lists else None)
 
 
 def _import_datasets(where: str, layout: str) -> Any:
@@ -141,13 +154,17 @@ def hf_rows(
     layout: str,
     config: str | None = None,
     image_columns: Sequence[str] = ("image",),
+    image_lists: Sequence[str] = (),
+    file_stems: Sequence[str] = (),
     task: str = "",
 ) -> HfRows:
     """``dataset_id``'s ``split`` as :class:`HfRows`, checked against ``schema``.
 
     ``config`` is the dataset's configuration (``lmms-lab/MMBench``'s ``en``), also the
     sub-folder of a local snapshot that holds it. ``image_columns`` present in the data
-    are cast to undecoded images; ``schema`` lists every column a task reads.
+    are cast to undecoded images, those also in ``image_lists`` to lists of them;
+    ``schema`` lists every column a task reads. ``file_stems`` are other names a
+    snapshot's parquet files of this split may have (``mmstar`` for ``mmstar.parquet``).
     """
     where = str(path) if path else dataset_id
     datasets = _import_datasets(where, layout)
@@ -162,7 +179,7 @@ def hf_rows(
                     raise data_error(root, f"no split {split!r} (splits: {', '.join(ds)})", layout)
                 ds = ds[split]
         else:
-            files = _parquet_files(root, split, config)
+            files = _parquet_files(root, split, config, file_stems)
             if not files:
                 folder = f"{config}/" if config else "**/"
                 raise data_error(root, f"no {folder}{split}-*.parquet file of {dataset_id}{f' config {config}' if config else ''}", layout)
@@ -175,8 +192,13 @@ def hf_rows(
         raise data_error(where, f"missing column {missing[0]!r} (expected schema of {dataset_id}: {', '.join(schema)})", layout)
     present = [c for c in image_columns if c in ds.column_names]
     for column in present:
-        ds = ds.cast_column(column, datasets.Image(decode=False))
-    return HfRows(ds, present, where)
+        feature = datasets.List(datasets.Image(decode=False)) if column in image_lists else datasets.Image(decode=False)
+        try:
+            ds = ds.cast_column(column, feature)
+        except (TypeError, ValueError) as exc:
+            kind = "a list of images" if column in image_lists else "an image"
+            raise data_error(where, f"column {column!r} is not {kind} ({type(exc).__name__}: {exc})", layout) from None
+    return HfRows(ds, present, where, [c for c in present if c in image_lists])
 
 
 def _from_cache(datasets: Any, dataset_id: str, split: str, config: str | None, layout: str, task: str) -> Any:

@@ -42,7 +42,7 @@ from tokenbench.tasks.hf import hf_rows
 from tokenbench.tasks.official_metrics import lmms_eval_prediction, mcq_letter
 
 HF_ID, HF_SPLIT = "Lin-Chen/MMStar", "val"
-#: the snapshot's single file, read as the split of that name
+#: the stem of the snapshot's single file (``mmstar.parquet``), read as split ``val``
 SNAPSHOT_FILE = "mmstar"
 HF_SCHEMA = ("index", "question", "image", "answer", "category", "l2_category")
 LAYOUT = "Lin-Chen/MMStar as parquet: DIR/mmstar.parquet (index, question, image, answer, category, l2_category, meta_info), or a save_to_disk folder"
@@ -62,8 +62,7 @@ class MmStarTask(Task):
 
     def load(self) -> Sequence[Sample]:
         root = Path(str(self.path)) if self.path else None
-        split = SNAPSHOT_FILE if root is not None and (root / f"{SNAPSHOT_FILE}.parquet").is_file() else HF_SPLIT
-        rows = hf_rows(HF_ID, root, split=split, schema=HF_SCHEMA, layout=LAYOUT, task=self.name)
+        rows = hf_rows(HF_ID, root, split=HF_SPLIT, schema=HF_SCHEMA, layout=LAYOUT, file_stems=(SNAPSHOT_FILE,), task=self.name)
         samples = []
         for i, row in enumerate(rows):
             answer = str(row["answer"]).strip().upper()

@@ -6,7 +6,7 @@ choice_d, data_id, data_type, question, question_id, question_type_id, image`` (
 of images: one for an image question, frames for a video question); no path reads the
 ``datasets`` cache, ``PATH`` a snapshot (``PATH/data/test-*.parquet`` as ``hf download
 lmms-lab/SEED-Bench --repo-type dataset --local-dir PATH`` leaves it) or a ``save_to_disk``
-folder (:mod:`tokenbench.tasks.hf_image_lists`). Only rows with ``data_type == "image"`` are
+folder (:func:`tokenbench.tasks.hf.hf_rows`, the column read as a list of images). Only rows with ``data_type == "image"`` are
 loaded (tokenbench measures single images); each sample's image is its row's first image,
 decoded lazily.
 
@@ -44,7 +44,7 @@ from typing import Any
 
 from tokenbench.task import Sample, Task
 from tokenbench.tasks.files import accuracy_by_kind, data_error
-from tokenbench.tasks.hf_image_lists import first_image_rows
+from tokenbench.tasks.hf import hf_rows
 from tokenbench.tasks.official_metrics import lmms_eval_prediction, seed_letter
 
 HF_ID, HF_SPLIT = "lmms-lab/SEED-Bench", "test"
@@ -81,7 +81,7 @@ class SeedBenchTask(Task):
 
     def load(self) -> Sequence[Sample]:
         root = Path(str(self.path)) if self.path else None
-        rows = first_image_rows(HF_ID, root, split=HF_SPLIT, schema=HF_SCHEMA, layout=LAYOUT, task=self.name)
+        rows = hf_rows(HF_ID, root, split=HF_SPLIT, schema=HF_SCHEMA, layout=LAYOUT, image_lists=("image",), task=self.name)
         samples = []
         for i, row in enumerate(rows):
             if row["data_type"] != "image":

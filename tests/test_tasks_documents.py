@@ -8,44 +8,20 @@ by hand in the comments.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
+from hf_parquet import IMAGE, png, run, task
+from hf_parquet import write_parquet as write
 
 import tokenbench
-from tokenbench.task import Task, TaskDataError
+from tokenbench.task import TaskDataError
 from tokenbench.tasks.official_metrics import anls, mcq_letter, ocrbench_match, relaxed_correctness
 
-IMAGE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
 FIVE = ("ocrbench", "chartqa", "docvqa_val", "mmstar", "seedbench")
-
-
-def png(colour: str = "red") -> dict[str, Any]:
-    """An ``image`` cell as the hub stores it: ``{bytes, path}``."""
-    buf = io.BytesIO()
-    Image.new("RGB", (6, 4), colour).save(buf, format="PNG")
-    return {"bytes": buf.getvalue(), "path": None}
-
-
-def write(path: Path, rows: list[dict[str, Any]], schema: pa.Schema) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
-    return path
-
-
-def task(name: str, path: Path | None = None, **options: Any) -> Task:
-    return tokenbench.get_registry().load("tasks", name)(str(path) if path else None, **options)
-
-
-def run(t: Task, predictions: list[str]) -> tuple[list[Any], list[float], dict[str, float]]:
-    samples = list(t.load())
-    scores = [t.score(s, p) for s, p in zip(samples, predictions)]
-    return samples, scores, t.aggregate(samples, scores, predictions)
 
 
 # --- published schemas (dataset cards) --------------------------------------------------
@@ -313,6 +289,14 @@ def test_seedbench_image_questions_prompt_and_dimensions(tmp_path: Path) -> None
     assert agg == pytest.approx({"seed_image": 200 / 3, "seed_all": 200 / 3, "Scene Understanding/accuracy": 100.0, "Text Understanding/accuracy": 0.0})
     assert samples[0].load_image().getpixel((0, 0)) == (255, 0, 0)  # the row's first image, decoded only now
     assert t.stop_strings == ("ASSISTANT:",) and t.score(samples[2], "C\nASSISTANT: A") == 1.0
+
+
+def test_seedbench_row_without_images_fails_only_when_its_image_is_read(tmp_path: Path) -> None:
+    write_seed(tmp_path, [seed_row("101", "image", 1, "A"), seed_row("102", "image", 1, "B", frames=0)])
+    samples = list(task("seedbench", tmp_path).load())  # loading reads no image
+    assert samples[0].load_image().size == (6, 4)
+    with pytest.raises(TaskDataError, match=r"row 1: column 'image' holds 0 image\(s\), no image 0"):
+        samples[1].load_image()
 
 
 # --- registry and errors ----------------------------------------------------------------

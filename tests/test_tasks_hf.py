@@ -7,45 +7,19 @@ scores follow lmms-eval v0.7.2; every expected value is worked out by hand in th
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
+from hf_parquet import png, run, task, write_parquet
 from PIL import Image
 
-import tokenbench
-from tokenbench.task import Task, TaskDataError
+from tokenbench.task import TaskDataError
 from tokenbench.tasks.lmms_answers import mmbench_letter
 
 SUFFIX = "\nAnswer the question using a single word or phrase."
 LETTER = "\nAnswer with the option's letter from the given choices directly."
 POPE_COLUMNS = ("id", "question_id", "question", "answer", "image_source", "image", "category")
-
-
-def png(colour: str = "red") -> dict[str, Any]:
-    """An ``image`` cell as the hub stores it: ``{bytes, path}``."""
-    buf = io.BytesIO()
-    Image.new("RGB", (6, 4), colour).save(buf, format="PNG")
-    return {"bytes": buf.getvalue(), "path": None}
-
-
-def write_parquet(path: Path, rows: list[dict[str, Any]]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), path)
-    return path
-
-
-def task(name: str, path: Path | None = None, **options: Any) -> Task:
-    return tokenbench.get_registry().load("tasks", name)(str(path) if path else None, **options)
-
-
-def run(t: Task, predictions: list[str]) -> tuple[list[Any], list[float], dict[str, float]]:
-    samples = list(t.load())
-    scores = [t.score(s, p) for s, p in zip(samples, predictions)]
-    return samples, scores, t.aggregate(samples, scores, predictions)
 
 
 def pope_rows(labels: list[tuple[str, str]], image: Any = None) -> list[dict[str, Any]]:
