@@ -166,9 +166,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(tabulate(rows, headers=["run", "model", "task", "strategy", "params", "budget", "samples", "errors"], tablefmt="simple"))
         return 0
     from tokenbench.leaderboard import model_name
-    from tokenbench.report import fit_width, plain_table, shorten
     from tokenbench.stored import strategy_defaults
     from tokenbench.strategy import strategy_label
+    from tokenbench.text_table import fit_width, plain_table, shorten
 
     reg, table = _registry(args), []
     for run in store.runs():

@@ -236,7 +236,7 @@ def _acc(row: dict[str, Any]) -> float:
 
 
 def provenance(cmp: Any, store: Any, runs: list[Any], rows: list[dict[str, Any]]) -> list[str]:
-    from tokenbench.report import position_note
+    from tokenbench.report_notes import position_note
 
     env, model, cfg = cmp.environment, cmp.model, runs[0].config
     envs = {json.dumps({k: v for k, v in (store.measurement(r.run_id, "environment") or {}).items()}, sort_keys=True) for r in runs}

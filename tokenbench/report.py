@@ -22,7 +22,9 @@ from typing import Any
 import numpy as np
 
 from tokenbench import stats, stats_clustered
+from tokenbench.report_notes import footnotes
 from tokenbench.results import Comparison, RunResult
+from tokenbench.text_table import TABLE_WIDTH, fit_width, plain_table
 
 POWER_MARGIN = 0.02  # the difference (2 points) the power note asks about
 
@@ -198,10 +200,6 @@ def display_rows(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     return out
 
 
-#: columns of the terminal table (``--format table`` without ``--wide``)
-TABLE_WIDTH = 100
-
-
 def compact_rows(rows: list[dict[str, Any]]) -> list[dict[str, str]]:
     """The terminal table's cells: :func:`display_rows` without the accuracy interval, with short headers.
 
@@ -233,114 +231,6 @@ COMPACT_LEGEND = (
     "p adj. = its adjusted p; tok in/avg = visual tokens entering the language model / their layer average; "
     "FLOPs/base, TTFT/base = ratios to the baseline; recall % = relevant tokens kept; long names end in …: --wide"
 )
-
-
-def shorten(text: str, limit: int) -> str:
-    """``text`` on one line, cut to ``limit`` characters with an ellipsis.
-
-    >>> shorten("sppruner:context=false,merge=false", 20)
-    'sppruner:context=fa…'
-    """
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def fit_width(table: list[dict[str, str]], column: str, width: int = TABLE_WIDTH, minimum: int = 10) -> list[dict[str, str]]:
-    """``table`` with ``column``'s cells shortened so that :func:`plain_table` fits ``width`` characters.
-
-    The other columns keep their width; ``column`` keeps at least ``minimum`` characters.
-    """
-    headers = _headers(table)
-    if column not in headers:
-        return table
-    others = sum(_width(table, h) for h in headers if h != column)
-    room = max(minimum, len(column), width - others - len(_GAP) * (len(headers) - 1))
-    return [{**row, column: shorten(row[column], room)} if column in row else row for row in table]
-
-
-_GAP = "  "
-
-
-def _headers(table: list[dict[str, str]]) -> list[str]:
-    return list(dict.fromkeys(h for row in table for h in row))
-
-
-def _width(table: list[dict[str, str]], header: str) -> int:
-    return max(len(header), *(len(row.get(header, "")) for row in table))
-
-
-def plain_table(table: list[dict[str, str]], right: Sequence[str] = ()) -> str:
-    """tabulate's ``simple`` layout without its padding of headers: every column as wide as its widest cell.
-
-    >>> print(plain_table([{"strategy": "random", "n": "60"}, {"strategy": "fastv", "n": "500"}], right=["n"]))
-    strategy    n
-    --------  ---
-    random     60
-    fastv     500
-    """
-    headers = _headers(table)
-    widths = [_width(table, h) for h in headers]
-
-    def line(cells: Sequence[str]) -> str:
-        return _GAP.join(c.rjust(w) if h in right else c.ljust(w) for h, c, w in zip(headers, cells, widths)).rstrip()
-
-    rows = [line(headers), _GAP.join("-" * w for w in widths)] + [line([row.get(h, "") for h in headers]) for row in table]
-    return "\n".join(rows)
-
-
-def significance_note(cmp: Comparison, rows: list[dict[str, Any]], adjust: str) -> str:
-    """The footnote naming the paired test, its adjustment and the intervals (clustered when the rows were)."""
-    tested = sum(r["p_value"] is not None for r in rows)
-    adjusted = f"{'Holm' if adjust == 'holm' else adjust}-adjusted over {tested} comparison{'s' if tested != 1 else ''}"
-    clusters = max((r["clusters"] for r in rows if r.get("clusters")), default=None)
-    if clusters is not None:
-        return (
-            f"p: {stats_clustered.CLUSTER_TEST} test against the baseline, paired over the task's {clusters} clusters of related samples "
-            f"(the sum of each cluster's differences flips sign as one), {adjusted}; Δ and accuracy CI: cluster-robust 95% "
-            "(lmms-eval's clustered standard error, t with clusters − 1 degrees of freedom)"
-        )
-    test = "McNemar's exact test" if cmp.metric_kind == "binary" else "paired permutation test"
-    return f"p: {test} against the baseline on paired samples, {adjusted}; accuracy CI: " + ("Wilson" if cmp.metric_kind == "binary" else "bootstrap") + " 95%"
-
-
-def footnotes(cmp: Comparison, rows: list[dict[str, Any]], adjust: str) -> list[str]:
-    env = cmp.environment
-    weights = cmp.model.get("weights_sha256") or cmp.model.get("revision")
-    notes = [
-        f"model {cmp.model.get('model')} ({f'weights {weights}, ' if weights else ''}{cmp.model.get('dtype')}, {cmp.model.get('attention')} attention, "
-        f"{env.get('device_name')}, {env.get('threads')} threads); task {cmp.task.get('name')}, {len(cmp.sample_ids)} samples, metric {cmp.metric_name}",
-        significance_note(cmp, rows, adjust),
-        "tokens: visual tokens entering the language model / averaged over decoder layers (measured in the forward pass); "
-        "FLOPs: prefill (vision + projector + LLM), FLOPs = 2 × multiply-adds counted by fvcore, mean per sample",
-        position_note(cmp),
-        f"torch {env.get('torch')}, transformers {env.get('transformers')}, fvcore {env.get('fvcore')}, tokenbench {env.get('tokenbench')}",
-    ]
-    timed = next((run.timing for run in cmp.runs if run.strategy == "baseline" and run.timing), None)
-    if timed and (timed.get("latency_ms") or {}).get("ttft_median") is not None:
-        lat, st, tenv = timed["latency_ms"], timed.get("settings", {}), timed.get("environment", {})
-        notes.append(
-            f"TTFT vs base: baseline median time to first token (vision encoder + selection + prefill; {lat['ttft_median']:.1f} ms, "
-            f"IQR {lat['ttft_iqr']:.1f}) over the row's; {lat['n']} timed calls per row on {len(timed.get('sample_ids', []))} samples, "
-            f"batch 1, {st.get('warmup')} warm-up runs each, strategies interleaved, {st.get('new_tokens')} forced new tokens, "
-            f"{tenv.get('timer')}, {tenv.get('device_name')}, {tenv.get('threads')} threads"
-        )
-    notes += sorted({f"{r['label']} @ {r['budget']}: {r['power_note']}" for r in rows if r.get("power_note")})[:3]
-    return notes
-
-
-def position_note(cmp: Comparison) -> str:
-    """Which position ids each reducing strategy hands the language model (its ``position_policy``)."""
-    policies: dict[str, list[str]] = {}
-    for run in cmp.runs:
-        # the strategy's name, and the switch when a run changed its policy (other parameters do not matter here)
-        name = run.strategy + (f":positions={run.params['positions']}" if "positions" in run.params else "")
-        if run.strategy != "baseline" and name not in policies.get(run.position_policy, []):
-            policies.setdefault(run.position_policy, []).append(name)
-    if not policies:
-        return "position ids: the baseline keeps every token"
-    if len(policies) == 1:
-        return f"position ids after reduction: {next(iter(policies))} for every strategy"
-    return "position ids after reduction: " + "; ".join(f"{policy} for {', '.join(labels)}" for policy, labels in sorted(policies.items()))
 
 
 def render(cmp: Comparison, fmt: str = "table", *, adjust: str = "holm", by_kind: bool = False, per_sample: bool = False, wide: bool = False) -> str:

@@ -131,7 +131,7 @@ def draw(
     from matplotlib.patches import Rectangle
 
     from tokenbench.plots import new_figure
-    from tokenbench.report import shorten
+    from tokenbench.text_table import shorten
 
     cells = [(label, budget, res, score, stage, kept) for label, budget, res, score in panels for stage, kept in stages(res)]
     if not cells:
