@@ -7,7 +7,7 @@ from tokenbench.hookspecs import Register, hookimpl
 _BUILTIN = (
     ("jsonl:JsonlTask", "jsonl", "Your own data: one JSON object a line (id, image, question, answers[, choices, kind])."),
     ("pope:PopeTask", "pope", "POPE object hallucination (COCO val2014), yes/no; F1, accuracy, yes-ratio per split."),
-    ("gqa:GqaTask", "gqa", "GQA balanced test-dev, exact match after VQA normalisation."),
+    ("gqa:GqaTask", "gqa", "GQA balanced test-dev; exact match, case and punctuation ignored (protocol=llava: after VQA normalisation)."),
     ("mme:MmeTask", "mme", "MME perception + cognition yes/no; official score = acc + acc+ per subtask."),
     ("scienceqa:ScienceQaImgTask", "scienceqa_img", "ScienceQA test split, questions with an image; option-letter accuracy."),
     ("textvqa:TextVqaTask", "textvqa_val", "TextVQA v0.5.1 validation; official VQA accuracy (option ocr=true adds OCR tokens)."),

@@ -57,7 +57,7 @@ HF_QUESTIONS, HF_IMAGES, HF_SPLIT = "testdev_balanced_instructions", "testdev_ba
 
 class GqaTask(Task):
     name = "gqa"
-    description = "GQA balanced test-dev, exact match after VQA normalisation."
+    description = "GQA balanced test-dev; exact match, case and punctuation ignored (protocol=llava: after VQA normalisation)."
     metric_kind = "binary"
     metric_name = "exact match (VQA-normalised)"
     max_new_tokens = 16

@@ -201,3 +201,17 @@ def test_singleton_clusters_keep_the_unclustered_report() -> None:
     a, b = [0] * 4 + [1] * 6, [1] * 10
     rows = build_rows(_comparison(a, b, [f"img{i}" for i in range(10)]))
     assert rows[1]["test"] == "McNemar exact" and rows[1]["clusters"] is None
+
+
+def test_the_power_note_counts_clusters_not_questions() -> None:
+    from tokenbench.report import build_rows
+
+    clusters = [f"img{i // 4}" for i in range(40)]
+    a, b = [0] * 4 + [1] * 36, [1] * 40  # the strategy fails the four questions of one image: not significant either way
+    plain, clustered = build_rows(_comparison(a, b, None))[1], build_rows(_comparison(a, b, clusters))[1]
+    # per question: (z.975 + z.8) * sqrt(0.1 / 40) = 2.8016 * 0.05 = 14.0 points
+    assert plain["power_note"].startswith("n=40 can only detect differences ≥ 14.0 points")
+    # d = a - b: deviations -0.9 (x4), 0.1 (x36), sum of squares 3.6; cluster sums -3.6 and 0.4 (x9), squares 14.4;
+    # design effect = 1/40 + 39 * 14.4 / (40 * 3.6) = 3.925; 14.008 * sqrt(3.925) = 27.75 points
+    assert clustered["power_note"].startswith("n=40 in 10 clusters (design effect 3.9")
+    assert "can only detect differences ≥ 27.8 points" in clustered["power_note"]

@@ -276,3 +276,27 @@ def test_mmbench_letter_reading_follows_lmms_eval() -> None:
     # extract_mcq_answer's answer phrases include the Chinese/Korean/Japanese ones: the phrase "答案是" (rank 7)
     # beats the parenthesised "(A)" (rank 6); "是B" is not a standalone ending because CJK characters are letters
     assert mmbench_letter("(A)不对, 答案是B", options) == "B"
+
+
+def test_compare_records_a_corrupt_image_as_that_samples_error_and_goes_on(
+    tiny_llava: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from tokenbench.cli import main
+
+    rows = pope_rows(POPE_LABELS[:3])
+    rows[1]["image"] = {"bytes": b"not an image", "path": None}
+    write_parquet(tmp_path / "pope" / "data" / "test-00000-of-00001.parquet", rows)
+    args = ["compare", "--model", str(tiny_llava), "--task", f"pope:{tmp_path / 'pope'}", "--strategies", "random", "--keep", "0.25"]
+    code = main([*args, "--format", "json", "--per-sample", "--store", str(tmp_path / "r.db"), "--quiet"])
+    captured = capsys.readouterr()
+    assert code == 1  # the table is printed; the exit status says that samples failed (docs/plugins.md)
+    assert "baseline @ all: 1 of 3 samples failed; first: random-2: " in captured.err
+    out = json.loads(captured.out)
+    for row in out["results"]:  # baseline and random: two samples answered, the corrupt one recorded
+        assert (row["n"], row["errors"]) == (2, 1), row
+    for records in out["per_sample"].values():
+        errors = {r["id"]: r["error"] for r in records}
+        assert len(errors) == 3 and [e for e in errors.values() if e is None] == [None, None]
+        assert "row 1" in errors["random-2"] and "not a readable image" in errors["random-2"] and "\n" not in errors["random-2"]

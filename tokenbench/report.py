@@ -108,8 +108,14 @@ def build_rows(cmp: Comparison, *, adjust: str = "holm", kind: str | None = None
                 diff = stats.paired_difference(a, b, binary=binary)
             delta_ci = list(_clip((diff.low, diff.high), -1.0, 1.0))
             row.update(delta_vs_baseline=diff.difference, delta_ci95=delta_ci, p_value=diff.p_value, test=diff.test, clusters=diff.clusters)
-            discord = float(np.mean(a != b))
-            row["power_note"] = stats.power_note(len(common), max(discord, 1.0 / len(common)), POWER_MARGIN) if diff.p_value >= 0.05 else None
+            discord = max(float(np.mean(a != b)), 1.0 / len(common))
+            if diff.p_value < 0.05:
+                row["power_note"] = None
+            elif diff.clusters is not None:  # clustered: the independent units are fewer, the detectable difference larger
+                deff = max(1.0, stats_clustered.design_effect(a - b, paired))  # a caveat never credits a design effect below 1
+                row["power_note"] = stats.power_note(len(common), discord, POWER_MARGIN, clusters=diff.clusters, design_effect=deff)
+            else:
+                row["power_note"] = stats.power_note(len(common), discord, POWER_MARGIN)
         per_layer = [r.record["tokens_per_layer"] for r in ok]
         row["visual_tokens_llm_input"] = float(np.mean([p[0] for p in per_layer])) if per_layer else None
         row["visual_tokens_per_layer"] = _mean_list(per_layer)

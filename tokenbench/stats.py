@@ -353,38 +353,49 @@ def non_inferiority(candidate: ArrayLike, reference: ArrayLike, *, margin: float
     return NonInferiority(float(x.mean() - y.mean()), lower, margin, level, lower > -margin)
 
 
-def minimum_detectable_difference(n: int, discordance: float, alpha: float = 0.05, power: float = 0.8) -> float:
+def minimum_detectable_difference(n: int, discordance: float, alpha: float = 0.05, power: float = 0.8, design_effect: float = 1.0) -> float:
     """Smallest paired accuracy difference detectable with `n` samples (McNemar, normal approx).
 
-    d = (z_{1-alpha/2} + z_power) * sqrt(max(discordance, 1/n) / n), where `discordance`
-    is the expected share of samples on which the two systems disagree.
+    d = (z_{1-alpha/2} + z_power) * sqrt(max(discordance, 1/n) / n * design_effect), where
+    `discordance` is the expected share of samples on which the two systems disagree and
+    `design_effect` the variance inflation of clustered samples (1 when independent; see
+    :func:`tokenbench.stats_clustered.design_effect`).
 
-    >>> round(minimum_detectable_difference(50, 0.1), 4)
-    0.1253
+    >>> round(minimum_detectable_difference(50, 0.1), 4), round(minimum_detectable_difference(50, 0.1, design_effect=4.0), 4)
+    (0.1253, 0.2506)
     """
     n = _check_count(n, "n", 1)
     discordance = _check_nonneg(discordance, "discordance")
     if discordance > 1:
         raise ValueError(f"discordance must be in [0, 1], got {discordance!r}")
     alpha, power = _check_level(alpha, "alpha"), _check_level(power, "power")
+    design_effect = _check_nonneg(design_effect, "design_effect")
     z = float(norm.ppf(1 - alpha / 2) + norm.ppf(power))
-    return z * math.sqrt(max(discordance, 1 / n) / n)
+    return z * math.sqrt(max(discordance, 1 / n) / n * design_effect)
 
 
-def power_note(n: int, discordance: float, margin: float, alpha: float = 0.05, power: float = 0.8) -> str | None:
+def power_note(
+    n: int, discordance: float, margin: float, alpha: float = 0.05, power: float = 0.8, *, clusters: int | None = None, design_effect: float = 1.0
+) -> str | None:
     """A one-line caveat when `n` is too small to detect a difference of size `margin`.
+
+    With `clusters` (the number of independent clusters the `n` samples form) the note
+    says so and the detectable difference grows by ``sqrt(design_effect)``.
 
     >>> power_note(50, 0.1, margin=0.02)[:44]
     'n=50 can only detect differences ≥ 12.5 poin'
+    >>> power_note(50, 0.1, margin=0.02, clusters=10, design_effect=4.0)[:75]
+    'n=50 in 10 clusters (design effect 4.00) can only detect differences ≥ 25.1'
     >>> power_note(10_000, 0.1, margin=0.02) is None
     True
     """
     margin = _check_nonneg(margin, "margin")
-    detectable = minimum_detectable_difference(n, discordance, alpha, power)
+    detectable = minimum_detectable_difference(n, discordance, alpha, power, design_effect)
     if detectable <= margin:
         return None
+    grouped = "" if clusters is None else f" in {clusters} clusters (design effect {design_effect:.2f})"
     return (
-        f"n={n} can only detect differences ≥ {100 * detectable:.1f} points "
+        f"n={n}{grouped} can only detect differences ≥ {100 * detectable:.1f} points "
         f"(α={alpha:g}, power {power:g}); a non-significant result here is not "
         f"evidence of no difference"
     )

@@ -21,6 +21,9 @@ the sample, is the independent unit:
   freedom for C clusters, the usual small-cluster-count correction of Cameron & Miller
   2015; lmms-eval reports the standard error only), and the cluster test's p. With
   singleton clusters the interval is the paired t interval.
+* :func:`design_effect`: how much clustering inflates the variance of a mean (Kish's
+  design effect, here the ratio of the clustered to the CLT variance), which the power
+  note under a table multiplies in (:func:`tokenbench.stats.power_note`).
 """
 
 from __future__ import annotations
@@ -86,6 +89,24 @@ def clustered_standard_error(values: ArrayLike, clusters: Sequence[Hashable]) ->
     deviation = x - x.mean()
     per_cluster = np.bincount(index, weights=deviation, minlength=count)
     return math.sqrt((float(per_cluster @ per_cluster) + float(deviation @ deviation) / (n - 1)) / (n * n))
+
+
+def design_effect(values: ArrayLike, clusters: Sequence[Hashable]) -> float:
+    """Clustered variance of mean(values) over its CLT variance: :func:`clustered_standard_error` squared over var(x, ddof=1) / n.
+
+    1 for singleton clusters; above 1 when samples in a cluster agree more than samples
+    across clusters. 1.0 when the values do not vary (nothing to inflate) or n < 2.
+
+    >>> design_effect([1.0, 1.0, 0.0, 0.0], ["a", "a", "b", "b"])  # 0.3819² / (0.3333 / 4)
+    1.75
+    >>> design_effect([1.0, 0.0, 1.0, 0.0], ["a", "b", "c", "d"])
+    1.0
+    """
+    x = _as_scores(values, "values")
+    if x.size < 2 or float(np.var(x)) == 0.0:
+        return 1.0
+    iid = float(np.var(x, ddof=1)) / x.size
+    return round(clustered_standard_error(x, clusters) ** 2 / iid, 12)
 
 
 def cluster_permutation_test(a: ArrayLike, b: ArrayLike, clusters: Sequence[Hashable], n_permutations: int = 10_000, seed: int | None = 0) -> float:
