@@ -278,9 +278,7 @@ def test_mmbench_letter_reading_follows_lmms_eval() -> None:
     assert mmbench_letter("(A)不对, 答案是B", options) == "B"
 
 
-def test_compare_records_a_corrupt_image_as_that_samples_error_and_goes_on(
-    tiny_llava: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_compare_records_a_corrupt_image_as_that_samples_error_and_goes_on(tiny_llava: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
     from tokenbench.cli import main
