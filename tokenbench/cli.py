@@ -57,6 +57,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 # -- compare -------------------------------------------------------------------------
 def cmd_compare(args: argparse.Namespace) -> int:
     from tokenbench.compare import prepare, run_comparison
+    from tokenbench.distributed import World
     from tokenbench.progress import Progress
     from tokenbench.report import render
 
@@ -74,12 +75,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
         from tokenbench.plots import require_matplotlib
 
         require_matplotlib()
+    world = World.from_env()  # one process, or this one's rank under accelerate launch / torchrun
     reg = _registry(args)
     prepared = prepare(request, reg)  # every check that needs no model, before anything else is printed
-    progress = Progress(enabled=not args.quiet)
-    apply_threads(args.threads, None if args.quiet else progress.log)
+    quiet = args.quiet or not world.is_main  # rank 0 alone reports
+    progress = Progress(enabled=not quiet)
+    apply_threads(args.threads, None if quiet else progress.log, share=world.local_size)
     quiet_weight_loading()
-    cmp = run_comparison(request, reg, prepared=prepared, progress=progress, log=progress.log)
+    if world.distributed and not quiet:
+        progress.log(f"data-parallel: {world.size} processes; rank r evaluates the samples at positions r, r + {world.size}, ...; rank 0 prints the table")
+    cmp = run_comparison(request, reg, prepared=prepared, progress=progress, log=progress.log, world=world)
+    if cmp is None:  # another rank: its samples are in the store, rank 0 reports
+        return 0
     text = render(cmp, args.format, adjust=args.adjust, by_kind=args.by == "kind", per_sample=args.per_sample, wide=args.wide)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as fh:

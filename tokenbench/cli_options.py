@@ -159,14 +159,20 @@ def machine_load() -> float | None:
         return None
 
 
-def apply_threads(requested: int | None, report: Callable[[str], None] | None = None) -> int:
-    """Set torch's CPU threads: ``requested`` (``--threads``), else :func:`cpu_threads` on this machine, reported once."""
+def apply_threads(requested: int | None, report: Callable[[str], None] | None = None, *, share: int = 1) -> int:
+    """Set torch's CPU threads: ``requested`` (``--threads``), else :func:`cpu_threads` on this machine, reported once.
+
+    ``share`` processes of one data-parallel run on this machine split its cores.
+    """
     import torch
 
     if requested is not None:
         torch.set_num_threads(requested)
         return requested
     cores, load = usable_cores(), machine_load()
+    if share > 1:
+        cores = max(1, cores // share)
+        load = None if load is None else load / share
     threads = cores if load is None else cpu_threads(cores, load, os.cpu_count())
     torch.set_num_threads(threads)
     if report is not None:

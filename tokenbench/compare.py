@@ -18,6 +18,7 @@ from typing import Any, NamedTuple, cast
 
 from tokenbench.adapter import Adapter
 from tokenbench.budget import FULL, Budget
+from tokenbench.distributed import StoreLock, World, remove_shard, shard_path, shard_paths
 from tokenbench.environment import environment
 from tokenbench.errors import ModelLoadError, UsageError
 from tokenbench.harness import StrategySpec, evaluate
@@ -25,7 +26,7 @@ from tokenbench.named_model import NamedModel
 from tokenbench.progress import Progress
 from tokenbench.registry import Registry, unknown_name_message
 from tokenbench.results import Comparison, RunResult
-from tokenbench.store import DEFAULT_STORE, SampleRecord, Store
+from tokenbench.store import DEFAULT_STORE, SampleRecord, Store, run_key
 from tokenbench.strategy import Strategy
 from tokenbench.task import Sample, Task, stratified_subset
 
@@ -243,62 +244,105 @@ def run_comparison(
     prepared: Prepared | None = None,
     progress: Progress | None = None,
     log: Callable[[str], None] | None = None,
-) -> Comparison:
-    """Run every strategy at every budget (``prepared``: :func:`prepare`'s result, if the caller already has it)."""
+    world: World | None = None,
+) -> Comparison | None:
+    """Run every strategy at every budget (``prepared``: :func:`prepare`'s result, if the caller already has it).
+
+    In a data-parallel run (``world``, default: what the launcher's environment says;
+    :mod:`tokenbench.distributed`) every process evaluates its share of the samples, and
+    only rank 0 returns the comparison: the other ranks return ``None``.
+    """
+    world = world if world is not None else World.from_env()
     task, samples, strategies, adapter_cls, model = prepared if prepared is not None else prepare(request, registry)
-    adapter = adapter_cls.load(model.location, device=request.device, dtype=request.dtype, **request.model_options)
+    if world.size > len(samples):
+        raise UsageError(f"{world.size} processes for {len(samples)} samples: start at most {len(samples)} (--num_processes), or raise --limit")
+    lock = StoreLock(request.store)
+    if world.is_main:  # before the model loads: a busy or unwritable store costs a second
+        lock.acquire(f"tokenbench compare, {world.size} process{'es' if world.distributed else ''}, task {task.name}")
+    try:
+        return _run_locked(request, task, samples, strategies, adapter_cls, model, world, progress, log)
+    finally:
+        lock.release()
+        world.close()
+
+
+def _run_locked(
+    request: CompareRequest,
+    task: Task,
+    samples: list[Sample],
+    strategies: list[Strategy],
+    adapter_cls: type[Adapter],
+    model: ModelChoice,
+    world: World,
+    progress: Progress | None,
+    log: Callable[[str], None] | None,
+) -> Comparison | None:
+    adapter = adapter_cls.load(model.location, device=world.device(request.device), dtype=request.dtype, **request.model_options)
     desc = adapter.describe()
+    desc["device"] = request.device  # the same on every rank (cuda, not cuda:3), so every world size keys the same runs
     if model.name is not None:  # a named model's install path differs per machine; its name and weights hash do not
         desc["model"] = model.name
     env = environment(request.device)
     template = adapter.chat_prompt("{question}")
-    store = Store(request.store)
-    runs: list[RunResult] = []
-    timed: list[tuple[RunResult, Strategy, Budget]] = []
-    plan = planned_runs(strategies, request.budgets)
+    plan = [(s, b, run_config(desc, task, s, b, request, template)) for s, b in planned_runs(strategies, request.budgets)]
+    if world.is_main:  # a killed run's shards first, then every run of the plan, before any rank reads
+        with Store(request.store) as main:
+            for shard in shard_paths(request.store):
+                main.merge_shard(shard)
+                remove_shard(shard)
+            for _, _, config in plan:
+                main.open_run(config)
+    world.barrier()
+    ids = [s.id for s in samples]
+    with Store(request.store) as main:
+        done = {run_key(config): main.done_ids(run_key(config)) & set(ids) for _, _, config in plan}
+    mine = world.mine(len(samples)) if world.distributed else None
+    writer = Store(shard_path(request.store, world.rank)) if world.distributed else Store(request.store)
     if progress is not None:
-        progress.begin(len(plan), len(samples))
+        progress.begin(len(plan), len(mine) if mine is not None else len(samples))
     try:
-        for k, (strategy, budget) in enumerate(plan, 1):
-            config = run_config(desc, task, strategy, budget, request, template)
-            run_id = store.open_run(config)
+        for k, (strategy, budget, config) in enumerate(plan, 1):
+            run_id = writer.open_run(config)
             label = f"{strategy.label} @ {budget.label}"
-            done = evaluate(
-                adapter,
-                task,
-                samples,
-                strategy,
-                budget,
-                store,
-                run_id,
-                seed=request.seed,
-                batch_size=request.batch_size,
-                on_error=request.on_error,
-                progress=functools.partial(progress.update, k, label) if progress is not None else None,
-            )
-            if done and log:
-                log(f"{label}: resumed, {done} of {len(samples)} samples already done (run {run_id})")
-            records = store.samples(run_id, [s.id for s in samples])
-            flops = _run_flops(adapter, store, run_id, records)
-            if done < len(samples) or store.measurement(run_id, "environment") is None:
-                store.put_measurement(run_id, "environment", env)  # provenance for leaderboards
-            runs.append(RunResult(strategy.name, dict(strategy.params), budget, run_id, config, records, flops, done, dict(strategy.defaults)))
-            timed.append((runs[-1], strategy, budget))
-        if request.timing_samples > 0:
-            from tokenbench.timing import TimingSettings, time_runs
-
-            settings = TimingSettings(request.timing_samples, new_tokens=request.timing_tokens)
-            time_runs(adapter, task, samples, timed, store, settings, seed=request.seed, device=request.device, log=log)
+            update = functools.partial(progress.update, k, label) if progress is not None else None
+            already = evaluate(
+                adapter, task, samples, strategy, budget, writer, run_id, seed=request.seed, batch_size=request.batch_size,
+                on_error=request.on_error, progress=update, positions=mine, done=done[run_id],
+            )  # fmt: skip
+            if already and log:
+                log(f"{label}: resumed, {already} of {len(mine) if mine is not None else len(samples)} samples already done (run {run_id})")
     finally:
         if progress is not None:
             progress.close()
-        store.close()
+        writer.close()
+    world.barrier()  # every rank's accuracy loop is over
+    if not world.is_main:
+        return None
+    with Store(request.store) as store:
+        for shard in shard_paths(request.store):
+            store.merge_shard(shard)
+            remove_shard(shard)
+        runs: list[RunResult] = []
+        timed: list[tuple[RunResult, Strategy, Budget]] = []
+        for strategy, budget, config in plan:
+            run_id = run_key(config)
+            records = store.samples(run_id, ids)
+            flops = _run_flops(adapter, store, run_id, records)
+            if len(done[run_id]) < len(samples) or store.measurement(run_id, "environment") is None:
+                store.put_measurement(run_id, "environment", env)  # provenance for leaderboards
+            runs.append(RunResult(strategy.name, dict(strategy.params), budget, run_id, config, records, flops, len(done[run_id]), dict(strategy.defaults)))
+            timed.append((runs[-1], strategy, budget))
+        if request.timing_samples > 0:  # on rank 0's device alone, now that no accuracy loop runs
+            from tokenbench.timing import TimingSettings, time_runs
+
+            settings = TimingSettings(request.timing_samples, new_tokens=request.timing_tokens)
+            time_runs(adapter, task, samples, timed, store, settings, seed=request.seed, device=world.device(request.device), log=log)
     by_id = {s.id: s for s in samples}
     metrics = {}
     for run in runs:
         ok = [r for r in run.records if r.error is None]
         metrics[run.run_id] = task.aggregate([by_id[r.sample_id] for r in ok], [float(r.score or 0.0) for r in ok], [r.prediction or "" for r in ok])
-    return Comparison(desc, task.describe(), task.metric_kind, task.metric_name, env, runs, [s.id for s in samples], metrics)
+    return Comparison(desc, task.describe(), task.metric_kind, task.metric_name, env, runs, ids, metrics)
 
 
 def _run_flops(adapter: Any, store: Store, run_id: str, records: list[SampleRecord]) -> dict[str, float] | None:

@@ -186,6 +186,7 @@ def cannot_compare(env: dict[str, Any], device: str, dtype: str) -> str | None:
 
 def _run(config: dict[str, Any], device: str, dtype: str, store: str | None) -> tuple[Any, list[dict[str, Any]]]:
     from tokenbench.compare import CompareRequest, run_comparison
+    from tokenbench.distributed import World
     from tokenbench.registry import get_registry
     from tokenbench.report import build_rows
 
@@ -206,7 +207,8 @@ def _run(config: dict[str, Any], device: str, dtype: str, store: str | None) -> 
         )
         if config.get("timing_samples"):
             request.timing_samples = int(config["timing_samples"])
-        cmp = run_comparison(request, get_registry())
+        cmp = run_comparison(request, get_registry(), world=World())  # the gate runs in one process
+    assert cmp is not None  # a one-process world is its own rank 0
     return cmp, build_rows(cmp)
 
 

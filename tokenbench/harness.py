@@ -7,7 +7,7 @@ is recorded as an error with its reason; the run goes on.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,15 +117,23 @@ def evaluate(
     batch_size: int = 8,
     on_error: str = "skip",
     progress: Callable[[int, int], None] | None = None,
+    positions: Sequence[int] | None = None,
+    done: Collection[str] = (),
 ) -> int:
-    """Evaluate the samples not yet in the store; returns how many were already done."""
-    done = store.done_ids(run_id)
-    todo = [(i, s) for i, s in enumerate(samples) if s.id not in done]
-    already = len(samples) - len(todo)
+    """Evaluate the samples not yet in the store; returns how many were already done.
+
+    ``positions`` restricts the run to those positions in ``samples`` (a data-parallel
+    rank's share; records keep their position in the whole list); ``done`` names samples
+    already finished elsewhere (the main store, when ``store`` is a rank's shard).
+    """
+    done = set(done) | store.done_ids(run_id)
+    share = [(i, samples[i]) for i in positions] if positions is not None else list(enumerate(samples))
+    todo = [(i, s) for i, s in share if s.id not in done]
+    already = len(share) - len(todo)
     labels = [s.label for s in strategy.schedule(adapter.info)]
     finished = already
     if progress:
-        progress(finished, len(samples))
+        progress(finished, len(share))
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
         for (_pos, sample), rec in zip(chunk, _run_chunk(adapter, task, chunk, strategy, budget, seed, labels)):
@@ -135,7 +143,7 @@ def evaluate(
             store.add_sample(run_id, rec)
         finished += len(chunk)
         if progress:
-            progress(finished, len(samples))
+            progress(finished, len(share))
     return already
 
 

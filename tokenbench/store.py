@@ -112,6 +112,12 @@ class Store:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+        except OSError as exc:  # the folder cannot be made
+            raise StoreError(unwritable(self.path, exc)) from None
+        except sqlite3.OperationalError as exc:  # cannot open or write: a read-only disk or folder
+            if _writable(self.path):
+                raise StoreError(f"{self.path}: not a tokenbench results store ({exc})") from None
+            raise StoreError(unwritable(self.path, exc)) from None
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: not a tokenbench results store ({exc})") from None
         self._check_schema()
@@ -132,6 +138,12 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- runs ------------------------------------------------------------------------
     def open_run(self, config: dict[str, Any]) -> str:
@@ -199,6 +211,36 @@ class Store:
         rows = self._db.execute("SELECT name, value FROM measurements WHERE run_id=? ORDER BY name", (run_id,)).fetchall()
         return {name: json.loads(value) for name, value in rows if name.startswith(prefix)}
 
+    # -- shards of a data-parallel run (tokenbench.distributed) ---------------------------
+    def merge_shard(self, shard: str | Path) -> int:
+        """Copy a shard's runs, samples and measurements into this store, in one transaction; returns the samples copied.
+
+        A sample this store already holds without an error is kept; one it holds as an
+        error is replaced (as a rerun's :meth:`add_sample` does).
+        """
+        self._db.execute("ATTACH DATABASE ? AS shard", (str(shard),))
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.execute("INSERT OR IGNORE INTO runs SELECT * FROM shard.runs")
+                self._db.execute(
+                    "UPDATE runs SET updated = max(updated, (SELECT s.updated FROM shard.runs s WHERE s.run_id = runs.run_id)) "
+                    "WHERE run_id IN (SELECT run_id FROM shard.runs)"
+                )
+                before = self._db.total_changes
+                self._db.execute(
+                    "INSERT INTO samples SELECT * FROM shard.samples WHERE true ON CONFLICT(run_id, sample_id) DO UPDATE SET "
+                    "position=excluded.position, kind=excluded.kind, score=excluded.score, prediction=excluded.prediction, "
+                    "prompt=excluded.prompt, error=excluded.error, record=excluded.record WHERE samples.error IS NOT NULL"
+                )
+                copied = self._db.total_changes - before
+                self._db.execute("INSERT OR IGNORE INTO measurements SELECT * FROM shard.measurements")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{shard}: cannot merge this shard into {self.path} ({exc}); move it aside and rerun") from None
+        finally:
+            self._db.execute("DETACH DATABASE shard")
+        return copied
+
     # -- whole runs ------------------------------------------------------------------
     def dump_runs(self) -> Iterator[RunDump]:
         """Every run with its times, measurements and samples, in :meth:`runs` order."""
@@ -224,6 +266,19 @@ class Store:
                     self._db.executemany("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [_sample_row(d.run_id, r) for r in d.samples])
                 except sqlite3.IntegrityError as exc:
                     raise StoreError(f"{self.path}: cannot restore run {d.run_id} ({exc})") from None
+
+
+def _writable(path: Path) -> bool:
+    """Whether ``path`` (an existing file, else its folder) can be written by this process."""
+    import os
+
+    return os.access(path if path.exists() else path.parent, os.W_OK)
+
+
+def unwritable(path: Path, exc: BaseException) -> str:
+    """The one line for a store (or its lock) that cannot be written where it is."""
+    reason = getattr(exc, "strerror", None) or str(exc)
+    return f"{path}: cannot write the results store there ({reason}); pass --store PATH on a writable disk"
 
 
 def _config_json(config: dict[str, Any]) -> str:

@@ -1,0 +1,7 @@
+"""``python -m tokenbench``: the command line, as launchers start it (``accelerate launch -m tokenbench compare ...``)."""
+
+import sys
+
+from tokenbench.cli import main
+
+sys.exit(main())
