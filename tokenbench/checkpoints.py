@@ -37,11 +37,15 @@ def load_pretrained(
     processor_loader: Callable[..., Any] | None = None,
     **options: Any,
 ) -> tuple[Any, Any]:
-    """The model (SDPA attention, eval mode) and its processor, from a path or a hub id.
+    """The model (eval mode; SDPA attention unless ``attn_implementation`` says otherwise) and its processor, from a path or a hub id.
 
     ``processor_loader(source, **processor_options)`` replaces ``AutoProcessor.from_pretrained``.
     """
     from transformers import AutoProcessor
+
+    kernel = str(options.pop("attn_implementation", None) or "sdpa")
+    if kernel.startswith("flash_attention"):
+        _check_flash_attention(kernel, device)
 
     local = Path(source).expanduser()
     if local.exists() and not (local / "config.json").is_file():
@@ -51,7 +55,7 @@ def load_pretrained(
         model = model_cls.from_pretrained(
             str(local) if local.exists() else source,
             dtype=torch_dtype(dtype),
-            attn_implementation="sdpa",
+            attn_implementation=kernel,
             **options,
         )
     except OSError as exc:
@@ -63,6 +67,17 @@ def load_pretrained(
             ) from None
         raise ModelLoadError(f"cannot load model {source!r}: {str(exc).splitlines()[0]}; pass a local checkpoint path instead") from None
     return model.to(device).eval(), processor
+
+
+def _check_flash_attention(kernel: str, device: str) -> None:
+    """One line when FlashAttention cannot run here, before any weight loads."""
+    import importlib.util
+
+    package = "flash_attn_interface" if kernel == "flash_attention_3" else "flash_attn"
+    if not str(device).startswith("cuda"):
+        raise ModelLoadError(f"--attn-implementation {kernel} runs on CUDA devices only (--device {device}); use sdpa or eager here")
+    if importlib.util.find_spec(package) is None:
+        raise ModelLoadError(f"--attn-implementation {kernel} needs the {package} package, which is not installed (pip install flash-attn); or use sdpa")
 
 
 def model_identity(model: Any, source: str, device: str, dtype: str, **extra: Any) -> dict[str, Any]:

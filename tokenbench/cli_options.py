@@ -20,6 +20,8 @@ from tokenbench.errors import UsageError
 
 T = TypeVar("T")
 DTYPES = ("float32", "float16", "bfloat16")
+#: the ``--attn-implementation`` choices (transformers' names)
+ATTENTION_KERNELS = ("sdpa", "eager", "flash_attention_2")
 
 
 def add_budget_options(parser: argparse.ArgumentParser, prefix: str = "") -> None:
@@ -43,6 +45,11 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--dtype", default="float32", choices=DTYPES)
+    parser.add_argument(
+        "--attn-implementation",
+        choices=ATTENTION_KERNELS,
+        help="the language model's attention kernel (default sdpa); attention-based strategies recompute their rows under any of them",
+    )
 
 
 def model_request(args: argparse.Namespace, **more: Any) -> Any:
@@ -60,6 +67,7 @@ def model_request(args: argparse.Namespace, **more: Any) -> Any:
         seed=args.seed,
         device=args.device,
         dtype=args.dtype,
+        attn_implementation=args.attn_implementation,
         **more,
     )
 

@@ -72,6 +72,8 @@ class CompareRequest:
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"
+    #: the attention kernel the model loads with (``None``: the adapter's default, sdpa)
+    attn_implementation: str | None = None
     batch_size: int = 8
     store: str = DEFAULT_STORE
     on_error: str = "skip"
@@ -232,6 +234,12 @@ def run_config(adapter_desc: dict[str, Any], task: Task, strategy: Strategy, bud
     }
 
 
+def load_options(request: CompareRequest) -> dict[str, str]:
+    """What ``Adapter.load`` takes besides the location, device and dtype: ``--model-option``s and ``--attn-implementation``."""
+    kernel = {"attn_implementation": request.attn_implementation} if request.attn_implementation else {}
+    return {**request.model_options, **kernel}
+
+
 def planned_runs(strategies: Sequence[Strategy], budgets: Sequence[Budget]) -> list[tuple[Strategy, Budget]]:
     """Every (strategy, budget) a comparison runs, in order: a strategy that keeps all tokens runs once, unreduced."""
     return [(s, b) for s in strategies for b in ([FULL] if s.keeps_all else (list(budgets) or [Budget("default")]))]
@@ -277,7 +285,7 @@ def _run_locked(
     progress: Progress | None,
     log: Callable[[str], None] | None,
 ) -> Comparison | None:
-    adapter = adapter_cls.load(model.location, device=world.device(request.device), dtype=request.dtype, **request.model_options)
+    adapter = adapter_cls.load(model.location, device=world.device(request.device), dtype=request.dtype, **load_options(request))
     desc = adapter.describe()
     desc["device"] = request.device  # the same on every rank (cuda, not cuda:3), so every world size keys the same runs
     if model.name is not None:  # a named model's install path differs per machine; its name and weights hash do not

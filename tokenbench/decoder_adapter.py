@@ -157,6 +157,7 @@ class DecoderAdapter(Adapter):
             position_ids=position_ids,
             make_cache=lambda: _dynamic_cache(text),
             position_dims=position_dims,
+            attention=getattr(text, "_attn_implementation", None) or "sdpa",
         )
 
     def visual_layout(

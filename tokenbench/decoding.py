@@ -8,7 +8,9 @@ stage, applies its selection (gathering hidden states and position ids by the
 strategy's ``position_policy``, below), and decodes greedily from the per-layer KV
 cache: layers before a pruning point cache every token, layers after it only the
 survivors. The model's attention kernel is never changed; attention signals are
-recomputed for the requested query rows only.
+recomputed for the requested query rows only, from the layer's own projections, so they
+are the same under every kernel (``sdpa``, ``eager``, FlashAttention-2), none of which
+is asked for attention probabilities.
 
 Position ids after a selection (:attr:`tokenbench.Strategy.position_policy`):
 
@@ -33,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from tokenbench.attention_masks import decode_mask, prefill_mask
 from tokenbench.errors import StrategyFailure
 from tokenbench.strategy import Selection, StageContext, StageSpec, Strategy, validate_selection
 from tokenbench.timing import current_timer
@@ -58,6 +61,8 @@ class DecoderParts:
     make_cache: Callable[[], Any]
     #: 1 for 1-D RoPE, 3 for M-RoPE (temporal, height, width)
     position_dims: int = 1
+    #: the layers' attention kernel (``sdpa``, ``eager``, ``flash_attention_2``): the masks follow it (:mod:`tokenbench.attention_masks`)
+    attention: str = "sdpa"
 
 
 @dataclass
@@ -169,7 +174,7 @@ def prefill_and_decode(
         if isinstance(hidden, tuple):
             hidden = hidden[0]
         layer_valid.append(layout.valid)
-        layer_full.append(mask is None)
+        layer_full.append(bool(layout.valid.all()))
         llm_stage = by_layer.get(idx)
         if llm_stage is not None:
             layout.hidden = hidden
@@ -207,11 +212,9 @@ def prefill_and_decode(
         rope = parts.rotary(h, pos)
         pos_ids = parts.position_ids(pos)
         for idx, layer in enumerate(parts.layers):
-            if layer_full[idx]:  # the new tokens are valid: still no padding, no mask (and no device sync)
-                mask = None
-            else:
+            if not layer_full[idx]:  # a fully valid layer stays so: no mask (and no device sync)
                 layer_valid[idx] = torch.cat([layer_valid[idx], torch.ones(batch, 1, dtype=torch.bool, device=layer_valid[idx].device)], dim=1)
-                mask = layer_valid[idx][:, None, None, :]
+            mask = decode_mask(layer_valid[idx], layer_full[idx], parts.attention, h.dtype)
             h = layer(h, attention_mask=mask, position_ids=pos_ids, position_embeddings=rope, cache=cache, use_cache=True)
             if isinstance(h, tuple):
                 h = h[0]
@@ -223,22 +226,8 @@ def prefill_and_decode(
 
 def _layer_inputs(parts: DecoderParts, layout: TokenLayout) -> tuple[torch.Tensor | None, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
     """Mask, position ids and rotary tables for the current layout."""
-    return _prefill_mask(layout.valid), parts.position_ids(layout.pos), parts.rotary(layout.hidden, layout.pos)
-
-
-def _prefill_mask(valid: torch.Tensor) -> torch.Tensor | None:
-    """``None`` (the kernel's own causal path) without padding; else a bool [B,1,S,S] mask.
-
-    Padding query rows attend to themselves so that no row is fully masked (which
-    would put NaN into values that valid rows multiply by zero).
-    """
-    if bool(valid.all()):
-        return None
-    s = valid.shape[1]
-    causal = torch.ones(s, s, dtype=torch.bool, device=valid.device).tril()
-    mask = causal[None] & valid[:, None, :]
-    mask |= torch.eye(s, dtype=torch.bool, device=valid.device)[None]
-    return mask[:, None]
+    mask = prefill_mask(layout.valid, parts.attention, layout.hidden.dtype)
+    return mask, parts.position_ids(layout.pos), parts.rotary(layout.hidden, layout.pos)
 
 
 class _LayerSignals:

@@ -51,7 +51,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 def show(request: Any, sample_id: str, out: str | Path) -> Path:
     """Run ``request``'s strategies on one sample and write the figure to ``out``."""
     from tokenbench.budget import FULL, Budget
-    from tokenbench.compare import prepare
+    from tokenbench.compare import load_options, prepare
     from tokenbench.registry import get_registry
 
     task, samples, strategies, adapter_cls, model = prepare(request, get_registry())
@@ -61,7 +61,7 @@ def show(request: Any, sample_id: str, out: str | Path) -> Path:
     sample = by_id[sample_id]
     wanted = {s.name for s in request.strategies}
     strategies = [s for s in strategies if s.name in wanted]
-    adapter = adapter_cls.load(model.location, device=request.device, dtype=request.dtype)
+    adapter = adapter_cls.load(model.location, device=request.device, dtype=request.dtype, **load_options(request))
     prompt = task.prompt(sample, adapter.family)
     panels = []
     for strategy in strategies:
