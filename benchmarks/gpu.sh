@@ -9,7 +9,7 @@
 #   bash benchmarks/gpu.sh                 # both models
 #   bash benchmarks/gpu.sh --models llava-1.5-7b --repeats 2
 #
-# A CPU smoke test of the same code: python benchmarks/gpu_speedup.py --device cpu --tiny
+# A CPU smoke test of the same code: bash benchmarks/gpu.sh --tiny
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}
@@ -19,6 +19,11 @@ TABLE=${TABLE:-benchmarks/gpu_speedup.md}
 if ! "$PY" -c "import tokenbench.adapters.llava" 2>/dev/null; then
     echo "gpu.sh: installing tokenbench (editable, no dependencies) into $("$PY" -c 'import sys; print(sys.prefix)')" >&2
     "$PY" -m pip install --quiet --no-deps --no-build-isolation -e . >&2
+fi
+if [[ "${1:-}" == "--tiny" ]]; then  # the same code end to end on a CPU, shrunken models, in about a minute (CI runs it)
+    shift
+    exec "$PY" benchmarks/gpu_speedup.py --device cpu --tiny --dtype float32 --samples 1 --repeats 1 --warmup 2 \
+        --strategies baseline,fastv,sparsevlm,pdrop,visionzip --batches 1,8 --time-budget 60 --output "$TABLE" "$@"
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader >&2 || true
 "$PY" -c "import torch, transformers; assert torch.cuda.is_available(), 'no CUDA device'; print('torch', torch.__version__, 'CUDA', torch.version.cuda, 'transformers', transformers.__version__)" >&2

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu_sections import kernel_section, kernels_to_run, throughput_section  # noqa: E402
 from prefill_speedup import build, measure, registered_strategies  # noqa: E402
 
 QWEN_IMAGE = 672  # 48 x 48 patches of 14 px, merged 2 x 2: 576 visual tokens, like LLaVA-1.5
@@ -214,6 +215,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--time-budget", type=float, default=400.0, help="seconds for all models; each model's timed rounds stop at its share")
     p.add_argument("--tiny", action="store_true", help="shrunken models (576 visual tokens kept): a smoke test")
     p.add_argument("--output", "-o", help="write the markdown table here (default: $OUT/gpu_speedup.md if $OUT is set)")
+    p.add_argument("--kernels", default="auto", help="attention kernels to compare (auto: sdpa,flash_attention_2 on CUDA, sdpa,eager on CPU)")
+    p.add_argument("--batches", default="1,8,32", help="batch sizes of the throughput table")
+    p.add_argument("--throughput-keep", type=float, default=0.222, help="the budget of the kernel and throughput tables")
     args = p.parse_args(argv)
     wall0 = time.perf_counter()
     if args.threads:
@@ -278,7 +282,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 continue
             built = time.perf_counter() - t0
             samples = samples[: args.samples]
-            deadline = t0 + (args.time_budget - (t0 - wall0)) / len(models[models.index(name) :])  # this model's share of what is left
+            share = (args.time_budget - (t0 - wall0)) / len(models[models.index(name) :])  # this model's share of what is left
+            deadline = t0 + 0.65 * share  # the rest: the kernel and throughput tables
             rows = measure(
                 adapter,
                 strategies,
@@ -306,6 +311,30 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"warm-up runs; {args.new_tokens} forced new tokens; built in {built:.0f} s, measured in {time.perf_counter() - t0 - built:.0f} s"
             )
             write()  # a table per model as soon as it is done: a time limit loses only the model in progress
+            log = lambda m, name=name: print(f"{name}: {m}", file=sys.stderr)  # noqa: E731
+            small = Budget("fraction", args.throughput_keep)
+            kernels, skipped = kernels_to_run(args.device, args.kernels)
+            try:
+                kernel_md = kernel_section(
+                    adapter, strategies, small, samples, kernels=kernels, skipped=skipped, measure=measure,
+                    device=args.device, deadline=t0 + 0.85 * share, log=log,
+                )  # fmt: skip
+            except Exception as exc:  # noqa: BLE001 - a failing extra table must not lose the main one
+                kernel_md = f"failed: {type(exc).__name__}: {exc}"
+            sections.append(f"#### {name}: attention kernels at {small.label}, batch 1\n\n{kernel_md}")
+            write()
+            try:
+                batches = [int(b) for b in args.batches.split(",") if b.strip()]
+                tput_md = throughput_section(
+                    adapter, strategies, small, samples, batches=batches, new_tokens=args.new_tokens,
+                    device=args.device, dtype=args.dtype, deadline=t0 + share, log=log,
+                )  # fmt: skip
+            except Exception as exc:  # noqa: BLE001
+                tput_md = f"failed: {type(exc).__name__}: {exc}"
+            sections.append(
+                f"#### {name}: throughput (whole generate calls, {args.new_tokens} forced new tokens, samples repeated to fill the batch)\n\n{tput_md}"
+            )
+            write()
             del adapter, rows
             gc.collect()
             if args.device.startswith("cuda"):

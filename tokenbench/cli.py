@@ -292,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--limit", type=int, help="evaluate a fixed, seeded subset of N items, stratified by kind (a group such as an MMBench question's rotations counts once)"
     )
-    c.add_argument("--batch-size", type=int, default=8)
+    c.add_argument("--batch-size", type=int, help="samples per batch (default: 8 on a CPU; on CUDA what the free memory holds, printed)")
     add_threads_option(c)
     c.add_argument("--store", default=DEFAULT_STORE, help=f"results database (resumes interrupted runs; default {DEFAULT_STORE})")
     c.add_argument("--on-error", choices=["skip", "fail"], default="skip", help="a failing sample is recorded (skip) or stops the run (fail)")

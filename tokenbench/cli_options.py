@@ -44,7 +44,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task-option", action="append", metavar="KEY=VALUE", help="task option, repeatable")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    parser.add_argument("--dtype", default="float32", choices=DTYPES)
+    parser.add_argument("--dtype", choices=DTYPES, help="default: bfloat16 on CUDA, float32 elsewhere")
     parser.add_argument(
         "--attn-implementation",
         choices=ATTENTION_KERNELS,
@@ -66,7 +66,7 @@ def model_request(args: argparse.Namespace, **more: Any) -> Any:
         adapter=args.adapter,
         seed=args.seed,
         device=args.device,
-        dtype=args.dtype,
+        dtype=args.dtype or ("bfloat16" if str(args.device).startswith("cuda") else "float32"),  # tokenbench.batching.default_dtype
         attn_implementation=args.attn_implementation,
         **more,
     )

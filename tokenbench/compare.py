@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, cast
 
 from tokenbench.adapter import Adapter
+from tokenbench.batching import choose_batch_size
 from tokenbench.budget import FULL, Budget
 from tokenbench.distributed import StoreLock, World, remove_shard, shard_path, shard_paths
 from tokenbench.environment import environment
@@ -74,7 +75,8 @@ class CompareRequest:
     dtype: str = "float32"
     #: the attention kernel the model loads with (``None``: the adapter's default, sdpa)
     attn_implementation: str | None = None
-    batch_size: int = 8
+    #: samples per batch (``None``: chosen for the device and dtype, :func:`tokenbench.batching.choose_batch_size`)
+    batch_size: int | None = None
     store: str = DEFAULT_STORE
     on_error: str = "skip"
     #: samples in the timed loop (0: no timing); new tokens forced in each timed call
@@ -292,6 +294,13 @@ def _run_locked(
         desc["model"] = model.name
     env = environment(request.device)
     template = adapter.chat_prompt("{question}")
+    batch_size = request.batch_size
+    if batch_size is None:
+        config = read_config(model.location)
+        capacity = adapter_cls.visual_token_capacity(config) if config else None
+        batch_size, why = choose_batch_size(adapter, world.device(request.device), request.dtype, capacity)
+        if log:
+            log(f"batch size {batch_size} ({why}; --batch-size N to override)")
     plan = [(s, b, run_config(desc, task, s, b, request, template)) for s, b in planned_runs(strategies, request.budgets)]
     if world.is_main:  # a killed run's shards first, then every run of the plan, before any rank reads
         with Store(request.store) as main:
@@ -314,7 +323,7 @@ def _run_locked(
             label = f"{strategy.label} @ {budget.label}"
             update = functools.partial(progress.update, k, label) if progress is not None else None
             already = evaluate(
-                adapter, task, samples, strategy, budget, writer, run_id, seed=request.seed, batch_size=request.batch_size,
+                adapter, task, samples, strategy, budget, writer, run_id, seed=request.seed, batch_size=batch_size,
                 on_error=request.on_error, progress=update, positions=mine, done=done[run_id],
             )  # fmt: skip
             if already and log:

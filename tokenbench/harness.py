@@ -170,9 +170,34 @@ def _run_chunk(
         done = _run_chunk(adapter, task, rest, strategy, budget, seed, labels) if rest else []
         return sorted([*done, _error(bad[1], bad[0], _reason(exc))], key=lambda r: r.position)
     except Exception as exc:  # noqa: BLE001 - isolate: retry one by one to find the culprit
-        if len(chunk) == 1:
+        if _out_of_memory(exc):  # the batch did not fit: free what it held, then each sample alone
+            del exc
+            _release_memory()
+            if len(chunk) == 1:
+                where = getattr(adapter, "device", "the device")
+                return [
+                    _error(chunk[0][1], chunk[0][0], f"out of memory on {where} for this sample alone (batch of 1); it needs a device with more free memory")
+                ]
+        elif len(chunk) == 1:
             return [_error(chunk[0][1], chunk[0][0], _reason(exc))]
     return [rec for item in chunk for rec in _run_chunk(adapter, task, [item], strategy, budget, seed, labels)]
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError)
+
+
+def _release_memory() -> None:
+    """Return the failed batch's cached blocks to the device (a no-op on a CPU)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _reason(exc: BaseException) -> str:
