@@ -38,7 +38,7 @@ def bytes_per_sample(text_config: Any, tokens: int, dtype: str) -> int:
     >>> from types import SimpleNamespace
     >>> llama7b = SimpleNamespace(num_hidden_layers=32, hidden_size=4096, intermediate_size=11008, num_attention_heads=32, num_key_value_heads=32)
     >>> round(bytes_per_sample(llama7b, 576 + 128, "bfloat16") / 2**20)  # MiB: LLaVA-1.5-7B, bf16
-    644
+    628
     """
     layers, hidden = int(text_config.num_hidden_layers), int(text_config.hidden_size)
     heads = int(text_config.num_attention_heads)
@@ -52,7 +52,7 @@ def bytes_per_sample(text_config: Any, tokens: int, dtype: str) -> int:
 def batch_for_memory(free_bytes: int, per_sample: int, ceiling: int = MAX_BATCH) -> int:
     """The largest power of two ≤ ``ceiling`` whose samples take at most 80 % of ``free_bytes``; at least 1.
 
-    >>> batch_for_memory(120 * 2**30, 644 * 2**20), batch_for_memory(8 * 2**30, 644 * 2**20), batch_for_memory(2**20, 2**30)
+    >>> batch_for_memory(120 * 2**30, 628 * 2**20), batch_for_memory(8 * 2**30, 628 * 2**20), batch_for_memory(2**20, 2**30)
     (32, 8, 1)
     """
     fits = int(0.8 * free_bytes) // max(per_sample, 1)
