@@ -19,7 +19,7 @@ from typing import Any, NamedTuple, cast
 from tokenbench.adapter import Adapter
 from tokenbench.batching import choose_batch_size
 from tokenbench.budget import FULL, Budget
-from tokenbench.distributed import StoreLock, World, remove_shard, shard_path, shard_paths
+from tokenbench.distributed import StoreLock, World, merge_shards, shard_path
 from tokenbench.environment import environment
 from tokenbench.errors import ModelLoadError, UsageError
 from tokenbench.harness import StrategySpec, evaluate
@@ -304,9 +304,7 @@ def _run_locked(
     plan = [(s, b, run_config(desc, task, s, b, request, template)) for s, b in planned_runs(strategies, request.budgets)]
     if world.is_main:  # a killed run's shards first, then every run of the plan, before any rank reads
         with Store(request.store) as main:
-            for shard in shard_paths(request.store):
-                main.merge_shard(shard)
-                remove_shard(shard)
+            merge_shards(main, request.store)
             for _, _, config in plan:
                 main.open_run(config)
     world.barrier()
@@ -336,9 +334,7 @@ def _run_locked(
     if not world.is_main:
         return None
     with Store(request.store) as store:
-        for shard in shard_paths(request.store):
-            store.merge_shard(shard)
-            remove_shard(shard)
+        merge_shards(store, request.store)
         runs: list[RunResult] = []
         timed: list[tuple[RunResult, Strategy, Budget]] = []
         for strategy, budget, config in plan:

@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import IO
 
 from tokenbench.errors import StoreError, UsageError
-from tokenbench.store import unwritable
+from tokenbench.store import Store, unwritable
 
-__all__ = ["StoreLock", "World", "shard_dir", "shard_path", "shard_paths"]
+__all__ = ["StoreLock", "World", "merge_shards", "shard_dir", "shard_path", "shard_paths"]
 
 #: how long a barrier waits for the slowest rank (a rank's accuracy loop can take hours)
 BARRIER_TIMEOUT = datetime.timedelta(hours=72)
@@ -195,6 +195,15 @@ def _holder(text: str) -> str:
         return f"pid {info['pid']} on {info['host']} since {info['since']}: {info['what']}"
     except (ValueError, KeyError, TypeError):
         return "a process that left no description"
+
+
+def merge_shards(store: Store, path: str | Path) -> int:
+    """Merge every shard of the store at ``path`` into ``store`` (open on it), deleting each once merged; returns the samples copied."""
+    copied = 0
+    for shard in shard_paths(path):
+        copied += store.merge_shard(shard)
+        remove_shard(shard)
+    return copied
 
 
 def remove_shard(path: Path) -> None:
