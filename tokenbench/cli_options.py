@@ -55,6 +55,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 def model_request(args: argparse.Namespace, **more: Any) -> Any:
     """A :class:`tokenbench.compare.CompareRequest` from the flags :func:`add_model_options` and
     :func:`add_budget_options` define, plus ``--strategies``; ``more`` sets the command's other fields."""
+    from tokenbench.batching import default_dtype
     from tokenbench.compare import CompareRequest
 
     return CompareRequest(
@@ -66,7 +67,7 @@ def model_request(args: argparse.Namespace, **more: Any) -> Any:
         adapter=args.adapter,
         seed=args.seed,
         device=args.device,
-        dtype=args.dtype or ("bfloat16" if str(args.device).startswith("cuda") else "float32"),  # tokenbench.batching.default_dtype
+        dtype=args.dtype or default_dtype(str(args.device)),
         attn_implementation=args.attn_implementation,
         **more,
     )

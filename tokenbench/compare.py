@@ -312,9 +312,10 @@ def _run_locked(
     with Store(request.store) as main:
         done = {run_key(config): main.done_ids(run_key(config)) & set(ids) for _, _, config in plan}
     mine = world.mine(len(samples)) if world.distributed else None
+    share = len(mine) if mine is not None else len(samples)
     writer = Store(shard_path(request.store, world.rank)) if world.distributed else Store(request.store)
     if progress is not None:
-        progress.begin(len(plan), len(mine) if mine is not None else len(samples))
+        progress.begin(len(plan), share)
     try:
         for k, (strategy, budget, config) in enumerate(plan, 1):
             run_id = writer.open_run(config)
@@ -325,7 +326,7 @@ def _run_locked(
                 on_error=request.on_error, progress=update, positions=mine, done=done[run_id],
             )  # fmt: skip
             if already and log:
-                log(f"{label}: resumed, {already} of {len(mine) if mine is not None else len(samples)} samples already done (run {run_id})")
+                log(f"{label}: resumed, {already} of {share} samples already done (run {run_id})")
     finally:
         if progress is not None:
             progress.close()

@@ -182,12 +182,6 @@ class StoreLock:
             self._fh.close()
             self._fh = None
 
-    def __enter__(self) -> StoreLock:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
 
 def _holder(text: str) -> str:
     try:
