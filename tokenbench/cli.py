@@ -59,7 +59,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from tokenbench.compare import prepare, run_comparison
     from tokenbench.distributed import World
     from tokenbench.progress import Progress
-    from tokenbench.report import render
 
     request = model_request(
         args,
@@ -87,6 +86,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     cmp = run_comparison(request, reg, prepared=prepared, progress=progress, log=progress.log, world=world)
     if cmp is None:  # another rank: its samples are in the store, rank 0 reports
         return 0
+    from tokenbench.report import render  # scipy: imported after the samples, not before the first
+
     text = render(cmp, args.format, adjust=args.adjust, by_kind=args.by == "kind", per_sample=args.per_sample, wide=args.wide)
     if args.output:
         with open(args.output, "w", encoding="utf-8") as fh:
@@ -379,5 +380,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
 
 
+def run() -> NoReturn:
+    """The console script (and ``python -m tokenbench``): :func:`main`, then a fast exit.
+
+    Once a command has finished, every file it wrote is closed; what is left is the
+    interpreter tearing down torch's and transformers' modules, 0.6 s on a 2-core
+    machine (benchmarks/harness_overhead.py, docs/measurement.md). So the streams are
+    flushed, logging is shut down, and the process exits at once. Without torch loaded
+    (``tokenbench list``, ``gate``) the exit is the normal one.
+    """
+    code = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (BrokenPipeError, ValueError):  # a closed pipe (``| head``): nothing more to say
+        pass
+    if "torch" in sys.modules:
+        import logging
+
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -33,7 +33,7 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy.stats import t as student_t
+from scipy.special import stdtrit  # scipy.stats' t.ppf(q, df) is stdtrit(df, q), without its 0.45 s import
 
 from tokenbench.stats import FloatArray, PairedDifference, _as_pair, _as_scores, _check_level, sign_flip_p_value
 
@@ -138,7 +138,7 @@ def cluster_robust_interval(values: ArrayLike, clusters: Sequence[Hashable], lev
     mean = float(x.mean())
     if count < 2:
         return -math.inf, math.inf
-    half = float(student_t.ppf(0.5 + level / 2, count - 1)) * clustered_standard_error(x, clusters)
+    half = float(stdtrit(count - 1, 0.5 + level / 2)) * clustered_standard_error(x, clusters)
     return mean - half, mean + half
 
 
