@@ -279,3 +279,53 @@ def test_runs_lists_and_exports(tiny_llava: Path, jsonl_task: Path, tmp_path: Pa
     assert main(["runs", "--store", str(store), "--export", str(tmp_path / "x.json")]) == 0
     exported = json.loads((tmp_path / "x.json").read_text())
     assert len(exported["samples"]) == 12 and {"kept", "tokens_per_layer"} <= set(exported["samples"][0]["record"])
+
+
+def test_a_second_run_on_the_same_store_traces_no_shape_again(
+    tiny_llava: Path, jsonl_task: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import tokenbench.flops
+
+    traced: list[object] = []
+    real = tokenbench.flops.count_macs
+    monkeypatch.setattr(tokenbench.flops, "count_macs", lambda *a, **k: traced.append(a[0]) or real(*a, **k))
+    args = [
+        "compare",
+        "--model",
+        str(tiny_llava),
+        "--task",
+        f"jsonl:{jsonl_task}",
+        "--keep",
+        "0.25",
+        "--format",
+        "json",
+        "--quiet",
+        "--store",
+        str(tmp_path / "r.db"),
+    ]
+    assert main(args + ["--strategies", "random"]) == 0
+    first = json.loads(capsys.readouterr().out)["results"]
+    assert traced, "the first run traces the vision tower, the projector and the decoder layers"
+    with Store(tmp_path / "r.db") as store:
+        (key,) = [k for (k,) in store._db.execute("SELECT key FROM meta WHERE key LIKE 'macs:%'")]
+        assert len(store.meta(key)) == len(traced)
+    traced.clear()
+    # new runs (pooling, another seed) with the same token counts: every count comes from the store
+    assert main(args + ["--strategies", "pooling", "--seed", "1"]) == 0
+    second = json.loads(capsys.readouterr().out)["results"]
+    assert traced == []
+    assert [r["flops"] for r in second] == [r["flops"] for r in first]  # the same counts, read back
+
+
+def test_a_batch_is_written_in_one_transaction(tmp_path: Path) -> None:
+    from tokenbench.store import SampleRecord
+
+    with Store(tmp_path / "s.db") as store:
+        run = store.open_run({"strategy": "x"})
+        recs = [SampleRecord(f"s{i}", i, None, 1.0, "a", "p", None, {"num_visual": 1}) for i in range(3)]
+        statements: list[str] = []
+        store._db.set_trace_callback(statements.append)
+        store.add_samples(run, recs)
+        store._db.set_trace_callback(None)
+        assert store.done_ids(run) == {"s0", "s1", "s2"}
+    assert [s.split()[0] for s in statements].count("BEGIN") == 1 and statements[-1] == "COMMIT"

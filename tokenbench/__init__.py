@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from tokenbench.checkpoints import load_pretrained, model_identity, torch_dtype
     from tokenbench.decoder_adapter import DecoderAdapter, DecodeRun, EncodedBatch
     from tokenbench.decoding import DecodeOutput, DecoderParts, SampleSetup, TokenLayout, eos_token_ids, make_stop, prefill_and_decode
+    from tokenbench.flops import MacCounter
     from tokenbench.flops_meter import FlopsMeter
     from tokenbench.frame import results_frame
     from tokenbench.timing import mark_phase
@@ -59,6 +60,7 @@ _LAZY = {
     "make_stop": "tokenbench.decoding",
     "prefill_and_decode": "tokenbench.decoding",
     "FlopsMeter": "tokenbench.flops_meter",
+    "MacCounter": "tokenbench.flops",
     "results_frame": "tokenbench.frame",
     "mark_phase": "tokenbench.timing",
 }
@@ -74,6 +76,7 @@ __all__ = [
     "EncodedBatch",
     "FlopsMeter",
     "GenerationResult",
+    "MacCounter",
     "MeasurementError",
     "ModelInfo",
     "ModelLoadError",

@@ -32,6 +32,7 @@ from tokenbench.strategy import ModelInfo, Strategy
 
 if TYPE_CHECKING:
     from tokenbench.budget import Budget
+    from tokenbench.flops import MacCounter
     from tokenbench.task import Sample
 
 
@@ -186,6 +187,15 @@ class Adapter(ABC):
     def flops(self, result: GenerationResult) -> dict[str, int] | None:
         """FLOPs of the forward that produced ``result``: :meth:`flops_for` of its counts."""
         return self.flops_for(result.counts)
+
+    def flops_cache(self) -> MacCounter | None:
+        """The :class:`~tokenbench.MacCounter` behind :meth:`flops_for`, if any (default: none).
+
+        ``tokenbench compare`` keeps its totals in the store, per model
+        (:meth:`~tokenbench.MacCounter.export`), and preloads them in the next run, so a
+        repeated or resumed comparison never traces a shape twice.
+        """
+        return None
 
     @abstractmethod
     def describe(self) -> dict[str, Any]:

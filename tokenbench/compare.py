@@ -338,6 +338,9 @@ def _run_locked(
         merge_shards(store, request.store)
         runs: list[RunResult] = []
         timed: list[tuple[RunResult, Strategy, Budget]] = []
+        traces, traces_key = adapter.flops_cache(), _traces_key(desc)
+        if traces is not None:  # counted by an earlier run of this model: never traced again
+            traces.preload(store.meta(traces_key) or {})
         for strategy, budget, config in plan:
             run_id = run_key(config)
             records = store.samples(run_id, ids)
@@ -346,6 +349,8 @@ def _run_locked(
                 store.put_measurement(run_id, "environment", env)  # provenance for leaderboards
             runs.append(RunResult(strategy.name, dict(strategy.params), budget, run_id, config, records, flops, len(done[run_id]), dict(strategy.defaults)))
             timed.append((runs[-1], strategy, budget))
+        if traces is not None and traces.traces:
+            store.put_meta(traces_key, traces.export())
         if request.timing_samples > 0:  # on rank 0's device alone, now that no accuracy loop runs
             from tokenbench.timing import TimingSettings, time_runs
 
@@ -360,7 +365,13 @@ def _run_locked(
 
 
 def _run_flops(adapter: Any, store: Store, run_id: str, records: list[SampleRecord]) -> dict[str, float] | None:
-    """Mean FLOPs per sample over the run's successful samples (stored once per run), from their stored token counts."""
+    """Mean FLOPs per sample over the run's successful samples (stored once per run), from their stored token counts.
+
+    Counted once per distinct :class:`~tokenbench.adapter.TokenCounts` (most samples of
+    a task share a few), each weighted by how many samples had it.
+    """
+    from collections import Counter
+
     from tokenbench.adapter import TokenCounts
 
     ok = [r for r in records if r.error is None and r.record]
@@ -370,12 +381,17 @@ def _run_flops(adapter: Any, store: Store, run_id: str, records: list[SampleReco
     if not ok:
         return None
     totals: dict[str, float] = {}
-    for rec in ok:
-        counts = adapter.flops_for(TokenCounts.from_record(rec.record))
-        if counts is None:
+    for counts, times in Counter(TokenCounts.from_record(rec.record) for rec in ok).items():
+        flops = adapter.flops_for(counts)
+        if flops is None:
             return None
-        for k, v in counts.items():
-            totals[k] = totals.get(k, 0.0) + v
+        for k, v in flops.items():
+            totals[k] = totals.get(k, 0.0) + v * times
     mean = {k: v / len(ok) for k, v in totals.items()}
     store.put_measurement(run_id, "flops", {"n": len(ok), "mean": mean})
     return mean
+
+
+def _traces_key(desc: dict[str, Any]) -> str:
+    """The store's key for a model's traced multiply-adds: its identity, without what cannot change a count."""
+    return "macs:" + run_key({k: v for k, v in desc.items() if k not in ("device", "device_name")})

@@ -38,6 +38,7 @@ from tokenbench.budget import Budget, sample_generator
 from tokenbench.checkpoints import model_identity
 from tokenbench.decoding import ApplyRopeFn, DecodeOutput, DecoderParts, SampleSetup, TokenLayout, eos_token_ids, make_stop, prefill_and_decode
 from tokenbench.errors import PluginError
+from tokenbench.flops import MacCounter
 from tokenbench.flops_meter import FlopsMeter
 from tokenbench.strategy import ModelInfo, Strategy
 from tokenbench.task import Sample
@@ -201,6 +202,10 @@ class DecoderAdapter(Adapter):
     def flops_for(self, counts: TokenCounts) -> dict[str, int]:
         """The decoder's FLOPs at the measured sequence lengths (:class:`~tokenbench.FlopsMeter`) plus :meth:`vision_macs`."""
         return self.meter.measure(counts)
+
+    def flops_cache(self) -> MacCounter:
+        """The meter's traces: decoder layers by sequence length, and what :meth:`vision_macs` counted."""
+        return self.meter.counter
 
     @torch.no_grad()
     def run(

@@ -293,32 +293,59 @@ class MacCounter:
     The key must determine the count: a second call with the same key returns
     the first count without tracing, whatever its shapes. ``traces`` is the
     number of traces done; ``count_kwargs`` are passed on to :func:`count_macs`.
+    :meth:`export` and :meth:`preload` carry the totals from one process to the next
+    (the store keeps them per model), so a repeated or resumed run never traces again.
+
+    >>> counter = MacCounter()
+    >>> counter.preload({"('layer', 7)": 1234})
+    >>> counter.count(("layer", 7), None, ())  # known: no trace, no module needed
+    1234
+    >>> counter.traces, ("layer", 7) in counter, counter.export()
+    (0, True, {"('layer', 7)": 1234})
     """
 
     def __init__(self, **count_kwargs: Any) -> None:
         self._cache: dict[Hashable, MacCount] = {}
+        self._known: dict[str, int] = {}
         self._count_kwargs = count_kwargs
         self.traces = 0
 
-    def count(self, key: Hashable, module: torch.nn.Module, args: tuple[Any, ...], kwargs: Mapping[str, Any] | None = None) -> int:
-        """Total multiply-adds for ``key``, tracing only on the first call with that key."""
+    def count(self, key: Hashable, module: torch.nn.Module | None, args: tuple[Any, ...], kwargs: Mapping[str, Any] | None = None) -> int:
+        """Total multiply-adds for ``key``, tracing only when the key is neither cached nor preloaded."""
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached.total
+        known = self._known.get(repr(key))
+        if known is not None:
+            return known
         return self.result(key, module, args, kwargs).total
 
-    def result(self, key: Hashable, module: torch.nn.Module, args: tuple[Any, ...], kwargs: Mapping[str, Any] | None = None) -> MacCount:
-        """Like :meth:`count`, returning the whole :class:`MacCount`."""
+    def result(self, key: Hashable, module: torch.nn.Module | None, args: tuple[Any, ...], kwargs: Mapping[str, Any] | None = None) -> MacCount:
+        """Like :meth:`count`, returning the whole :class:`MacCount` (traced in this process: preloaded totals have no breakdown)."""
         cached = self._cache.get(key)
         if cached is None:
+            if module is None:
+                raise ValueError(f"no multiply-adds known for {key!r} and no module to trace")
             cached = count_macs(module, args, kwargs, **self._count_kwargs)
             self.traces += 1
             self._cache[key] = cached
         return cached
 
+    def export(self) -> dict[str, int]:
+        """Every known total by ``repr(key)``: what :meth:`preload` takes back."""
+        return {**self._known, **{repr(k): v.total for k, v in self._cache.items()}}
+
+    def preload(self, totals: Mapping[str, int]) -> None:
+        """Totals an earlier process traced (:meth:`export`): :meth:`count` returns them without tracing."""
+        self._known.update({str(k): int(v) for k, v in totals.items()})
+
     def __contains__(self, key: Hashable) -> bool:
-        return key in self._cache
+        return key in self._cache or repr(key) in self._known
 
     def __len__(self) -> int:
-        return len(self._cache)
+        return len(self.export())
 
     def clear(self) -> None:
-        """Forget every cached count."""
+        """Forget every cached and preloaded count."""
         self._cache.clear()
+        self._known.clear()

@@ -136,11 +136,11 @@ def evaluate(
         progress(finished, len(share))
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
-        for (_pos, sample), rec in zip(chunk, _run_chunk(adapter, task, chunk, strategy, budget, seed, labels)):
-            if rec.error and on_error == "fail":
-                store.add_sample(run_id, rec)
-                raise SampleFailure(f"sample {sample.id}: {rec.error}")
-            store.add_sample(run_id, rec)
+        records = _run_chunk(adapter, task, chunk, strategy, budget, seed, labels)
+        store.add_samples(run_id, records)  # one transaction per batch
+        failed = next((rec for rec in records if rec.error), None)
+        if failed is not None and on_error == "fail":
+            raise SampleFailure(f"sample {failed.sample_id}: {failed.error}")
         finished += len(chunk)
         if progress:
             progress(finished, len(share))

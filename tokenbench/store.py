@@ -20,7 +20,7 @@ import hashlib
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -172,9 +172,15 @@ class Store:
     # -- samples ---------------------------------------------------------------------
     def add_sample(self, run_id: str, rec: SampleRecord) -> None:
         """Write one finished sample in its own transaction (replacing an earlier error)."""
+        self.add_samples(run_id, [rec])
+
+    def add_samples(self, run_id: str, recs: Sequence[SampleRecord]) -> None:
+        """Write finished samples (a batch) in one transaction: all of them or, if the process dies, none."""
+        if not recs:
+            return
         with self._db:
             self._db.execute("BEGIN")
-            self._db.execute("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", _sample_row(run_id, rec))
+            self._db.executemany("INSERT OR REPLACE INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", [_sample_row(run_id, r) for r in recs])
             self._db.execute("UPDATE runs SET updated=? WHERE run_id=?", (time.time(), run_id))
 
     def done_ids(self, run_id: str, *, include_errors: bool = False) -> set[str]:
@@ -201,6 +207,18 @@ class Store:
     def put_measurement(self, run_id: str, name: str, value: Any) -> None:
         with self._db:
             self._db.execute("INSERT OR REPLACE INTO measurements VALUES (?, ?, ?)", (run_id, name, _value_json(value)))
+
+    def put_meta(self, key: str, value: Any) -> None:
+        """A store-wide value (JSON), not tied to a run: e.g. a model's traced multiply-adds (``macs:<model key>``)."""
+        if key == "schema_version":
+            raise ValueError("schema_version is the store's own")
+        with self._db:
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, _value_json(value)))
+
+    def meta(self, key: str) -> Any:
+        """The value :meth:`put_meta` wrote under ``key``, or ``None``."""
+        row = self._db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if row is None else json.loads(row[0])
 
     def measurement(self, run_id: str, name: str) -> Any:
         row = self._db.execute("SELECT value FROM measurements WHERE run_id=? AND name=?", (run_id, name)).fetchone()
