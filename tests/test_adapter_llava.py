@@ -599,8 +599,14 @@ def test_two_llm_stages_equal_manual_layer_loop(m: Bundle) -> None:
 # --------------------------------------------------------------------------- 4. attention signals
 
 
+@pytest.mark.parametrize("keys", ["cached", "recomputed"])
 @pytest.mark.parametrize("query", ["last", "text", "all"])
-def test_attention_signal_equals_eager_probabilities(m: Bundle, query: str) -> None:
+def test_attention_signal_equals_eager_probabilities(m: Bundle, query: str, keys: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The keys come from the layer's KV cache entry, or (no such entry) are recomputed: both equal eager."""
+    if keys == "recomputed":
+        import tokenbench.decoding
+
+        monkeypatch.setattr(tokenbench.decoding, "_cached_keys", lambda *args: None)
     strategy = Scripted((StageSpec.llm(K, "attention", query=query),))
     run(m, ["a", "b"], strategy, max_new_tokens=1)
     ref = reference_inputs(m, ["a", "b"])

@@ -178,7 +178,7 @@ def prefill_and_decode(
         llm_stage = by_layer.get(idx)
         if llm_stage is not None:
             layout.hidden = hidden
-            signals = _LayerSignals(layer, layer_in, rope, layout, parts)
+            signals = _LayerSignals(layer, layer_in, rope, layout, parts, keys=_cached_keys(cache, idx, hidden.shape[1]))
             layout = _apply_stage(layout, signals, llm_stage, strategy, setups, parts, kept, merged, sel_time, n_layers, timer=timer, kept_merged=kept_merged)
             hidden = layout.hidden
             mask, pos_ids, rope = _layer_inputs(parts, layout)
@@ -231,10 +231,24 @@ def _layer_inputs(parts: DecoderParts, layout: TokenLayout) -> tuple[torch.Tenso
 
 
 class _LayerSignals:
-    """Lazily computed signals of one decoder layer, for one batch."""
+    """Lazily computed signals of one decoder layer, for one batch.
 
-    def __init__(self, layer: Any, layer_in: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], layout: TokenLayout, parts: DecoderParts) -> None:
-        self.layer, self.layer_in, self.rope, self.parts = layer, layer_in, rope, parts
+    The keys come from the layer's own KV cache entry (post-RoPE, as the layer attended
+    with them) when the cache holds the whole prompt; only the requested query rows are
+    normed, projected and rotated. Without such a cache entry the keys are recomputed
+    from the layer's input, the same way.
+    """
+
+    def __init__(
+        self,
+        layer: Any,
+        layer_in: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        layout: TokenLayout,
+        parts: DecoderParts,
+        keys: torch.Tensor | None = None,
+    ) -> None:
+        self.layer, self.layer_in, self.rope, self.parts, self.keys = layer, layer_in, rope, parts, keys
         self.valid = layout.valid.clone()
         self.visual = layout.visual.clone()
 
@@ -242,26 +256,36 @@ class _LayerSignals:
         """Head-averaged attention probabilities [Q, n_visual] of sample ``b``'s query rows."""
         attn: Any = self.layer.self_attn
         cols = torch.nonzero(self.valid[b]).squeeze(1)
-        x = self.layer.input_layernorm(self.layer_in[b : b + 1, cols])
-        cos, sin = (t[b : b + 1, cols] if t.dim() == 3 else t[:, b : b + 1, cols] for t in self.rope)
         visual = self.visual[b, cols]
         if query == "last":
-            rows = torch.tensor([cols.numel() - 1], device=cols.device)
+            rows = cols[-1:]
         elif query == "text":
-            rows = torch.nonzero(~visual).squeeze(1)
+            rows = cols[~visual]
         else:
-            rows = torch.arange(cols.numel(), device=cols.device)
+            rows = cols
         hd = attn.head_dim
-        q = attn.q_proj(x[:, rows]).view(1, rows.numel(), -1, hd).transpose(1, 2)
-        k = attn.k_proj(x).view(1, cols.numel(), -1, hd).transpose(1, 2)
-        q = self.parts.apply_rope(q, *(_rows(t, rows) for t in (cos, sin)))
-        k = self.parts.apply_rope(k, cos, sin)
-        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-        scores = (q @ k.transpose(-1, -2)).float() * attn.scaling
-        causal = rows[:, None] >= torch.arange(cols.numel(), device=cols.device)[None, :]
+        cos, sin = (t[b : b + 1] if t.dim() == 3 else t[:, b : b + 1] for t in self.rope)
+        q = attn.q_proj(self.layer.input_layernorm(self.layer_in[b : b + 1, rows])).view(1, rows.numel(), -1, hd).transpose(1, 2)
+        q = self.parts.apply_rope(q, *(_rows(t, rows) for t in (cos, sin)))  # [1, H, Q, hd]
+        if self.keys is not None:
+            k = self.keys[b : b + 1, :, cols]
+        else:
+            k = attn.k_proj(self.layer.input_layernorm(self.layer_in[b : b + 1, cols])).view(1, cols.numel(), -1, hd).transpose(1, 2)
+            k = self.parts.apply_rope(k, *(_rows(t, cols) for t in (cos, sin)))  # [1, H_kv, S_b, hd]
+        heads, kv_heads = q.shape[1], k.shape[1]
+        q = q.view(1, kv_heads, heads // kv_heads, rows.numel(), hd)  # grouped queries share their key head: no repeat
+        scores = (q @ k[:, :, None].transpose(-1, -2)).float().view(1, heads, rows.numel(), cols.numel()) * attn.scaling
+        causal = rows[:, None] >= cols[None, :]
         scores = scores.masked_fill(~causal, float("-inf"))
         probs = scores.softmax(dim=-1).mean(dim=1)[0]  # [Q, S_b]
         return probs[:, visual]
+
+
+def _cached_keys(cache: Any, idx: int, length: int) -> torch.Tensor | None:
+    """Layer ``idx``'s post-RoPE keys ``[B, H_kv, S, hd]`` in a stock ``DynamicCache``, if it holds all ``length`` positions."""
+    layers = getattr(cache, "layers", None)
+    keys = getattr(layers[idx], "keys", None) if layers is not None and idx < len(layers) else None
+    return keys if isinstance(keys, torch.Tensor) and keys.dim() == 4 and keys.shape[2] == length else None
 
 
 def _rows(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
