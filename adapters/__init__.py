@@ -14,6 +14,12 @@ def register_adapters(register: Register) -> None:
         model_types=("llava",),
     )
     register(
+        "tokenbench.adapters.qwen2_vl:Qwen2VLAdapter",
+        name="qwen2_vl",
+        description="Qwen2-VL (Qwen2VLForConditionalGeneration), last vision-block saliency, 3-D M-RoPE",
+        model_types=("qwen2_vl",),
+    )
+    register(
         "tokenbench.adapters.qwen2_5_vl:Qwen2_5_VLAdapter",
         name="qwen2_5_vl",
         description="Qwen2.5-VL (Qwen2_5_VLForConditionalGeneration), last full-attention-block saliency, 3-D M-RoPE",

@@ -1,11 +1,13 @@
-"""Adapter-contract tests for Qwen2.5-VL (docs/architecture.md, "The contracts").
+"""Adapter-contract tests for the Qwen-VL family: Qwen2.5-VL and Qwen2-VL (docs/architecture.md, "The contracts").
 
-A tiny random ``Qwen2_5_VLForConditionalGeneration`` (3 decoder layers, a 4-block vision
-tower with full attention in blocks 1 and 2, 4-pixel patches, 2×2 merge, windows of
-2×2 merged tokens) is saved with its processor and loaded by path. Images of 48×32
-and 24×24 pixels give 4×6 and 3×3 token grids, so a batch of two is left-padded and
-the vision tower's window reordering is not the identity. References are built from
-a separately loaded, unmodified model:
+Every test runs on both families. A tiny random ``Qwen2_5_VLForConditionalGeneration``
+(3 decoder layers, a 4-block vision tower with full attention in blocks 1 and 2,
+4-pixel patches, 2×2 merge, windows of 2×2 merged tokens) and a tiny
+``Qwen2VLForConditionalGeneration`` (3 decoder layers, a 3-block full-attention tower,
+the same patches and merge) are saved with their processors and loaded by path.
+Images of 48×32 and 24×24 pixels give 4×6 and 3×3 token grids, so a batch of two is
+left-padded and (Qwen2.5-VL) the vision tower's window reordering is not the identity.
+References are built from a separately loaded, unmodified model:
 
 - keep-everything equals ``model(...)`` logits and 20 ``model.generate`` greedy tokens
   (batch 1 and 2);
@@ -14,8 +16,9 @@ a separately loaded, unmodified model:
   for prefill and for greedy decoding continued at the last position + 1;
 - grids, token counts and fraction budgets are per image; ``max_pixels`` changes them;
 - encoder saliency equals the same quantity from eager attention probabilities
-  recorded in the vision tower, mapped to the language model's order through the
-  stock merger output;
+  recorded in the saliency block of the vision tower (Qwen2.5-VL: the last
+  full-attention block; Qwen2-VL: the last block), mapped to the language model's
+  order through the stock merger output;
 - an LLM-stage selection equals the stock decoder layers run without a cache, the
   unkept visual rows and their positions dropped after the layer;
 - the LLM-stage attention signal equals eager attention probabilities;
@@ -24,6 +27,8 @@ a separately loaded, unmodified model:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +37,12 @@ import pytest
 import torch
 
 from tokenbench.adapters.qwen2_5_vl import Qwen2_5_VLAdapter
+from tokenbench.adapters.qwen2_vl import Qwen2VLAdapter
 from tokenbench.budget import FULL, Budget
 from tokenbench.strategies.baseline import Baseline
 from tokenbench.strategy import ModelInfo, Selection, StageContext, StageSpec, Strategy
 from tokenbench.task import Sample
-from tokenbench.testing import tiny_qwen2_5_vl_checkpoint
+from tokenbench.testing import tiny_qwen2_5_vl_checkpoint, tiny_qwen2_vl_checkpoint
 
 LAYERS = 3
 SIZES = ((48, 32), (24, 24))  # (width, height) -> grids (4, 6) and (3, 3)
@@ -45,23 +51,50 @@ PROMPTS = ["what colour is the square ?", "how many red circle are there in this
 ATOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_qwen2_5_vl_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-qwen", layers=LAYERS)
+@dataclass(frozen=True)
+class Family:
+    adapter: type[Qwen2VLAdapter]
+    checkpoint: Callable[..., Path]
+    #: the tower's windowed attention reorders the merged tokens
+    windowed: bool
+
+    @property
+    def name(self) -> str:
+        return self.adapter.name
+
+    def stock_class(self) -> Any:
+        import transformers
+
+        return getattr(transformers, self.adapter.hf_class)
+
+    def saliency_block(self, config: Any) -> int:
+        v = config.vision_config
+        return int(v.fullatt_block_indexes[-1]) if self.windowed else int(v.depth) - 1
+
+
+FAMILIES = {"qwen2_5_vl": Family(Qwen2_5_VLAdapter, tiny_qwen2_5_vl_checkpoint, True), "qwen2_vl": Family(Qwen2VLAdapter, tiny_qwen2_vl_checkpoint, False)}
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def family(request: pytest.FixtureRequest) -> Family:
+    return FAMILIES[request.param]
 
 
 @pytest.fixture(scope="module")
-def adapter(ckpt: Path) -> Qwen2_5_VLAdapter:
-    ad = Qwen2_5_VLAdapter.load(str(ckpt))
+def ckpt(family: Family, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return family.checkpoint(tmp_path_factory.mktemp("ckpt") / f"tiny-{family.name}", layers=LAYERS)
+
+
+@pytest.fixture(scope="module")
+def adapter(family: Family, ckpt: Path) -> Qwen2VLAdapter:
+    ad = family.adapter.load(str(ckpt))
     ad.eos_ids = set()  # a random model: decode exactly max_new_tokens
     return ad
 
 
 @pytest.fixture(scope="module")
-def stock(ckpt: Path) -> Any:
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(ckpt), dtype=torch.float32).eval()
+def stock(family: Family, ckpt: Path) -> Any:
+    model = family.stock_class().from_pretrained(str(ckpt), dtype=torch.float32).eval()
     model.generation_config.eos_token_id = None
     return model
 
@@ -77,7 +110,7 @@ def samples() -> list[Sample]:
     ]
 
 
-def _encode(adapter: Qwen2_5_VLAdapter, samples: list[Sample]) -> dict[str, Any]:
+def _encode(adapter: Qwen2VLAdapter, samples: list[Sample]) -> dict[str, Any]:
     texts = [adapter.chat_prompt(s.question) for s in samples]
     return adapter.processor(images=[s.load_image() for s in samples], text=texts, return_tensors="pt", padding=True)
 
@@ -117,18 +150,18 @@ class RecordAttention(Strategy):
         return Selection(keep=torch.arange(ctx.num_tokens))
 
 
-def test_registered_and_picked_by_model_type(ckpt: Path) -> None:
+def test_registered_and_picked_by_model_type(family: Family, ckpt: Path) -> None:
     import tokenbench
     from tokenbench.compare import adapter_for
 
     registry = tokenbench.get_registry(refresh=True)
-    assert "qwen2_5_vl" in registry.names("adapters") and "llava" in registry.names("adapters")
-    assert adapter_for(registry, str(ckpt), None) is Qwen2_5_VLAdapter
-    assert Qwen2_5_VLAdapter.visual_token_capacity({"model_type": "qwen2_5_vl"}) is None
+    assert {"qwen2_5_vl", "qwen2_vl", "llava"} <= set(registry.names("adapters"))
+    assert adapter_for(registry, str(ckpt), None) is family.adapter
+    assert family.adapter.visual_token_capacity({"model_type": family.name}) is None
 
 
 @pytest.mark.parametrize("batch", [1, 2])
-def test_baseline_equals_unmodified_model(adapter: Qwen2_5_VLAdapter, stock: Any, samples: list[Sample], batch: int) -> None:
+def test_baseline_equals_unmodified_model(adapter: Qwen2VLAdapter, stock: Any, samples: list[Sample], batch: int) -> None:
     group = samples[-batch:] if batch == 1 else samples
     out, _, setups, _ = adapter.run(group, [s.question for s in group], Baseline(), FULL, max_new_tokens=20)
     enc = _encode(adapter, group)
@@ -183,7 +216,7 @@ def _reference(
     return first, tokens
 
 
-def test_vision_selection_equals_pruned_inputs_embeds_with_original_positions(adapter: Qwen2_5_VLAdapter, stock: Any, samples: list[Sample]) -> None:
+def test_vision_selection_equals_pruned_inputs_embeds_with_original_positions(adapter: Qwen2VLAdapter, stock: Any, samples: list[Sample]) -> None:
     out, _, setups, _ = adapter.run(samples, [s.question for s in samples], KeepFixed(), FULL, max_new_tokens=6)
     enc = _encode(adapter, samples)
     for b, setup in enumerate(setups):
@@ -209,7 +242,7 @@ class KeepAndMerge(Strategy):
         return Selection(keep=keep, merged=ctx.tokens[dropped].mean(dim=0, keepdim=True), merged_positions=torch.tensor([1]))
 
 
-def test_merged_token_takes_its_donor_position(adapter: Qwen2_5_VLAdapter, stock: Any, samples: list[Sample]) -> None:
+def test_merged_token_takes_its_donor_position(adapter: Qwen2VLAdapter, stock: Any, samples: list[Sample]) -> None:
     out, _, setups, _ = adapter.run(samples, [s.question for s in samples], KeepAndMerge(), FULL, max_new_tokens=4)
     enc = _encode(adapter, samples)
     for b, setup in enumerate(setups):
@@ -234,7 +267,7 @@ class PruneInLLM(Strategy):
         return Selection(keep=KeepFixed.indices(ctx.num_tokens))
 
 
-def test_llm_selection_equals_stock_layers_without_cache(adapter: Qwen2_5_VLAdapter, stock: Any, samples: list[Sample]) -> None:
+def test_llm_selection_equals_stock_layers_without_cache(adapter: Qwen2VLAdapter, stock: Any, samples: list[Sample]) -> None:
     """Reference without any cache: every step reruns the prompt and the generated tokens through the stock
     layers, dropping the unkept visual rows (and their 3-D positions) after layer 0."""
     out, _, setups, _ = adapter.run(samples, [s.question for s in samples], PruneInLLM(), FULL, max_new_tokens=4)
@@ -272,7 +305,7 @@ def test_llm_selection_equals_stock_layers_without_cache(adapter: Qwen2_5_VLAdap
         assert out.tokens[b] == tokens
 
 
-def test_grids_counts_and_fraction_budgets_are_per_image(adapter: Qwen2_5_VLAdapter, ckpt: Path, samples: list[Sample]) -> None:
+def test_grids_counts_and_fraction_budgets_are_per_image(family: Family, adapter: Qwen2VLAdapter, ckpt: Path, samples: list[Sample]) -> None:
     from tokenbench.strategies.random_drop import RandomDrop
 
     results = adapter.generate(samples, [s.question for s in samples], RandomDrop(), Budget("fraction", 0.25), max_new_tokens=2)
@@ -282,28 +315,36 @@ def test_grids_counts_and_fraction_budgets_are_per_image(adapter: Qwen2_5_VLAdap
     assert [len(r.kept["vision"]) for r in results] == [6, 2]
     assert [r.tokens_per_layer for r in results] == [[6] * LAYERS, [2] * LAYERS]
     assert all(r.text_tokens > 0 for r in results)
-    small = Qwen2_5_VLAdapter.load(str(ckpt), max_pixels=16 * 16)
+    small = family.adapter.load(str(ckpt), max_pixels=16 * 16)
     assert small.describe()["max_pixels"] == 256 and adapter.describe()["max_pixels"] == 64 * 64
     res = small.generate(samples[:1], PROMPTS[:1], RandomDrop(), Budget("fraction", 0.25), max_new_tokens=1)
     assert res[0].num_visual < 24 and res[0].num_visual == res[0].grid[0] * res[0].grid[1]
 
 
-def test_flops_follow_each_image_grid_and_the_kept_tokens(adapter: Qwen2_5_VLAdapter, samples: list[Sample]) -> None:
+def test_flops_follow_each_image_grid_and_the_kept_tokens(adapter: Qwen2VLAdapter, samples: list[Sample]) -> None:
     from tokenbench.strategies.random_drop import RandomDrop
 
     full = adapter.generate(samples, PROMPTS, Baseline(), FULL, max_new_tokens=1)
     pruned = adapter.generate(samples, PROMPTS, RandomDrop(), Budget("fraction", 0.25), max_new_tokens=1)
     f_full, f_small, f_pruned = adapter.flops(full[0]), adapter.flops(full[1]), adapter.flops(pruned[0])
     assert set(f_full) == {"vision", "projector", "llm_prefill", "decode_per_token", "total_prefill"}
+    from tokenbench.flops import count_macs
+
     merger = adapter.model.model.visual.merger
-    assert f_full["projector"] == 2 * 24 * sum(m.in_features * m.out_features for m in merger.mlp if isinstance(m, torch.nn.Linear))
+    linear = 24 * sum(m.in_features * m.out_features for m in merger.mlp if isinstance(m, torch.nn.Linear))
+    width = merger.ln_q.weight.shape[0]
+    norm = count_macs(merger.ln_q, (torch.zeros(24 * 4, width),)).total  # fvcore's LayerNorm count (Qwen2-VL); RMSNorm: 0
+    assert f_full["projector"] == 2 * (linear + norm)
     assert f_full["vision"] > f_small["vision"] > 0 and f_full["projector"] > f_small["projector"]
     assert f_pruned["vision"] == f_full["vision"] and f_pruned["llm_prefill"] < f_full["llm_prefill"]
 
 
-def test_saliency_equals_eager_attention_in_last_full_attention_block(adapter: Qwen2_5_VLAdapter, ckpt: Path, samples: list[Sample]) -> None:
-    from transformers import AttentionInterface, Qwen2_5_VLForConditionalGeneration
-    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import eager_attention_forward
+def test_saliency_equals_eager_attention_in_the_saliency_block(family: Family, adapter: Qwen2VLAdapter, ckpt: Path, samples: list[Sample]) -> None:
+    import importlib
+
+    from transformers import AttentionInterface
+
+    eager_attention_forward = importlib.import_module(family.adapter.modeling).eager_attention_forward
 
     records: list[tuple[Any, torch.Tensor]] = []
 
@@ -313,19 +354,19 @@ def test_saliency_equals_eager_attention_in_last_full_attention_block(adapter: Q
         return out, weights
 
     AttentionInterface.register("tokenbench_test_record_eager", recording_eager)
-    eager = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(ckpt), dtype=torch.float32, attn_implementation="tokenbench_test_record_eager").eval()
+    eager = family.stock_class().from_pretrained(str(ckpt), dtype=torch.float32, attn_implementation="tokenbench_test_record_eager").eval()
     enc = _encode(adapter, samples)
-    block = eager.model.visual.blocks[eager.config.vision_config.fullatt_block_indexes[-1]]
+    block = eager.model.visual.blocks[family.saliency_block(eager.config)]
     with torch.no_grad():
         vis = eager.model.visual(enc["pixel_values"], grid_thw=enc["image_grid_thw"])
         window_order = eager.model.visual.merger(vis.last_hidden_state)
     probs = [w for m, w in records if m is block.attn]
     assert len(probs) == 2  # one full-attention span per image
     received = torch.cat([p[0].mean(dim=0).mean(dim=0) for p in probs])  # heads, then query rows
-    pooled = received.view(-1, 4).mean(dim=1)  # window order
-    # the language model's order, read off the stock merger output
+    pooled = received.view(-1, 4).mean(dim=1)  # the tower's order
+    # the language model's order, read off the stock merger output (Qwen2.5-VL: window order differs)
     perm = torch.cdist(vis.pooler_output, window_order).argmin(dim=1)
-    assert sorted(perm.tolist()) == list(range(len(perm))) and perm.tolist() != list(range(len(perm)))
+    assert sorted(perm.tolist()) == list(range(len(perm))) and (perm.tolist() != list(range(len(perm)))) == family.windowed
     expected = pooled[perm].split([24, 9])
     feats, saliency = adapter.encode_images(enc["pixel_values"], enc["image_grid_thw"], saliency=True)
     assert saliency is not None
@@ -336,10 +377,8 @@ def test_saliency_equals_eager_attention_in_last_full_attention_block(adapter: Q
 
 
 @pytest.mark.parametrize("query", ["last", "text"])
-def test_attention_signal_equals_eager_probabilities(adapter: Qwen2_5_VLAdapter, ckpt: Path, samples: list[Sample], query: str) -> None:
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    eager = Qwen2_5_VLForConditionalGeneration.from_pretrained(str(ckpt), dtype=torch.float32, attn_implementation="eager").eval()
+def test_attention_signal_equals_eager_probabilities(family: Family, adapter: Qwen2VLAdapter, ckpt: Path, samples: list[Sample], query: str) -> None:
+    eager = family.stock_class().from_pretrained(str(ckpt), dtype=torch.float32, attn_implementation="eager").eval()
     strategy = RecordAttention(query)
     adapter.run(samples[:1], PROMPTS[:1], strategy, FULL, max_new_tokens=1)
     enc = _encode(adapter, samples[:1])
@@ -361,7 +400,7 @@ def _strategy_names() -> list[str]:
 
 
 @pytest.mark.parametrize("name", _strategy_names())
-def test_every_registered_strategy_runs(adapter: Qwen2_5_VLAdapter, samples: list[Sample], name: str) -> None:
+def test_every_registered_strategy_runs(adapter: Qwen2VLAdapter, samples: list[Sample], name: str) -> None:
     import tokenbench
 
     if name in UNRELATED:

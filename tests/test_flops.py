@@ -37,6 +37,7 @@ from tokenbench.flops_analytic import (
     layer_averaged_tokens,
     llm_prefill_macs,
     load_model_config,
+    qwen2_vl_vision_macs,
     vision_tower_macs,
 )
 from tokenbench.flops_report import flops_rows, flops_table
@@ -254,6 +255,21 @@ def test_qwen2_5_vl_vision_tower_matches_analytic(height_width: tuple[int, int])
     assert _close(result.matmul_total, analytic.qwen2_5_vl_vision_macs(cfg, height_width)), result
 
 
+@pytest.mark.parametrize("height_width", [(168, 168), (112, 224)])
+def test_qwen2_vl_vision_tower_matches_analytic(height_width: tuple[int, int]) -> None:
+    from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLVisionConfig
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
+
+    cfg = Qwen2VLVisionConfig(depth=2, embed_dim=32, hidden_size=24, mlp_ratio=3, num_heads=2)
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    model = Qwen2VisionTransformerPretrainedModel(cfg).eval()
+    gh, gw = height_width[0] // 14, height_width[1] // 14
+    patches = torch.randn(gh * gw, 3 * 2 * 14 * 14)
+    result = count_macs(model, (patches,), dict(grid_thw=torch.tensor([[1, gh, gw]])))
+    assert _close(result.matmul_total, analytic.qwen2_vl_vision_macs(cfg, height_width)), result
+
+
 # ---------------------------------------------------------------- configs and report
 
 
@@ -263,6 +279,7 @@ def test_bundled_configs() -> None:
         "llava-1.5-13b": (5120, 40, 576),
         "qwen2.5-vl-3b": (2048, 36, 256),
         "qwen2.5-vl-7b": (3584, 28, 256),
+        "qwen2-vl-7b": (3584, 28, 256),
     }.items():
         cfg = load_model_config(name)
         assert cfg["source"] and cfg["num_visual_tokens"] == tokens
@@ -281,6 +298,10 @@ def test_flops_report() -> None:
     table = flops_table("llava-1.5-7b", [576, 192])
     assert "TFLOPs" in table and "FV-units" in table and "2.986" in table and "0.976" in table
     assert "qwen2.5-vl-7b" in flops_table("qwen2.5-vl-7b", [256, 64], text_tokens=16)
+    # Qwen2-VL-7B: the same language model as Qwen2.5-VL-7B, a denser tower (no windows, a 4x MLP)
+    qwen2, qwen25 = flops_rows("qwen2-vl-7b", [256]), flops_rows("qwen2.5-vl-7b", [256])
+    assert qwen2[0]["llm_prefill_flops"] == qwen25[0]["llm_prefill_flops"]
+    assert qwen2[0]["vision_projector_flops"] == 2 * qwen2_vl_vision_macs(load_model_config("qwen2-vl-7b"), 448) > qwen25[0]["vision_projector_flops"]
 
 
 def test_flops_table_full_budget_row_has_no_negative_zero() -> None:

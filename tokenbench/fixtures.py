@@ -145,10 +145,49 @@ def tiny_qwen2_5_vl_checkpoint(
     Qwen's video processor needs) the processor is saved piece by piece, in the files
     ``Qwen2_5_VLProcessor.save_pretrained`` writes for its tokenizer and image processor.
     """
+    vision = dict(
+        depth=depth,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        patch_size=patch_size,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=window_size,
+        out_hidden_size=64,
+        fullatt_block_indexes=list(fullatt),
+        initializer_range=0.1,
+    )
+    return _tiny_qwen_checkpoint(path, "Qwen2_5_VL", vision, seed=seed, layers=layers, patch_size=patch_size, min_pixels=min_pixels, max_pixels=max_pixels)
+
+
+def tiny_qwen2_vl_checkpoint(
+    path: str | Path, *, seed: int = 0, layers: int = 3, depth: int = 3, patch_size: int = 4, min_pixels: int = 8 * 8, max_pixels: int = 64 * 64
+) -> Path:
+    """Save a tiny random Qwen2-VL: as :func:`tiny_qwen2_5_vl_checkpoint`, with Qwen2-VL's full-attention tower (width 32, MLP ratio 2)."""
+    vision = dict(
+        depth=depth,
+        embed_dim=32,
+        hidden_size=64,
+        mlp_ratio=2,
+        num_heads=2,
+        patch_size=patch_size,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        initializer_range=0.1,
+    )
+    return _tiny_qwen_checkpoint(path, "Qwen2VL", vision, seed=seed, layers=layers, patch_size=patch_size, min_pixels=min_pixels, max_pixels=max_pixels)
+
+
+def _tiny_qwen_checkpoint(
+    path: str | Path, family: str, vision: dict[str, Any], *, seed: int, layers: int, patch_size: int, min_pixels: int, max_pixels: int
+) -> Path:
+    """The tiny Qwen-VL checkpoint of ``family`` (``Qwen2VL``, ``Qwen2_5_VL``: the ``transformers`` class prefix)."""
     import torch
+    import transformers
     from tokenizers import Tokenizer, decoders, pre_tokenizers
     from tokenizers.models import WordLevel
-    from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers import PreTrainedTokenizerFast
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     path = Path(path)
@@ -174,20 +213,8 @@ def tiny_qwen2_5_vl_checkpoint(
         return ident
 
     torch.manual_seed(seed)
-    cfg = Qwen2_5_VLConfig(
-        vision_config=dict(
-            depth=depth,
-            hidden_size=32,
-            intermediate_size=64,
-            num_heads=2,
-            patch_size=patch_size,
-            spatial_merge_size=2,
-            temporal_patch_size=2,
-            window_size=window_size,
-            out_hidden_size=64,
-            fullatt_block_indexes=list(fullatt),
-            initializer_range=0.1,
-        ),
+    cfg = getattr(transformers, f"{family}Config")(
+        vision_config=vision,
         text_config=dict(
             vocab_size=len(tok),
             hidden_size=64,
@@ -207,20 +234,20 @@ def tiny_qwen2_5_vl_checkpoint(
         vision_start_token_id=ids("<|vision_start|>"),
         vision_end_token_id=ids("<|vision_end|>"),
     )
-    model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
+    model = getattr(transformers, f"{family}ForConditionalGeneration")(cfg).eval()
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id
     model.save_pretrained(path)
     ip = Qwen2VLImageProcessorPil(patch_size=patch_size, temporal_patch_size=2, merge_size=2, min_pixels=min_pixels, max_pixels=max_pixels)
     try:
-        from transformers import Qwen2_5_VLProcessor
         from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
         video = Qwen2VLVideoProcessor(patch_size=patch_size, temporal_patch_size=2, merge_size=2)
-        Qwen2_5_VLProcessor(image_processor=ip, tokenizer=tok, video_processor=video, chat_template=QWEN_CHAT_TEMPLATE).save_pretrained(path)
+        processor = getattr(transformers, f"{family}Processor")
+        processor(image_processor=ip, tokenizer=tok, video_processor=video, chat_template=QWEN_CHAT_TEMPLATE).save_pretrained(path)
     except ImportError:  # no torchvision: save what the processor is made of
         tok.save_pretrained(path)
         ip.save_pretrained(path)
         (path / "chat_template.jinja").write_text(QWEN_CHAT_TEMPLATE)
-        (path / "processor_config.json").write_text(json.dumps({"processor_class": "Qwen2_5_VLProcessor"}, indent=2) + "\n")
+        (path / "processor_config.json").write_text(json.dumps({"processor_class": f"{family}Processor"}, indent=2) + "\n")
     return path

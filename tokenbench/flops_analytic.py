@@ -33,6 +33,7 @@ __all__ = [
     "llm_prefill_macs",
     "load_model_config",
     "qwen2_5_vl_vision_macs",
+    "qwen2_vl_vision_macs",
     "vision_tower_macs",
 ]
 
@@ -232,6 +233,32 @@ def qwen2_5_vl_vision_macs(vision_config: Any, image_size: tuple[int, int] | int
     merged = merge * merge * d
     merger = (n // (merge * merge)) * (merged * merged + merged * out_hidden)
     return n * channels * temporal * patch * patch * d + depth * dense + attention + merger
+
+
+def qwen2_vl_vision_macs(vision_config: Any, image_size: tuple[int, int] | int = 448) -> int:
+    """MACs of the Qwen2-VL vision encoder + patch merger on one image (height, width in pixels, multiples of 28).
+
+    As :func:`qwen2_5_vl_vision_macs`, with Qwen2-VL's tower: width ``embed_dim``, a
+    two-matrix MLP ``2·N·d·(mlp_ratio·d)``, full attention ``2·N²·d`` in every block,
+    and the merger's output width ``hidden_size`` (the language model's).
+    """
+    cfg = _sub(vision_config, "vision_config")
+    h_px, w_px = (image_size, image_size) if isinstance(image_size, int) else image_size
+    d = int(_get(cfg, "embed_dim"))
+    m = int(_get(cfg, "mlp_ratio", default=4)) * d
+    patch = int(_get(cfg, "patch_size", "spatial_patch_size"))
+    merge = int(_get(cfg, "spatial_merge_size", default=2))
+    temporal = int(_get(cfg, "temporal_patch_size", default=2))
+    channels = int(_get(cfg, "in_channels", "in_chans", default=3))
+    depth = int(_get(cfg, "depth", "num_hidden_layers"))
+    out_hidden = int(_get(cfg, "hidden_size"))
+    if h_px % (patch * merge) or w_px % (patch * merge):
+        raise ValueError(f"image size {h_px}×{w_px} is not a multiple of {patch * merge} pixels")
+    n = (h_px // patch) * (w_px // patch)
+    block = 4 * n * d * d + 2 * n * d * m + 2 * n * n * d
+    merged = merge * merge * d
+    merger = (n // (merge * merge)) * (merged * merged + merged * out_hidden)
+    return n * channels * temporal * patch * patch * d + depth * block + merger
 
 
 # ----------------------------------------------------------------------- configs

@@ -25,6 +25,7 @@ from tokenbench.flops_analytic import (
     llm_prefill_macs,
     load_model_config,
     qwen2_5_vl_vision_macs,
+    qwen2_vl_vision_macs,
     vision_tower_macs,
 )
 
@@ -41,6 +42,8 @@ def vision_and_projector_flops(config: dict[str, Any]) -> int:
         macs = vision_tower_macs(vision) + llava_projector_macs(int(vision["hidden_size"]), text_hidden, int(config["num_visual_tokens"]))
     elif config.get("model_type") == "qwen2_5_vl":
         macs = qwen2_5_vl_vision_macs(vision, int(config.get("image_size", 448)))  # merger included
+    elif config.get("model_type") == "qwen2_vl":
+        macs = qwen2_vl_vision_macs(vision, int(config.get("image_size", 448)))  # merger included
     else:
         raise ValueError(f"no vision FLOPs model for model_type {config.get('model_type')!r}")
     return 2 * macs

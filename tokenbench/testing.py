@@ -3,15 +3,15 @@
 - :func:`check_strategy_contract` is the contract every strategy must meet; the
   project's own suite runs it over every registered strategy, and a plugin package
   can run it on its own class;
-- :func:`tiny_llava_checkpoint`, :func:`tiny_qwen2_5_vl_checkpoint`,
-  :func:`word_tokenizer` and :func:`write_jsonl_task` make tiny checkpoints and task
+- :func:`tiny_llava_checkpoint`, :func:`tiny_qwen2_vl_checkpoint`,
+  :func:`tiny_qwen2_5_vl_checkpoint`, :func:`word_tokenizer` and :func:`write_jsonl_task` make tiny checkpoints and task
   files (:mod:`tokenbench.fixtures`).
 """
 
 from __future__ import annotations
 
 from tokenbench.contract import check_strategy_contract, contract_adapter, contract_samples
-from tokenbench.fixtures import CHAT_TEMPLATE, tiny_llava_checkpoint, tiny_qwen2_5_vl_checkpoint, word_tokenizer, write_jsonl_task
+from tokenbench.fixtures import CHAT_TEMPLATE, tiny_llava_checkpoint, tiny_qwen2_5_vl_checkpoint, tiny_qwen2_vl_checkpoint, word_tokenizer, write_jsonl_task
 
 __all__ = [
     "CHAT_TEMPLATE",
@@ -20,6 +20,7 @@ __all__ = [
     "contract_samples",
     "tiny_llava_checkpoint",
     "tiny_qwen2_5_vl_checkpoint",
+    "tiny_qwen2_vl_checkpoint",
     "word_tokenizer",
     "write_jsonl_task",
 ]
