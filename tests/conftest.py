@@ -47,10 +47,10 @@ def jsonl_task(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session", autouse=True)
 def _threads_independent_of_the_load() -> Iterator[None]:
-    """compare and gate choose torch's CPU threads from the load average (tokenbench.cli_options.cpu_threads);
-    in tests the load reads as 0, so every in-process run, module-scoped fixtures included, uses torch's default."""
+    """compare and gate choose torch's CPU threads from the CPUs other work keeps busy (tokenbench.cli_options.cpu_threads);
+    in tests that reads as 0, so every in-process run, module-scoped fixtures included, uses torch's default."""
     import tokenbench.cli_options
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(tokenbench.cli_options, "machine_load", lambda: 0.0)
+        patch.setattr(tokenbench.cli_options, "machine_load", lambda: tokenbench.cli_options.CpuLoad(0.0, "test load {busy}"))
         yield

@@ -204,6 +204,22 @@ def test_threads_are_the_cores_not_already_busy(cores: int, load: float, online:
     assert cpu_threads(cores, load, online) == threads
 
 
+def test_the_load_is_what_other_processes_keep_busy_since_the_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    """/proc/stat since the command started, less this process's own CPU time; the load average where it cannot say."""
+    import tokenbench.cli_options as opts
+
+    load = opts.cpu_load((9.0, 497.0, 1.5), (10.0, 500.0, 2.0))  # 3 CPU-s busy in 1 s, 0.5 of them ours
+    assert load is not None and load.busy == 2.5 and load.describe() == "2.5 CPUs busy with other work over the last 1.0 s"
+    monkeypatch.setattr(opts.os, "getloadavg", lambda: (1.26, 0.5, 0.2))
+    assert opts.cpu_load(None, (10.0, 500.0, 2.0)) == opts.CpuLoad(1.26, "1-minute load average {busy:.1f}")  # no /proc/stat at the start
+    short = opts.cpu_load((9.9, 499.0, 1.9), (10.0, 500.0, 2.0))  # too short a window
+    assert short is not None and short.busy == 1.26
+    monkeypatch.undo()
+    if Path("/proc/stat").exists():  # the real reading: the machine has been busy, and so have we
+        start = opts.cpu_reading()
+        assert start is not None and start[1] > 0 and start[2] > 0
+
+
 def test_the_default_threads_follow_the_load_and_are_printed_once(
     tiny_llava: Path, jsonl_task: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -212,7 +228,7 @@ def test_the_default_threads_follow_the_load_and_are_printed_once(
     import tokenbench.cli_options as opts
 
     monkeypatch.setattr(opts, "usable_cores", lambda: 2)
-    monkeypatch.setattr(opts, "machine_load", lambda: 2.14)
+    monkeypatch.setattr(opts, "machine_load", lambda: opts.CpuLoad(2.14, "1-minute load average {busy:.1f}"))
     before = torch.get_num_threads()
     args = [
         "compare",

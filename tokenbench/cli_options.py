@@ -12,8 +12,9 @@ import argparse
 import functools
 import math
 import os
+import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from tokenbench.budget import Budget
 from tokenbench.errors import UsageError
@@ -127,15 +128,16 @@ def add_threads_option(parser: argparse.ArgumentParser) -> None:
         "--threads",
         type=positive_int,
         metavar="N",
-        help="torch CPU threads (default: the cores not already busy, from the 1-minute load average; printed at the start)",
+        help="torch CPU threads (default: the cores other work does not keep busy; printed at the start)",
     )
 
 
 def cpu_threads(cores: int, load: float, online: int | None = None) -> int:
     """Torch CPU threads for a run: the ``cores`` not already busy, at least 1.
 
-    ``load`` is the 1-minute load average, counted over ``online`` CPUs (the machine's,
-    default ``cores``): ``cores * load / online`` of our cores count as busy. PyTorch's
+    ``load`` is the number of CPUs other work keeps busy (:func:`machine_load`), counted
+    over ``online`` CPUs (the machine's, default ``cores``): ``cores * load / online`` of
+    our cores count as busy. PyTorch's
     OpenMP threads spin while they wait for each other, so one thread on a core that
     another process keeps busy holds all of them back: on 2 cores at load 4, 2 threads
     took 21-30 s where 1 took 10-16 s (README, "CPU threads").
@@ -160,10 +162,67 @@ def usable_cores() -> int:
     return max(1, cores)
 
 
-def machine_load() -> float | None:
-    """The 1-minute load average, or ``None`` where the system has none."""
+class CpuLoad(NamedTuple):
+    """How many CPUs other work keeps busy, and how that was measured (printed)."""
+
+    busy: float
+    #: how it was measured, with ``{busy}`` where the number goes: ``"1-minute load average {busy:.1f}"``
+    template: str
+
+    def describe(self) -> str:
+        """>>> CpuLoad(2.14, "1-minute load average {busy:.1f}").describe()
+        '1-minute load average 2.1'
+        """
+        return self.template.format(busy=self.busy)
+
+
+def cpu_reading() -> tuple[float, float, float] | None:
+    """(monotonic seconds, CPU-seconds the whole machine spent busy, CPU-seconds of this process), or ``None`` without ``/proc/stat``."""
     try:
-        return os.getloadavg()[0]
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        ticks = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal (guest is inside user)
+        hz = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if fields[:1] != ["cpu"] or len(ticks) < 5:
+        return None
+    own = os.times()
+    return time.monotonic(), (sum(ticks) - ticks[3] - ticks[4]) / hz, own.user + own.system
+
+
+#: the reading when the command started (this module is imported first thing by the CLI)
+_STARTED = cpu_reading()
+
+
+def busy_elsewhere(start: tuple[float, float, float], now: tuple[float, float, float]) -> float:
+    """CPUs kept busy by other processes between two :func:`cpu_reading` s: the machine's busy time less ours, per second.
+
+    >>> busy_elsewhere((0.0, 100.0, 1.0), (2.0, 104.0, 2.5))  # 4 CPU-s busy in 2 s, 1.5 of them ours
+    1.25
+    """
+    wall = now[0] - start[0]
+    return max(0.0, (now[1] - start[1]) - (now[2] - start[2])) / wall if wall > 0 else 0.0
+
+
+def machine_load() -> CpuLoad | None:
+    """The CPUs other processes keep busy now, or ``None`` where the system cannot say.
+
+    Measured since the command started (``/proc/stat``, the machine's busy CPU time less
+    this process's own: at least the ~1 s of importing torch); without that, the
+    1-minute load average, which still counts a run that has just finished for about a
+    minute (after one tokenbench run, it read 1.3 on an idle 2-core machine and the next
+    run took 1 thread).
+    """
+    return cpu_load(_STARTED, cpu_reading())
+
+
+def cpu_load(start: tuple[float, float, float] | None, now: tuple[float, float, float] | None) -> CpuLoad | None:
+    """:func:`machine_load` between two readings (at least 0.25 s apart), else from the load average."""
+    if start is not None and now is not None and now[0] - start[0] >= 0.25:
+        return CpuLoad(busy_elsewhere(start, now), "{busy:.1f} CPUs busy with other work over the last " + f"{now[0] - start[0]:.1f} s")
+    try:
+        return CpuLoad(os.getloadavg()[0], "1-minute load average {busy:.1f}")
     except (AttributeError, OSError):
         return None
 
@@ -181,11 +240,11 @@ def apply_threads(requested: int | None, report: Callable[[str], None] | None = 
     cores, load = usable_cores(), machine_load()
     if share > 1:
         cores = max(1, cores // share)
-        load = None if load is None else load / share
-    threads = cores if load is None else cpu_threads(cores, load, os.cpu_count())
+        load = None if load is None else load._replace(busy=load.busy / share)
+    threads = cores if load is None else cpu_threads(cores, load.busy, os.cpu_count())
     torch.set_num_threads(threads)
     if report is not None:
-        why = "load average unknown" if load is None else f"1-minute load average {load:.1f}"
+        why = "load unknown" if load is None else load.describe()
         report(f"{threads} CPU thread{'' if threads == 1 else 's'} ({cores} core{'' if cores == 1 else 's'}, {why}; --threads N to override)")
     return threads
 
