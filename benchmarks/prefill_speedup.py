@@ -15,10 +15,16 @@ model:
 - the speed-up the FLOPs imply: baseline prefill FLOPs / strategy prefill FLOPs,
   counted by fvcore on the shapes of the pass (``adapter.flops()``);
 - their ratio (1.0: every FLOP saved is time saved), and the selection's own time as a
-  share of the baseline time to first token.
+  share of the baseline time to first token;
+- the physical limit: the speed-up of the stock model sliced by hand to the same
+  visual-token count entering every decoder layer, with no tokenbench code on the path
+  (benchmarks/physical_limit.py), timed in the same interleaved loop; and the
+  strategy's measured speed-up as a share of it.
 
-Targets: ratio >= 0.95 for strategies acting before the language model, >= 0.9 for
-those acting inside it; selection <= 2% of the baseline TTFT.
+FLOPs do not turn into time one for one even with no overhead (smaller matrix products
+run at a lower rate; docs/measurement.md), so the target is set against the physical
+limit: measured / limit >= 0.97 for every strategy, and selection <= 2% of the baseline
+TTFT. The FLOPs ratio is printed beside it.
 
     python benchmarks/prefill_speedup.py                 # the full run, < 10 min on 2 cores
     python benchmarks/prefill_speedup.py --tiny          # a smoke test, seconds
@@ -40,6 +46,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from physical_limit import LimitAdapter, PhysicalLimit  # noqa: E402
+
+#: a strategy's measured speed-up / the physical limit's (the same per-layer token counts, no tokenbench code)
+LIMIT_TARGET = 0.97
 
 SKIP = {"oracle": "needs shapes-task sample ids (it keeps the cells each answer depends on); not applicable to synthetic images"}
 
@@ -230,6 +243,7 @@ def measure(
                     row["flops"] = None
                     log(f"{strategy.name} @ {budget.label}: FLOPs not counted ({type(exc).__name__}: {exc})")
                 row["tokens_in"] = res.tokens_per_layer[0]
+                row["tokens_per_layer"] = tuple(res.tokens_per_layer)
                 row["layer_avg"] = res.layer_average
                 row["text_tokens"] = res.text_tokens
                 row["num_visual"] = res.num_visual
@@ -240,19 +254,27 @@ def measure(
                 continue
             rows.append(row)
             configs.append((row, TimingConfig(strategy, budget)))
+    # the physical limit of every schedule: the stock model sliced by hand, in the same interleaved loop
+    n_vis = next((r["num_visual"] for r in rows if "num_visual" in r), 0)
+    schedules = sorted({r["tokens_per_layer"] for r in rows if "tokens_per_layer" in r} | {(n_vis,) * adapter.info.num_layers}, key=lambda t: (-sum(t), t))
+    limits = {t: TimingConfig(PhysicalLimit(t), FULL, label=f"limit {t[0]}/{sum(t) / len(t):.1f}") for t in schedules}
     prompts = [s.question for s in samples]
     settings = TimingSettings(len(samples), new_tokens=new_tokens, warmup=warmup, repeats=repeats, memory=memory)
     t0 = time.perf_counter()
     timed_loop(
-        adapter,
+        LimitAdapter(adapter) if new_tokens == 1 else adapter,
         samples,
         prompts,
-        [c for _, c in configs],
+        [c for _, c in configs] + (list(limits.values()) if new_tokens == 1 else []),
         settings=settings,
         device=device,
         deadline=deadline,
         progress=lambda i, n: log(f"  timed round {i}/{n} ({time.perf_counter() - t0:.0f} s)") if i in (1, n) or i % 5 == 0 else None,
     )
+    limit_ttft = {t: summarise(c)["latency_ms"]["ttft_median"] for t, c in limits.items() if c.error is None and c.calls}
+    for t, c in limits.items():
+        if c.error:
+            log(f"physical limit {t[0]} tokens: failed: {c.error}")
     for row, config in configs:
         if config.error:
             row["error"] = config.error
@@ -260,6 +282,9 @@ def measure(
         summary = summarise(config)
         row["timing"] = summary["latency_ms"]
         row["peak_memory_mb"] = summary["peak_memory_mb"]
+        full, sliced = limit_ttft.get((n_vis,) * adapter.info.num_layers), limit_ttft.get(row["tokens_per_layer"])
+        row["limit"] = full / sliced if full and sliced else None
+        row["limit_ttft"] = sliced
     base = next(r for r in rows if r["strategy"] == "baseline")
     for row in rows:
         if "error" in row or "error" in base:
@@ -268,10 +293,10 @@ def measure(
         row["measured"] = blat["ttft_median"] / lat["ttft_median"]
         row["implied"] = base["flops"]["total_prefill"] / row["flops"]["total_prefill"] if row["flops"] and base["flops"] else float("nan")
         row["ratio"] = row["measured"] / row["implied"]
+        row["vs_limit"] = row["measured"] / row["limit"] if row.get("limit") else None
         row["selection_share"] = lat["selection_median"] / blat["ttft_median"]
-        target = 0.95 if row["stage"] == "vision" else 0.9 if row["stage"] == "llm" else None
-        row["target"] = target
-        row["pass"] = None if target is None else bool(row["ratio"] >= target and row["selection_share"] <= 0.02)
+        row["target"] = LIMIT_TARGET if row["stage"] != "none" else None
+        row["pass"] = None if row["target"] is None or row["vs_limit"] is None else bool(row["vs_limit"] >= LIMIT_TARGET and row["selection_share"] <= 0.02)
     return rows
 
 
@@ -361,13 +386,27 @@ def _ms(x: float | None, digits: int = 1) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+def limit_line(rows: Sequence[dict[str, Any]]) -> str:
+    """The physical-limit rows' own TTFTs, beside the tokenbench rows of the same schedule."""
+    by_schedule: dict[tuple[int, ...], list[dict[str, Any]]] = {}
+    for r in rows:
+        if "error" not in r and r.get("limit_ttft"):
+            by_schedule.setdefault(r["tokens_per_layer"], []).append(r)
+    parts = []
+    for schedule, group in sorted(by_schedule.items(), key=lambda kv: -sum(kv[0])):
+        bare = group[0]["limit_ttft"]
+        ours = ", ".join(f"{r['strategy']} {r['timing']['ttft_median'] / bare:.3f}" for r in group)
+        parts.append(f"{schedule[0]} in / {sum(schedule) / len(schedule):.1f} avg: {bare:.1f} ms (tokenbench TTFT / bare: {ours})")
+    return "physical-limit (bare) TTFT medians: " + "; ".join(parts) if parts else "physical-limit rows: none timed"
+
+
 def table(rows: Sequence[dict[str, Any]], fmt: str = "github") -> str:
     from tabulate import tabulate
 
     out = []
     for r in rows:
         if "error" in r:
-            out.append([r["strategy"], r["budget"], r["stage"], "—", "—", "—", "—", "—", "—", "—", "—", "failed: " + r["error"][:60]])
+            out.append([r["strategy"], r["budget"], r["stage"], "—", "—", "—", "—", "—", "—", "—", "—", "—", "—", "failed: " + r["error"][:60]])
             continue
         lat = r["timing"]
         out.append(
@@ -382,8 +421,10 @@ def table(rows: Sequence[dict[str, Any]], fmt: str = "github") -> str:
                 f"{r['measured']:.2f}×",
                 f"{r['implied']:.2f}×",
                 f"{r['ratio']:.3f}",
+                "—" if r.get("limit") is None else f"{r['limit']:.2f}×",
+                "—" if r.get("vs_limit") is None else f"{r['vs_limit']:.3f}",
                 f"{_ms(lat['selection_median'], 2)} ({100 * r['selection_share']:.2f}%)",
-                "—" if r["target"] is None else f"≥{r['target']:.2f}, ≤2%: " + ("pass" if r["pass"] else "MISS"),
+                "—" if r["target"] is None or r["pass"] is None else f"≥{r['target']:.2f}, ≤2%: " + ("pass" if r["pass"] else "MISS"),
             ]
         )
     headers = [
@@ -397,22 +438,30 @@ def table(rows: Sequence[dict[str, Any]], fmt: str = "github") -> str:
         "measured speed-up",
         "FLOPs-implied speed-up",
         "ratio",
+        "physical limit",
+        "measured / limit",
         "selection ms (% base TTFT)",
         "target",
     ]
     return tabulate(out, headers=headers, tablefmt=fmt, disable_numparse=True)
 
 
-def environment_lines(adapter: Any, d: Dims, device: str, dtype: str, extra: Sequence[str] = ()) -> list[str]:
-    from tokenbench.timing import timing_environment
-
-    env = timing_environment(adapter, device)
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` says."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as fh:
             cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), cpu)
     except OSError:
         pass
+    return cpu
+
+
+def environment_lines(adapter: Any, d: Dims, device: str, dtype: str, extra: Sequence[str] = ()) -> list[str]:
+    from tokenbench.timing import timing_environment
+
+    env = timing_environment(adapter, device)
+    cpu = cpu_model()
     return [
         f"model: LLaVA architecture, random weights; LM Llama hidden {d.hidden}, {d.layers} layers, {d.heads} heads / {d.kv_heads} KV, "
         f"FFN {d.ffn}, vocab {d.vocab} ({lm_params(d) / 1e9:.2f} B LM parameters); vision CLIP {d.image}px / patch {d.patch} "
@@ -489,7 +538,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{keep} of {n_vis} visual tokens kept ({100 * keep / n_vis:.1f}%); text tokens {base.get('text_tokens')}; "
         f"{n_calls} timed calls per strategy ({args.samples} samples in turn, strategies interleaved in rotating order, "
         f"rounds until the {args.time_budget:.0f} s budget or {args.repeats} passes), {args.warmup} warm-up runs each",
-        "targets: ratio ≥ 0.95 (vision stage), ≥ 0.90 (LLM stage); selection ≤ 2% of the baseline TTFT",
+        f"targets: measured / physical limit ≥ {LIMIT_TARGET:.2f}; selection ≤ 2% of the baseline TTFT; "
+        "physical limit: the stock model sliced by hand to the strategy's visual tokens per layer (no tokenbench code), same timed loop",
+        limit_line(rows),
         *notes,
         f"wall time {wall:.0f} s ({timed_wall:.0f} s model build, FLOPs tracing, warm-up and timing; the rest profiling); "
         f"load average (1 min) at the start {load0:.2f}",
