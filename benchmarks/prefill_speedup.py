@@ -316,14 +316,14 @@ def profile_breakdown(adapter: Any, strategy: Any, budget: Any, sample: Any, cal
     import cProfile
     import pstats
 
-    from tokenbench import decoding
+    from tokenbench import decoding, layer_signals
 
     layer_fn = type(adapter.parts.layers[0]).forward
     groups = {
         "vision tower": _code_keys(type(adapter.model.model).get_image_features),
         "saliency": _code_keys(type(adapter)._cls_saliency) if hasattr(type(adapter), "_cls_saliency") else set(),
         "decoder layers": _code_keys(layer_fn),
-        "attention signals": _code_keys(decoding._LayerSignals.attention),
+        "attention signals": _code_keys(layer_signals.LayerSignals.attention),
         "select": _code_keys(type(strategy).select),
         "re-layout": _code_keys(decoding._rebuild_row, decoding._repad, decoding._layer_inputs),
         "generate": _code_keys(type(adapter).generate),

@@ -604,9 +604,9 @@ def test_two_llm_stages_equal_manual_layer_loop(m: Bundle) -> None:
 def test_attention_signal_equals_eager_probabilities(m: Bundle, query: str, keys: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The keys come from the layer's KV cache entry, or (no such entry) are recomputed: both equal eager."""
     if keys == "recomputed":
-        import tokenbench.decoding
+        import tokenbench.layer_signals
 
-        monkeypatch.setattr(tokenbench.decoding, "_cached_keys", lambda *args: None)
+        monkeypatch.setattr(tokenbench.layer_signals, "cached_keys", lambda *args: None)
     strategy = Scripted((StageSpec.llm(K, "attention", query=query),))
     run(m, ["a", "b"], strategy, max_new_tokens=1)
     ref = reference_inputs(m, ["a", "b"])

@@ -37,6 +37,7 @@ from torch import nn
 
 from tokenbench.attention_masks import decode_mask, prefill_mask
 from tokenbench.errors import StrategyFailure
+from tokenbench.layer_signals import LayerSignals
 from tokenbench.strategy import Selection, StageContext, StageSpec, Strategy, validate_selection
 from tokenbench.timing import current_timer
 
@@ -178,7 +179,7 @@ def prefill_and_decode(
         llm_stage = by_layer.get(idx)
         if llm_stage is not None:
             layout.hidden = hidden
-            signals = _LayerSignals(layer, layer_in, rope, layout, parts, keys=_cached_keys(cache, idx, hidden.shape[1]))
+            signals = LayerSignals(layer, layer_in, rope, parts.apply_rope, layout.valid, layout.visual, cache=cache, layer_index=idx)
             layout = _apply_stage(layout, signals, llm_stage, strategy, setups, parts, kept, merged, sel_time, n_layers, timer=timer, kept_merged=kept_merged)
             hidden = layout.hidden
             mask, pos_ids, rope = _layer_inputs(parts, layout)
@@ -230,71 +231,9 @@ def _layer_inputs(parts: DecoderParts, layout: TokenLayout) -> tuple[torch.Tenso
     return mask, parts.position_ids(layout.pos), parts.rotary(layout.hidden, layout.pos)
 
 
-class _LayerSignals:
-    """Lazily computed signals of one decoder layer, for one batch.
-
-    The keys come from the layer's own KV cache entry (post-RoPE, as the layer attended
-    with them) when the cache holds the whole prompt; only the requested query rows are
-    normed, projected and rotated. Without such a cache entry the keys are recomputed
-    from the layer's input, the same way.
-    """
-
-    def __init__(
-        self,
-        layer: Any,
-        layer_in: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor],
-        layout: TokenLayout,
-        parts: DecoderParts,
-        keys: torch.Tensor | None = None,
-    ) -> None:
-        self.layer, self.layer_in, self.rope, self.parts, self.keys = layer, layer_in, rope, parts, keys
-        self.valid = layout.valid.clone()
-        self.visual = layout.visual.clone()
-
-    def attention(self, b: int, query: str) -> torch.Tensor:
-        """Head-averaged attention probabilities [Q, n_visual] of sample ``b``'s query rows."""
-        attn: Any = self.layer.self_attn
-        cols = torch.nonzero(self.valid[b]).squeeze(1)
-        visual = self.visual[b, cols]
-        if query == "last":
-            rows = cols[-1:]
-        elif query == "text":
-            rows = cols[~visual]
-        else:
-            rows = cols
-        hd = attn.head_dim
-        cos, sin = (t[b : b + 1] if t.dim() == 3 else t[:, b : b + 1] for t in self.rope)
-        q = attn.q_proj(self.layer.input_layernorm(self.layer_in[b : b + 1, rows])).view(1, rows.numel(), -1, hd).transpose(1, 2)
-        q = self.parts.apply_rope(q, *(_rows(t, rows) for t in (cos, sin)))  # [1, H, Q, hd]
-        if self.keys is not None:
-            k = self.keys[b : b + 1, :, cols]
-        else:
-            k = attn.k_proj(self.layer.input_layernorm(self.layer_in[b : b + 1, cols])).view(1, cols.numel(), -1, hd).transpose(1, 2)
-            k = self.parts.apply_rope(k, *(_rows(t, cols) for t in (cos, sin)))  # [1, H_kv, S_b, hd]
-        heads, kv_heads = q.shape[1], k.shape[1]
-        q = q.view(1, kv_heads, heads // kv_heads, rows.numel(), hd)  # grouped queries share their key head: no repeat
-        scores = (q @ k[:, :, None].transpose(-1, -2)).float().view(1, heads, rows.numel(), cols.numel()) * attn.scaling
-        causal = rows[:, None] >= cols[None, :]
-        scores = scores.masked_fill(~causal, float("-inf"))
-        probs = scores.softmax(dim=-1).mean(dim=1)[0]  # [Q, S_b]
-        return probs[:, visual]
-
-
-def _cached_keys(cache: Any, idx: int, length: int) -> torch.Tensor | None:
-    """Layer ``idx``'s post-RoPE keys ``[B, H_kv, S, hd]`` in a stock ``DynamicCache``, if it holds all ``length`` positions."""
-    layers = getattr(cache, "layers", None)
-    keys = getattr(layers[idx], "keys", None) if layers is not None and idx < len(layers) else None
-    return keys if isinstance(keys, torch.Tensor) and keys.dim() == 4 and keys.shape[2] == length else None
-
-
-def _rows(t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    return t[..., rows, :]
-
-
 def _apply_stage(
     layout: TokenLayout,
-    signals: _LayerSignals | None,
+    signals: LayerSignals | None,
     stage: StageSpec,
     strategy: Strategy,
     setups: Sequence[SampleSetup],
