@@ -20,7 +20,7 @@ import difflib
 import json
 from collections.abc import Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "available_model_configs",
@@ -200,6 +200,32 @@ def _window_sizes(grid: int, window: int) -> list[int]:
     return [min(window, grid - start) for start in range(0, grid, window)]
 
 
+class _QwenPatches(NamedTuple):
+    """What every Qwen-VL tower shares: its patch grid, and the MACs of its patch embedding plus merger."""
+
+    grid_h: int
+    grid_w: int
+    patch: int
+    merge: int
+    embed_and_merger: int
+
+
+def _qwen_patches(cfg: Any, image_size: tuple[int, int] | int, width: int, out_hidden: int) -> _QwenPatches:
+    """Patch embedding ``C·T·p²·d`` per patch; merger ``(m²d → m²d)`` then ``(m²d → out_hidden)`` on ``N / m²`` tokens."""
+    h_px, w_px = (image_size, image_size) if isinstance(image_size, int) else image_size
+    patch = int(_get(cfg, "patch_size", "spatial_patch_size"))
+    merge = int(_get(cfg, "spatial_merge_size", default=2))
+    temporal = int(_get(cfg, "temporal_patch_size", default=2))
+    channels = int(_get(cfg, "in_channels", "in_chans", default=3))
+    if h_px % (patch * merge) or w_px % (patch * merge):
+        raise ValueError(f"image size {h_px}×{w_px} is not a multiple of {patch * merge} pixels")
+    gh, gw = h_px // patch, w_px // patch
+    n = gh * gw
+    merged = merge * merge * width
+    merger = (n // (merge * merge)) * (merged * merged + merged * out_hidden)
+    return _QwenPatches(gh, gw, patch, merge, n * channels * temporal * patch * patch * width + merger)
+
+
 def qwen2_5_vl_vision_macs(vision_config: Any, image_size: tuple[int, int] | int = 448) -> int:
     """MACs of the Qwen2.5-VL vision encoder + patch merger on one image (height, width in pixels, multiples of 28).
 
@@ -211,28 +237,18 @@ def qwen2_5_vl_vision_macs(vision_config: Any, image_size: tuple[int, int] | int
     Merger: ``(4d → 4d)`` then ``(4d → out_hidden_size)`` on ``N / 4`` tokens.
     """
     cfg = _sub(vision_config, "vision_config")
-    h_px, w_px = (image_size, image_size) if isinstance(image_size, int) else image_size
     d, m = int(_get(cfg, "hidden_size")), int(_get(cfg, "intermediate_size"))
-    patch = int(_get(cfg, "patch_size", "spatial_patch_size"))
-    merge = int(_get(cfg, "spatial_merge_size", default=2))
-    temporal = int(_get(cfg, "temporal_patch_size", default=2))
-    channels = int(_get(cfg, "in_channels", "in_chans", default=3))
     depth = int(_get(cfg, "depth", "num_hidden_layers"))
     full_blocks = set(_get(cfg, "fullatt_block_indexes", default=range(depth)))
-    out_hidden = int(_get(cfg, "out_hidden_size"))
-    if h_px % (patch * merge) or w_px % (patch * merge):
-        raise ValueError(f"image size {h_px}×{w_px} is not a multiple of {patch * merge} pixels")
-    gh, gw = h_px // patch, w_px // patch
-    n = gh * gw
+    p = _qwen_patches(cfg, image_size, d, int(_get(cfg, "out_hidden_size")))
+    n, merge = p.grid_h * p.grid_w, p.merge
     # windows are laid out on the merged grid, window_size / merge / patch merge units per side
-    units = int(_get(cfg, "window_size", default=112)) // merge // patch
-    windows = [(a * merge) * (b * merge) for a in _window_sizes(gh // merge, units) for b in _window_sizes(gw // merge, units)]
+    units = int(_get(cfg, "window_size", default=112)) // merge // p.patch
+    windows = [(a * merge) * (b * merge) for a in _window_sizes(p.grid_h // merge, units) for b in _window_sizes(p.grid_w // merge, units)]
     windowed_sq = sum(w * w for w in windows)
     dense = 4 * n * d * d + 3 * n * d * m
     attention = sum(2 * (n * n if i in full_blocks else windowed_sq) * d for i in range(depth))
-    merged = merge * merge * d
-    merger = (n // (merge * merge)) * (merged * merged + merged * out_hidden)
-    return n * channels * temporal * patch * patch * d + depth * dense + attention + merger
+    return p.embed_and_merger + depth * dense + attention
 
 
 def qwen2_vl_vision_macs(vision_config: Any, image_size: tuple[int, int] | int = 448) -> int:
@@ -243,22 +259,12 @@ def qwen2_vl_vision_macs(vision_config: Any, image_size: tuple[int, int] | int =
     and the merger's output width ``hidden_size`` (the language model's).
     """
     cfg = _sub(vision_config, "vision_config")
-    h_px, w_px = (image_size, image_size) if isinstance(image_size, int) else image_size
     d = int(_get(cfg, "embed_dim"))
     m = int(_get(cfg, "mlp_ratio", default=4)) * d
-    patch = int(_get(cfg, "patch_size", "spatial_patch_size"))
-    merge = int(_get(cfg, "spatial_merge_size", default=2))
-    temporal = int(_get(cfg, "temporal_patch_size", default=2))
-    channels = int(_get(cfg, "in_channels", "in_chans", default=3))
     depth = int(_get(cfg, "depth", "num_hidden_layers"))
-    out_hidden = int(_get(cfg, "hidden_size"))
-    if h_px % (patch * merge) or w_px % (patch * merge):
-        raise ValueError(f"image size {h_px}×{w_px} is not a multiple of {patch * merge} pixels")
-    n = (h_px // patch) * (w_px // patch)
-    block = 4 * n * d * d + 2 * n * d * m + 2 * n * n * d
-    merged = merge * merge * d
-    merger = (n // (merge * merge)) * (merged * merged + merged * out_hidden)
-    return n * channels * temporal * patch * patch * d + depth * block + merger
+    p = _qwen_patches(cfg, image_size, d, int(_get(cfg, "hidden_size")))
+    n = p.grid_h * p.grid_w
+    return p.embed_and_merger + depth * (4 * n * d * d + 2 * n * d * m + 2 * n * n * d)
 
 
 # ----------------------------------------------------------------------- configs
