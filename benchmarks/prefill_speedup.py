@@ -255,17 +255,19 @@ def measure(
             rows.append(row)
             configs.append((row, TimingConfig(strategy, budget)))
     # the physical limit of every schedule: the stock model sliced by hand, in the same interleaved loop
+    # (first-token timing only: the bare rows stop at the first token's logits)
     n_vis = next((r["num_visual"] for r in rows if "num_visual" in r), 0)
-    schedules = sorted({r["tokens_per_layer"] for r in rows if "tokens_per_layer" in r} | {(n_vis,) * adapter.info.num_layers}, key=lambda t: (-sum(t), t))
-    limits = {t: TimingConfig(PhysicalLimit(t), FULL, label=f"limit {t[0]}/{sum(t) / len(t):.1f}") for t in schedules}
+    unpruned = (n_vis,) * adapter.info.num_layers
+    schedules = sorted({r["tokens_per_layer"] for r in rows if "tokens_per_layer" in r} | {unpruned}, key=lambda t: (-sum(t), t))
+    limits = {t: TimingConfig(PhysicalLimit(t), FULL, label=f"limit {t[0]}/{sum(t) / len(t):.1f}") for t in schedules} if new_tokens == 1 else {}
     prompts = [s.question for s in samples]
     settings = TimingSettings(len(samples), new_tokens=new_tokens, warmup=warmup, repeats=repeats, memory=memory)
     t0 = time.perf_counter()
     timed_loop(
-        LimitAdapter(adapter) if new_tokens == 1 else adapter,
+        LimitAdapter(adapter) if limits else adapter,
         samples,
         prompts,
-        [c for _, c in configs] + (list(limits.values()) if new_tokens == 1 else []),
+        [c for _, c in configs] + list(limits.values()),
         settings=settings,
         device=device,
         deadline=deadline,
@@ -282,7 +284,7 @@ def measure(
         summary = summarise(config)
         row["timing"] = summary["latency_ms"]
         row["peak_memory_mb"] = summary["peak_memory_mb"]
-        full, sliced = limit_ttft.get((n_vis,) * adapter.info.num_layers), limit_ttft.get(row["tokens_per_layer"])
+        full, sliced = limit_ttft.get(unpruned), limit_ttft.get(row["tokens_per_layer"])
         row["limit"] = full / sliced if full and sliced else None
         row["limit_ttft"] = sliced
     base = next(r for r in rows if r["strategy"] == "baseline")
