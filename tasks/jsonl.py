@@ -1,9 +1,14 @@
 """``jsonl``: bring your own data, one JSON object a line.
 
 Each line: ``{"id": ..., "image": "relative/path.png", "question": ..., "answers":
-[...], "choices": [...] (optional), "kind": ... (optional)}``; image paths are relative
-to the file. Scoring is exact match after normalisation (case, punctuation, articles,
-number words); with ``choices``, the option letter or the option text counts.
+[...], "choices": [...] (optional), "kind": ... (optional)}``. Instead of ``image``
+(one image), a line may give ``"images": ["a.png", "b.png"]`` (several, in order;
+not together with ``image``), ``"video": "clip.mp4"`` (a video file) or ``"video":
+["f0.png", "f1.png", ...]`` (its frames, in order), or images and a video together;
+at least one of ``image``, ``images``, ``video`` is required. Every path is relative
+to the file and must exist. Scoring is exact match after normalisation (case,
+punctuation, articles, number words); with ``choices``, the option letter or the
+option text counts.
 """
 
 from __future__ import annotations
@@ -11,11 +16,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tokenbench.answers import choice_letter, exact_match
 from tokenbench.task import Sample, Task, TaskDataError
 
-_REQUIRED = ("id", "image", "question", "answers")
+_REQUIRED = ("id", "question", "answers")
+#: at least one of these (``image`` and ``images`` exclude each other)
+_MEDIA = ("image", "images", "video")
 
 
 class JsonlTask(Task):
@@ -49,8 +57,12 @@ class JsonlTask(Task):
         if not isinstance(obj, dict):
             raise TaskDataError(f"{where}: expected a JSON object")
         missing = [k for k in _REQUIRED if k not in obj]
+        if not any(k in obj for k in _MEDIA):
+            missing.append("image, images or video")
         if missing:
-            raise TaskDataError(f"{where}: missing key(s) {', '.join(missing)} (need {', '.join(_REQUIRED)})")
+            raise TaskDataError(f"{where}: missing key(s) {', '.join(missing)} (need {', '.join(_REQUIRED)} and one of {', '.join(_MEDIA)})")
+        if "image" in obj and "images" in obj:
+            raise TaskDataError(f"{where}: give 'image' (one) or 'images' (a list), not both")
         answers = obj["answers"]
         if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
             raise TaskDataError(f"{where}: 'answers' must be a non-empty list of strings")
@@ -58,17 +70,24 @@ class JsonlTask(Task):
         if sid in seen:
             raise TaskDataError(f"{where}: duplicate id {sid!r}")
         seen.add(sid)
-        image = path.parent / str(obj["image"])
-        if not image.is_file():
-            raise TaskDataError(f"{where}: image {obj['image']!r} not found (paths are relative to the .jsonl file)")
+        image: Any = None
+        if "image" in obj:
+            image = _file(path, where, "image", obj["image"])
+        elif "images" in obj:
+            image = _files(path, where, "images", obj["images"])
+        video: Any = None
+        if "video" in obj:
+            raw = obj["video"]
+            video = _files(path, where, "video", raw) if isinstance(raw, list) else _file(path, where, "video", raw)
         choices = obj.get("choices")
         return Sample(
             id=sid,
-            image=str(image),
+            image=image,
             question=str(obj["question"]),
             answers=tuple(answers),
             choices=tuple(str(c) for c in choices) if choices else None,
             kind=str(obj["kind"]) if obj.get("kind") is not None else None,
+            video=video,
         )
 
     def score(self, sample: Sample, prediction: str) -> float:
@@ -78,3 +97,20 @@ class JsonlTask(Task):
                 picked = sample.choices["ABCDEFGHIJ".index(letter)]
                 return float(exact_match(picked, sample.answers) or letter in sample.answers)
         return exact_match(prediction, sample.answers)
+
+
+def _file(path: Path, where: str, key: str, value: Any) -> str:
+    """The existing file ``value`` names, relative to the .jsonl ``path``."""
+    if value is None or isinstance(value, (bool, list, dict)):
+        raise TaskDataError(f"{where}: {key!r} must be a path (a string), got {value!r}")
+    file = path.parent / str(value)
+    if not file.is_file():
+        raise TaskDataError(f"{where}: {key} {value!r} not found (paths are relative to the .jsonl file)")
+    return str(file)
+
+
+def _files(path: Path, where: str, key: str, value: Any) -> tuple[str, ...]:
+    """The existing files a non-empty list of paths names, in order."""
+    if not isinstance(value, list) or not value:
+        raise TaskDataError(f"{where}: {key!r} must be a non-empty list of paths, got {value!r}")
+    return tuple(_file(path, where, f"{key}[{i}]", v) for i, v in enumerate(value))

@@ -23,11 +23,24 @@ MetricKind = Literal["binary", "continuous"]
 
 @dataclass(frozen=True)
 class Sample:
-    """One question about one image.
+    """One question about one image, several images, or a video.
 
-    ``image`` is a path, a ``PIL.Image.Image``, or a zero-argument callable returning one; ``kind`` is the question type or
+    ``image`` is an image source (a path, a ``PIL.Image.Image``, or a zero-argument
+    callable returning one), a list or tuple of them (a multi-image sample, in order), or
+    ``None`` (a video-only sample); ``kind`` is the question type or
     benchmark category (used by ``--by kind`` and stratified ``--limit``); ``meta`` holds
-    task-specific extras (for example ``relevant_cells`` on ``shapes``).
+    task-specific extras (for example ``relevant_cells`` on ``shapes``); ``video`` is a
+    path to a video file or a list or tuple of frame image sources (see
+    :meth:`load_video`).
+
+    >>> from PIL import Image
+    >>> red, blue = Image.new("RGB", (4, 4), "red"), Image.new("RGB", (2, 2), "blue")
+    >>> s = Sample(id="q2", image=[red, lambda: blue], question="Same colour?", answers=("no",))
+    >>> s.num_images, s.has_video, [im.size for im in s.load_images()], s.load_image().size
+    (2, False, [(4, 4), (2, 2)], (4, 4))
+    >>> v = Sample(id="v1", image=None, question="", answers=("a",), video=[red] * 3 + [blue])
+    >>> v.num_images, v.has_video, v.load_images(), [im.size for im in v.load_video(num_frames=2)]
+    (0, True, [], [(4, 4), (2, 2)])
     """
 
     id: str
@@ -37,20 +50,79 @@ class Sample:
     choices: tuple[str, ...] | None = None
     kind: str | None = None
     meta: Mapping[str, Any] = field(default_factory=dict)
+    video: Any = None
+
+    @property
+    def num_images(self) -> int:
+        """How many images the sample carries: 0 (``image`` is ``None``), 1, or the list's length."""
+        if self.image is None:
+            return 0
+        return len(self.image) if isinstance(self.image, (list, tuple)) else 1
+
+    @property
+    def has_video(self) -> bool:
+        """Whether the sample carries a video (a file or a non-empty frame list)."""
+        return bool(self.video) if isinstance(self.video, (list, tuple)) else self.video is not None
 
     def load_image(self) -> Any:
-        """The image as an RGB ``PIL.Image.Image``."""
+        """The image as an RGB ``PIL.Image.Image``; of a multi-image sample, the first."""
+        if not self.num_images:
+            raise TaskDataError(f"sample {self.id} has no image")
+        return self._load(self.image[0] if isinstance(self.image, (list, tuple)) else self.image, "image")
+
+    def load_images(self) -> list[Any]:
+        """Every image, in order, as RGB ``PIL.Image.Image`` (``[]`` when ``image`` is ``None``)."""
+        if self.image is None:
+            return []
+        sources = self.image if isinstance(self.image, (list, tuple)) else [self.image]
+        return [self._load(src, "image") for src in sources]
+
+    def load_video(self, num_frames: int | None = None, fps: float | None = None) -> list[Any]:
+        """The video's frames as RGB ``PIL.Image.Image``.
+
+        A file is decoded with PyAV (the ``video`` extra; :mod:`tokenbench.video`):
+        ``fps`` given, the frame nearest each of ``0, 1/fps, 2/fps, …`` seconds (from the
+        first frame, up to the last; a clip of ``D`` seconds gives ``D × fps`` frames),
+        and with ``num_frames`` too, at most ``num_frames`` of those, evenly spaced;
+        else ``num_frames`` given, the frames at ``numpy.linspace(0, n - 1,
+        num_frames).round()`` of its ``n`` (as lmms-eval and Qwen's vision utils
+        sample; more than ``n`` repeats frames); neither, every frame. A frame list has
+        no timestamps, so it is taken as already sampled: ``fps`` does not apply to it,
+        and ``num_frames`` picks the same ``linspace`` indices of the list (with
+        ``fps`` given, only when the list is longer). Only the picked frames are read.
+
+        >>> from PIL import Image
+        >>> frames = [lambda i=i: Image.new("L", (1, 1), i) for i in range(10)]
+        >>> s = Sample(id="v", image=None, question="", answers=("a",), video=frames)
+        >>> [im.getpixel((0, 0))[0] for im in s.load_video(num_frames=4)]
+        [0, 3, 6, 9]
+        >>> len(s.load_video()), len(s.load_video(fps=2)), len(s.load_video(fps=2, num_frames=4)), len(s.load_video(fps=2, num_frames=16))
+        (10, 10, 4, 10)
+        """
+        from tokenbench.video import evenly_spaced, read_frames
+
+        if not self.has_video:
+            raise TaskDataError(f"sample {self.id} has no video")
+        if isinstance(self.video, (list, tuple)):
+            n = len(self.video)
+            capped = fps is not None and num_frames is not None and n <= num_frames
+            picks = range(n) if num_frames is None or capped else evenly_spaced(n, num_frames)
+            return [self._load(self.video[i], "video frame") for i in picks]
+        return read_frames(self.video, num_frames=num_frames, fps=fps, sample=self.id)
+
+    def _load(self, source: Any, what: str) -> Any:
+        """One image source (a path, a ``PIL`` image, or a callable returning one) as RGB."""
         from PIL import Image
 
-        if callable(self.image) and not hasattr(self.image, "convert"):  # a lazy image
-            return self.image().convert("RGB")
-        if isinstance(self.image, (str, Path)):
+        if callable(source) and not hasattr(source, "convert"):  # a lazy image
+            return source().convert("RGB")
+        if isinstance(source, (str, Path)):
             try:
-                with Image.open(self.image) as im:
+                with Image.open(source) as im:
                     return im.convert("RGB")
             except (OSError, ValueError) as exc:
-                raise TaskDataError(f"{self.image}: cannot read image for sample {self.id} ({exc})") from None
-        return self.image.convert("RGB")
+                raise TaskDataError(f"{source}: cannot read {what} for sample {self.id} ({exc})") from None
+        return source.convert("RGB")
 
 
 class Task:
