@@ -4,6 +4,11 @@ Vision stage: the projected visual tokens, the token grid, the encoder saliency 
 [CLS] row of the attention of the CLIP layer the features are taken from,
 head-averaged) and the embedded prompt. LLM stage: after any decoder layer, through
 :class:`tokenbench.DecoderAdapter`. Kept tokens keep their original 1-D position ids.
+
+Several images in one sample (the checkpoint's chat template puts one ``<image>`` per
+image, as the stock processor expects): each image is a segment of its own grid, in
+prompt order; the budget is for the sample. A checkpoint without a chat template has
+one ``<image>`` in its default prompt, so it takes one image.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import Any
 
 import torch
 
-from tokenbench import DecoderAdapter, DecoderParts, EncodedBatch, TokenCounts, load_pretrained, mark_phase, torch_dtype
+from tokenbench import DecoderAdapter, DecoderParts, EncodedBatch, TokenCounts, load_pretrained, mark_phase, stack_segments, torch_dtype
 
 DEFAULT_PROMPT = "USER: <image>\n{question} ASSISTANT:"
 
@@ -53,14 +58,15 @@ class LlavaAdapter(DecoderAdapter):
         return self.stock_decoder_parts(apply_rotary_pos_emb)
 
     def vision_macs(self, counts: TokenCounts) -> tuple[int, int]:
-        """(vision tower, projector) multiply-adds for one image, traced once."""
+        """(vision tower, projector) multiply-adds of the sample's images (``vision_inputs``: ``((images,),)``), traced once."""
         vcfg = self.model.config.vision_config
         param = next(self.model.parameters())
         pixels = torch.zeros(1, 3, vcfg.image_size, vcfg.image_size, dtype=param.dtype, device=param.device)
         tower = self.meter.count(("vision", vcfg.image_size), self.model.model.vision_tower, (pixels,))
         feats = torch.zeros(1, counts.num_visual, vcfg.hidden_size, dtype=param.dtype, device=param.device)
         proj = self.meter.count(("projector", counts.num_visual), self.model.model.multi_modal_projector, (feats,))
-        return tower, proj
+        images = counts.vision_inputs[0][0] if counts.vision_inputs else 1
+        return tower * images, proj
 
     def encode(self, inputs: Mapping[str, Any], *, saliency: bool) -> EncodedBatch:
         """Projected CLIP features in place of the ``<image>`` tokens; a square grid (else one row); [CLS] saliency."""
@@ -75,13 +81,20 @@ class LlavaAdapter(DecoderAdapter):
             output_hidden_states=saliency or None,
             return_dict=True,
         )
-        feats = list(img.pooler_output)  # per image [N, d]
-        n_vis = int(feats[0].shape[0])
-        sal = self._cls_saliency(img.hidden_states) if saliency else None
-        layout = self.visual_layout(ids, attn, ids == self.image_token_id, feats, self.sequential_positions(attn))
+        per_image = list(img.pooler_output)  # per image [N, d], the batch's images in prompt order
+        n_vis = int(per_image[0].shape[0])
+        images = [int(n) // n_vis for n in (ids == self.image_token_id).sum(dim=1).tolist()]  # per sample
         side = math.isqrt(n_vis)
         grid = (side, side) if side * side == n_vis else (1, n_vis)
-        return EncodedBatch(layout, [grid] * len(feats), None if sal is None else list(sal))
+        bounds = [sum(images[:b]) for b in range(len(images) + 1)]
+        feats = [torch.cat(per_image[a:z]) for a, z in zip(bounds[:-1], bounds[1:])]
+        sal = None
+        if saliency:  # each image's [CLS] saliency sums to 1
+            cls = self._cls_saliency(img.hidden_states)
+            sal = [cls[a:z].flatten() for a, z in zip(bounds[:-1], bounds[1:])]
+        layout = self.visual_layout(ids, attn, ids == self.image_token_id, feats, self.sequential_positions(attn))
+        segments = [stack_segments([("image", grid, k) for k in range(n)]) for n in images]
+        return EncodedBatch(layout, [grid] * len(images), sal, segments, [((n,),) for n in images])
 
     def _cls_saliency(self, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """[B, N]: the [CLS] row of the feature layer's attention, head-averaged, [CLS] column dropped."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tokenbench.segment_selection import select_per_segment
 from tokenbench.strategy import ModelInfo, Selection, StageContext, StageSpec, Strategy
 
 
@@ -60,6 +61,10 @@ class Pooling(Strategy):
         return (StageSpec.vision(),)
 
     def select(self, ctx: StageContext) -> Selection:
+        # several segments (AnyRes crops, tiles, frames): each grid pooled to its share of the budget
+        return select_per_segment(ctx, self._pool)
+
+    def _pool(self, ctx: StageContext) -> Selection:
         h, w = ctx.grid
         if ctx.num_tokens != h * w:
             raise ValueError(f"pooling needs the full {h}x{w} grid, got {ctx.num_tokens} tokens")

@@ -72,6 +72,8 @@ import torch
 import torch.nn.functional as F
 
 from tokenbench.errors import UsageError
+from tokenbench.segment_selection import select_per_segment
+from tokenbench.segments import split_budget
 from tokenbench.strategies.attention_only import top_k_sorted
 from tokenbench.strategies.depth import round_half_up
 from tokenbench.strategy import ModelInfo, Selection, StageContext, StageSpec, Strategy
@@ -201,14 +203,19 @@ class SPPruner(Strategy):
     def select(self, ctx: StageContext) -> Selection:
         if ctx.stage.kind == "llm":
             return self._progressive(ctx)
+        b = ctx.budget
+        if self.params["progressive"]:
+            b = progressive_split(ctx.budget, ctx.num_visual, ctx.num_layers, float(self.params["progressive_ratio"]))[1]
+        # several segments (AnyRes crops, tiles, frames): each grid on its own, with its share
+        return select_per_segment(ctx, self._select_grid, split_budget([s.count for s in ctx.segments], b))
+
+    def _select_grid(self, ctx: StageContext) -> Selection:
+        """The vision-stage selection on one grid, keeping ``ctx.budget`` tokens."""
         n = ctx.num_tokens
         h, w = ctx.grid
         if n != h * w:
             raise ValueError(f"sppruner needs the full {h}x{w} grid at the vision stage, got {n} tokens")
-        b = ctx.budget
-        if self.params["progressive"]:
-            b = progressive_split(ctx.budget, ctx.num_visual, ctx.num_layers, float(self.params["progressive_ratio"]))[1]
-        b = min(b, n)
+        b = min(ctx.budget, n)
         x = ctx.tokens.float()
         xn = F.normalize(x, dim=-1)
         focus = self.focus_score(ctx, xn)

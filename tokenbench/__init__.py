@@ -30,6 +30,7 @@ from tokenbench.errors import (
 from tokenbench.hookspecs import Register, hookimpl
 from tokenbench.named_model import NamedModel
 from tokenbench.registry import get_registry
+from tokenbench.segments import Segment, split_budget, stack_segments
 from tokenbench.strategy import ModelInfo, Selection, StageContext, StageSpec, Strategy
 from tokenbench.task import Sample, Task
 
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
     from tokenbench.flops import MacCounter
     from tokenbench.flops_meter import FlopsMeter
     from tokenbench.frame import results_frame
+    from tokenbench.processors import load_processor
+    from tokenbench.segment_selection import select_per_segment
     from tokenbench.timing import mark_phase
 
 __version__ = "0.1.0"
@@ -62,6 +65,8 @@ _LAZY = {
     "FlopsMeter": "tokenbench.flops_meter",
     "MacCounter": "tokenbench.flops",
     "results_frame": "tokenbench.frame",
+    "load_processor": "tokenbench.processors",
+    "select_per_segment": "tokenbench.segment_selection",
     "mark_phase": "tokenbench.timing",
 }
 
@@ -86,6 +91,7 @@ __all__ = [
     "Sample",
     "SampleFailure",
     "SampleSetup",
+    "Segment",
     "Selection",
     "SelectionError",
     "StageContext",
@@ -105,11 +111,15 @@ __all__ = [
     "get_registry",
     "hookimpl",
     "load_pretrained",
+    "load_processor",
     "make_stop",
     "mark_phase",
     "model_identity",
     "prefill_and_decode",
     "results_frame",
+    "select_per_segment",
+    "split_budget",
+    "stack_segments",
     "torch_dtype",
 ]
 

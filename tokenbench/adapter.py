@@ -28,6 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from tokenbench.segments import Segment, single_segment
 from tokenbench.strategy import ModelInfo, Strategy
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ class TokenCounts:
     """The token counts of one sample's forward pass: everything its FLOPs depend on.
 
     >>> TokenCounts.from_record({"num_visual": 16, "grid": [4, 4], "text_tokens": 9, "tokens_per_layer": [4, 4, 2]})
-    TokenCounts(num_visual=16, grid=(4, 4), text_tokens=9, tokens_per_layer=(4, 4, 2))
+    TokenCounts(num_visual=16, grid=(4, 4), text_tokens=9, tokens_per_layer=(4, 4, 2), vision_inputs=())
     """
 
     #: visual tokens the image was encoded into, before any stage
@@ -52,12 +53,16 @@ class TokenCounts:
     text_tokens: int
     #: visual tokens entering each decoder layer, measured in the forward pass
     tokens_per_layer: tuple[int, ...]
+    #: what the vision encoder ran on, one tuple of integers per input in the adapter's
+    #: own terms (e.g. ``(tiles, height, width)``); empty: one image giving ``grid``
+    vision_inputs: tuple[tuple[int, ...], ...] = ()
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> TokenCounts:
         """The counts a stored per-sample record keeps (the harness writes these keys)."""
         rows, cols = record["grid"]
-        return cls(int(record["num_visual"]), (int(rows), int(cols)), int(record["text_tokens"]), tuple(int(n) for n in record["tokens_per_layer"]))
+        inputs = tuple(tuple(int(v) for v in shape) for shape in record.get("vision_inputs") or ())
+        return cls(int(record["num_visual"]), (int(rows), int(cols)), int(record["text_tokens"]), tuple(int(n) for n in record["tokens_per_layer"]), inputs)
 
 
 @dataclass
@@ -84,6 +89,17 @@ class GenerationResult:
     text_tokens: int = 0
     #: stage label -> merged tokens made at an earlier stage that this stage kept (not in ``kept``)
     kept_merged: dict[str, int] = field(default_factory=dict)
+    #: the parts the visual tokens come in (images, crops, tiles, frames); empty: one image of ``grid``
+    segments: tuple[Segment, ...] = ()
+    #: stage label -> visual tokens in each segment after that stage
+    segment_counts: dict[str, list[int]] = field(default_factory=dict)
+    #: what the vision encoder ran on (:attr:`TokenCounts.vision_inputs`)
+    vision_inputs: tuple[tuple[int, ...], ...] = ()
+
+    @property
+    def all_segments(self) -> tuple[Segment, ...]:
+        """``segments``, or the one image of ``grid``."""
+        return self.segments or single_segment(self.grid)
 
     @property
     def tokens_into_llm(self) -> int:
@@ -96,7 +112,7 @@ class GenerationResult:
     @property
     def counts(self) -> TokenCounts:
         """The token counts its FLOPs depend on."""
-        return TokenCounts(self.num_visual, (self.grid[0], self.grid[1]), self.text_tokens, tuple(self.tokens_per_layer))
+        return TokenCounts(self.num_visual, (self.grid[0], self.grid[1]), self.text_tokens, tuple(self.tokens_per_layer), self.vision_inputs)
 
 
 class Adapter(ABC):

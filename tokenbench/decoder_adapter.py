@@ -36,10 +36,11 @@ import torch
 from tokenbench.adapter import Adapter, GenerationResult, TokenCounts
 from tokenbench.budget import Budget, sample_generator
 from tokenbench.checkpoints import model_identity
-from tokenbench.decoding import ApplyRopeFn, DecodeOutput, DecoderParts, SampleSetup, TokenLayout, eos_token_ids, make_stop, prefill_and_decode
-from tokenbench.errors import PluginError
+from tokenbench.decoding import SEPARATOR, ApplyRopeFn, DecodeOutput, DecoderParts, SampleSetup, TokenLayout, eos_token_ids, make_stop, prefill_and_decode
+from tokenbench.errors import PluginError, TaskDataError
 from tokenbench.flops import MacCounter
 from tokenbench.flops_meter import FlopsMeter
+from tokenbench.segments import Segment, check_segments
 from tokenbench.strategy import ModelInfo, Strategy
 from tokenbench.task import Sample
 
@@ -55,13 +56,18 @@ class EncodedBatch:
     ``saliency``: each sample's encoder saliency over its visual tokens (``[N_b]``),
     or ``None`` when it was not asked for.
 
-    Each sample has one image, whose visual tokens are one contiguous run of its
-    sequence.
+    A sample with several images, crops, tiles or frames gives its ``segments`` (each
+    sample's :class:`~tokenbench.Segment` tuple, tiling its visual tokens in order; its
+    grid is then ``(1, N_b)``); ``None``: every sample is one image of its grid.
+    ``vision_inputs``: per sample, what the vision encoder ran on, in the adapter's own
+    terms (:attr:`~tokenbench.TokenCounts.vision_inputs`, what :meth:`DecoderAdapter.vision_macs` reads).
     """
 
     layout: TokenLayout
     grids: list[tuple[int, int]]
     saliency: Sequence[torch.Tensor] | None = None
+    segments: Sequence[tuple[Segment, ...]] | None = None
+    vision_inputs: Sequence[tuple[tuple[int, ...], ...]] | None = None
 
 
 class DecodeRun(NamedTuple):
@@ -71,7 +77,7 @@ class DecodeRun(NamedTuple):
     #: the full prompts (:meth:`DecoderAdapter.chat_prompt` of the user texts)
     prompts: list[str]
     setups: list[SampleSetup]
-    #: text (non-visual) tokens of each prompt
+    #: text and separator (non-visual) tokens of each prompt
     text_tokens: list[int]
 
 
@@ -87,6 +93,13 @@ class DecoderAdapter(Adapter):
     #: the prompt when the processor has no chat template (``{question}`` is the user
     #: text); ``None``: the chat template is always applied
     default_prompt: ClassVar[str | None] = None
+    #: images one sample may hold (``None``: no limit); a sample with more is one recorded error
+    max_images: ClassVar[int | None] = None
+    #: whether a sample may hold a video (its frames go to the processor as ``videos``)
+    takes_video: ClassVar[bool] = False
+    #: frames sampled from a video file: at ``video_fps`` frames per second, at most ``video_frames``
+    video_fps: ClassVar[float | None] = 1.0
+    video_frames: ClassVar[int] = 16
 
     def __init__(self, model: Any, processor: Any, source: str, device: str, dtype: str) -> None:
         self.model = model.eval()
@@ -162,24 +175,38 @@ class DecoderAdapter(Adapter):
         )
 
     def visual_layout(
-        self, input_ids: torch.Tensor, valid: torch.Tensor, visual: torch.Tensor, features: Sequence[torch.Tensor], pos: torch.Tensor
+        self,
+        input_ids: torch.Tensor,
+        valid: torch.Tensor,
+        visual: torch.Tensor,
+        features: Sequence[torch.Tensor],
+        pos: torch.Tensor,
+        separators: Sequence[torch.Tensor] | None = None,
     ) -> TokenLayout:
         """The prompt's :class:`~tokenbench.TokenLayout` with the visual tokens in place.
 
         ``input_ids`` and ``valid`` ``[B, S]`` are the processor's (left-padded),
         ``visual`` ``[B, S]`` marks the image placeholders, ``features[b]`` ``[N_b, d]`` are
-        sample ``b``'s visual tokens in the order the language model sees them, and
+        the rows the stock model writes into sample ``b``'s placeholders, in order, and
         ``pos`` ``[B, S, P]`` the original position ids (:meth:`sequential_positions`
-        for 1-D RoPE).
+        for 1-D RoPE). ``separators[b]`` ``[N_b]`` (bool) marks the rows that are
+        separators (``image_newline``): they stay in place and no strategy sees them;
+        the other rows are the visual tokens, numbered 0, 1, ... in order.
         """
-        counts = [int(f.shape[0]) for f in features]
+        rows = [int(f.shape[0]) for f in features]
         placeholders = visual.sum(dim=1).tolist()
-        if placeholders != counts:
-            raise PluginError(f"{type(self).__name__}: the prompts hold {placeholders} image placeholders but the images gave {counts} visual tokens")
+        if placeholders != rows:
+            raise PluginError(f"{type(self).__name__}: the prompts hold {placeholders} image placeholders but the images gave {rows} visual tokens")
         embeds = self.parts.embed(input_ids)
         embeds[visual] = torch.cat(list(features)).to(embeds.dtype)
         origin = torch.full_like(input_ids, -1)
-        origin[visual] = torch.cat([torch.arange(n, device=input_ids.device) for n in counts])
+        numbers = []
+        for b, n in enumerate(rows):
+            sep = separators[b].to(input_ids.device).bool() if separators is not None else torch.zeros(n, dtype=torch.bool, device=input_ids.device)
+            num = torch.full((n,), SEPARATOR, dtype=torch.long, device=input_ids.device)
+            num[~sep] = torch.arange(int((~sep).sum()), device=input_ids.device)
+            numbers.append(num)
+        origin[visual] = torch.cat(numbers)
         return TokenLayout(embeds, pos, valid, origin)
 
     @staticmethod
@@ -188,12 +215,48 @@ class DecoderAdapter(Adapter):
         return (valid.long().cumsum(-1) - 1).clamp(min=0)[..., None]
 
     # -- the contract, implemented --------------------------------------------------------
-    def chat_prompt(self, user_text: str) -> str:
-        """The full prompt for one user turn with one image, by the processor's chat template."""
+    def chat_prompt(self, user_text: str, *, images: int = 1, video: bool = False) -> str:
+        """The full prompt for one user turn with ``images`` images (and a video), by the processor's chat template.
+
+        The images come first, then the video, then the text, as in the models' own
+        multi-image examples.
+        """
         if self.default_prompt is not None and not getattr(self.processor, "chat_template", None):
+            if images != 1 or video:
+                raise TaskDataError(
+                    f"{self.source} has no chat template and the {self.name} adapter's default prompt takes one image, not {images} images{' and a video' if video else ''}"
+                )
             return self.default_prompt.format(question=user_text)
-        conv = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": user_text}]}]
+        content: list[dict[str, Any]] = [{"type": "image"} for _ in range(images)]
+        if video:
+            content.append({"type": "video"})
+        conv = [{"role": "user", "content": [*content, {"type": "text", "text": user_text}]}]
         return str(self.processor.apply_chat_template(conv, add_generation_prompt=True))
+
+    def visual_inputs(self, samples: Sequence[Sample]) -> tuple[list[list[Any]], list[list[Any]]]:
+        """Each sample's images and video frames (PIL), checked against what the model takes.
+
+        A sample with more images than :attr:`max_images`, or a video the adapter does
+        not take, raises :class:`~tokenbench.TaskDataError` naming it: the harness records
+        that sample alone and the run goes on.
+        """
+        images, videos = [], []
+        for s in samples:
+            n = s.num_images
+            if self.max_images is not None and n > self.max_images:
+                raise TaskDataError(f"sample {s.id}: {n} images, but the {self.name} adapter's template takes at most {self.max_images}")
+            if s.has_video and not self.takes_video:
+                raise TaskDataError(f"sample {s.id}: holds a video, which the {self.name} adapter does not take")
+            images.append(s.load_images())
+            videos.append(s.load_video(num_frames=self.video_frames, fps=self.video_fps) if s.has_video else [])
+        return images, videos
+
+    def processor_inputs(self, images: Sequence[Sequence[Any]], videos: Sequence[Sequence[Any]], texts: Sequence[str]) -> Mapping[str, Any]:
+        """The processor's output for a batch (the images of all samples in one flat list, in order)."""
+        kwargs: dict[str, Any] = {"images": [im for ims in images for im in ims] or None}
+        if any(videos):
+            kwargs["videos"] = [list(v) for v in videos if v]
+        return self.processor(text=list(texts), return_tensors="pt", padding=True, **kwargs)
 
     def describe(self) -> dict[str, Any]:
         """:func:`~tokenbench.model_identity` with the prompt family; extend it with the processor options that change results."""
@@ -220,24 +283,31 @@ class DecoderAdapter(Adapter):
         stop_strings: Sequence[str] = (),
     ) -> DecodeRun:
         """The reduced forward pass and greedy decode; generation ends at EOS or at any of ``stop_strings``."""
-        texts = [self.chat_prompt(p) for p in prompts]
-        inputs = self.processor(images=[s.load_image() for s in samples], text=texts, return_tensors="pt", padding=True)
+        images, videos = self.visual_inputs(samples)
+        texts = [self.chat_prompt(p, images=len(i), video=bool(v)) for p, i, v in zip(prompts, images, videos)]
+        inputs = self.processor_inputs(images, videos, texts)
         stages = strategy.schedule(self.info)
         encoded = self.encode(inputs, saliency=any("saliency" in s.signals for s in stages))
         layout = encoded.layout
         if layout.hidden.shape[0] != len(samples) or len(encoded.grids) != len(samples):
             raise PluginError(f"{type(self).__name__}.encode returned {layout.hidden.shape[0]} rows and {len(encoded.grids)} grids for {len(samples)} samples")
         counts = layout.visual_counts()
-        text_rows = layout.valid & ~layout.visual
+        text_rows = layout.valid & layout.text
+        segments = [tuple(encoded.segments[b]) if encoded.segments is not None else () for b in range(len(samples))]
+        for b, segs in enumerate(segments):
+            if segs:
+                check_segments(segs, counts[b])
         setups = [
             SampleSetup(
                 sample_id=s.id,
                 budget=budget.resolve(counts[b], strategy.default_keep),
                 num_visual=counts[b],
-                grid=encoded.grids[b],
+                grid=encoded.grids[b] if len(segments[b]) <= 1 else (1, counts[b]),
                 generator=sample_generator(seed, s.id, strategy.name),
                 saliency=None if encoded.saliency is None else encoded.saliency[b],
                 text_embeddings=layout.hidden[b, text_rows[b]],
+                segments=segments[b],
+                vision_inputs=tuple(encoded.vision_inputs[b]) if encoded.vision_inputs is not None else (),
             )
             for b, s in enumerate(samples)
         ]
@@ -251,7 +321,7 @@ class DecoderAdapter(Adapter):
             eos_ids=self.eos_ids,
             stop=make_stop(self.tokenizer, tuple(stop_strings)) if stop_strings else None,
         )
-        return DecodeRun(out, texts, setups, text_rows.sum(dim=1).tolist())
+        return DecodeRun(out, texts, setups, (layout.valid & ~layout.visual).sum(dim=1).tolist())
 
     @torch.no_grad()
     def generate(
@@ -282,6 +352,9 @@ class DecoderAdapter(Adapter):
                 answer_margin=float(top2[b, 0] - top2[b, 1]),
                 selection_seconds=out.selection_seconds[b],
                 text_tokens=run.text_tokens[b],
+                segments=s.segments,
+                segment_counts=out.segment_counts[b] if out.segment_counts else {},
+                vision_inputs=s.vision_inputs,
             )
             for b, s in enumerate(run.setups)
         ]

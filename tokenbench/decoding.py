@@ -38,6 +38,7 @@ from torch import nn
 from tokenbench.attention_masks import decode_mask, prefill_mask
 from tokenbench.errors import StrategyFailure
 from tokenbench.layer_signals import LayerSignals
+from tokenbench.segments import Segment, segment_counts
 from tokenbench.strategy import Selection, StageContext, StageSpec, Strategy, validate_selection
 from tokenbench.timing import current_timer
 
@@ -66,14 +67,22 @@ class DecoderParts:
     attention: str = "sdpa"
 
 
+#: ``TokenLayout.origin`` of a text token
+TEXT = -1
+#: ``TokenLayout.origin`` of a separator among the visual tokens (never selected, never dropped)
+SEPARATOR = -2
+
+
 @dataclass
 class TokenLayout:
     """A left-padded batch of token sequences.
 
     ``pos`` holds the original position ids (``P`` = 1 for 1-D RoPE, 3 for M-RoPE);
-    ``origin`` is the original visual index of each visual entry and -1 elsewhere (a
-    merged token carries its donor's); ``merged`` marks the merged tokens an earlier
-    stage created (``None``: none).
+    ``origin`` is the original visual index of each visual entry (a merged token
+    carries its donor's), :data:`TEXT` (-1) for text and :data:`SEPARATOR` (-2) for the
+    separator tokens a model puts among its visual tokens (``image_newline``), which no
+    strategy sees or drops; ``merged`` marks the merged tokens an earlier stage created
+    (``None``: none).
     """
 
     hidden: torch.Tensor  # [B, S, d]
@@ -85,6 +94,11 @@ class TokenLayout:
     @property
     def visual(self) -> torch.Tensor:
         return self.origin >= 0
+
+    @property
+    def text(self) -> torch.Tensor:
+        """Text entries: neither visual nor separators (padding included; and with ``valid``)."""
+        return self.origin == TEXT
 
     @property
     def is_merged(self) -> torch.Tensor:
@@ -106,6 +120,10 @@ class SampleSetup:
     saliency: torch.Tensor | None = None  # [N] over original visual tokens
     text_embeddings: torch.Tensor | None = None  # [T, d]
     state: dict[str, Any] = field(default_factory=dict)
+    #: the sample's visual segments (empty: one image of ``grid``)
+    segments: tuple[Segment, ...] = ()
+    #: what the vision encoder ran on (:attr:`tokenbench.TokenCounts.vision_inputs`), for FLOPs
+    vision_inputs: tuple[tuple[int, ...], ...] = ()
 
 
 @dataclass
@@ -120,6 +138,8 @@ class DecodeOutput:
     selection_seconds: list[float]
     #: per sample, stage label -> merged tokens of earlier stages kept (not in ``kept``)
     kept_merged: list[dict[str, int]] = field(default_factory=list)
+    #: per sample, stage label -> visual tokens in each segment after that stage (merged ones by their donor's)
+    segment_counts: list[dict[str, list[int]]] = field(default_factory=list)
 
 
 def prefill_and_decode(
@@ -151,6 +171,7 @@ def prefill_and_decode(
     kept: list[dict[str, list[int]]] = [{} for _ in range(batch)]
     merged: list[dict[str, int]] = [{} for _ in range(batch)]
     kept_merged: list[dict[str, int]] = [{} for _ in range(batch)]
+    seg_counts: list[dict[str, list[int]]] = [{} for _ in range(batch)]
     sel_time = [0.0] * batch
     by_layer = {s.after_layer: s for s in stages if s.kind == "llm"}
     if any(k is not None and k >= n_layers - 1 for k in by_layer):
@@ -158,7 +179,9 @@ def prefill_and_decode(
 
     for stage in stages:
         if stage.kind == "vision":
-            layout = _apply_stage(layout, None, stage, strategy, setups, parts, kept, merged, sel_time, n_layers, timer=timer, kept_merged=kept_merged)
+            layout = _apply_stage(
+                layout, None, stage, strategy, setups, parts, kept, merged, sel_time, n_layers, timer=timer, kept_merged=kept_merged, seg_counts=seg_counts
+            )
 
     cache = parts.make_cache()
     per_layer: list[list[int]] = [[] for _ in range(batch)]
@@ -179,8 +202,22 @@ def prefill_and_decode(
         llm_stage = by_layer.get(idx)
         if llm_stage is not None:
             layout.hidden = hidden
-            signals = LayerSignals(layer, layer_in, rope, parts.apply_rope, layout.valid, layout.visual, cache=cache, layer_index=idx)
-            layout = _apply_stage(layout, signals, llm_stage, strategy, setups, parts, kept, merged, sel_time, n_layers, timer=timer, kept_merged=kept_merged)
+            signals = LayerSignals(layer, layer_in, rope, parts.apply_rope, layout.valid, layout.visual, cache=cache, layer_index=idx, text=layout.text)
+            layout = _apply_stage(
+                layout,
+                signals,
+                llm_stage,
+                strategy,
+                setups,
+                parts,
+                kept,
+                merged,
+                sel_time,
+                n_layers,
+                timer=timer,
+                kept_merged=kept_merged,
+                seg_counts=seg_counts,
+            )
             hidden = layout.hidden
             mask, pos_ids, rope = _layer_inputs(parts, layout)
             counts = layout.visual_counts()
@@ -222,7 +259,7 @@ def prefill_and_decode(
         logits = parts.lm_head(parts.norm(h))[:, -1, :].float()
         if timer is not None:
             timer.mark("token")
-    return DecodeOutput(out, per_layer, kept, merged, first_logits, sel_time, kept_merged)
+    return DecodeOutput(out, per_layer, kept, merged, first_logits, sel_time, kept_merged, seg_counts)
 
 
 def _layer_inputs(parts: DecoderParts, layout: TokenLayout) -> tuple[torch.Tensor | None, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
@@ -244,6 +281,7 @@ def _apply_stage(
     n_layers: int,
     timer: Any = None,
     kept_merged: list[dict[str, int]] | None = None,
+    seg_counts: list[dict[str, list[int]]] | None = None,
 ) -> TokenLayout:
     rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
     is_merged = layout.is_merged
@@ -267,6 +305,7 @@ def _apply_stage(
             text_embeddings=setup.text_embeddings if "text_embeddings" in stage.signals else None,
             attention=signals.attention(b, stage.query) if signals is not None and "attention" in stage.signals else None,
             state=setup.state,
+            segments=setup.segments,
         )
         if timer is not None:
             timer.mark("selection_start")
@@ -286,38 +325,47 @@ def _apply_stage(
         if kept_merged is not None:
             kept_merged[b][stage.label] = int(was_merged.sum())
         merged[b][stage.label] = 0 if sel.merged is None else int(sel.merged.shape[0])
-        rows.append(_rebuild_row(layout, b, valid_idx, v_idx, sel, strategy.position_policy))
+        row = _rebuild_row(layout, b, valid_idx, v_idx, sel, strategy.position_policy)
+        if seg_counts is not None:
+            seg_counts[b][stage.label] = segment_counts(ctx.segments, row[2][row[2] >= 0])
+        rows.append(row)
     return _repad(rows, layout.hidden.shape[-1], layout.pos.shape[-1], layout.hidden)
 
 
 def _rebuild_row(
     layout: TokenLayout, b: int, valid_idx: torch.Tensor, v_idx: torch.Tensor, sel: Selection, policy: str = "original"
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The sample's new sequence: text before, the new visual segment, text after (ids by ``policy``).
+    """The sample's new sequence: every text and separator token where it was, the kept
+    visual tokens where they were, each merged token after its donor (``merged_at_end``:
+    after the last kept or donor visual token, in the given order); ids by ``policy``.
 
     Returns hidden states, position ids, origins and the merged-token flags.
     """
     hid, pos, org, mrg = layout.hidden[b], layout.pos[b], layout.origin[b], layout.is_merged[b]
-    vis_hidden = sel.values.to(hid.dtype) if sel.values is not None else hid[v_idx[sel.keep]]
-    seg_h, seg_p, seg_o, order = [vis_hidden], [pos[v_idx[sel.keep]]], [org[v_idx[sel.keep]]], [sel.keep * 2]
-    seg_m = [mrg[v_idx[sel.keep]]]
-    if sel.merged is not None and sel.merged_positions is not None and sel.merged.shape[0]:
+    other = valid_idx[org[valid_idx] < 0]  # text and separators: never dropped
+    kept_at = v_idx[sel.keep]  # sequence index of each kept visual token
+    n_merged = 0 if sel.merged is None else int(sel.merged.shape[0])
+    slot = n_merged + 2  # sort keys: sequence index x slot, merged tokens in between
+    seg_i = [other, kept_at]
+    seg_h = [hid[other], sel.values.to(hid.dtype) if sel.values is not None else hid[kept_at]]
+    keys = [other * slot, kept_at * slot]
+    seg_m = [mrg[other], mrg[kept_at]]
+    if n_merged and sel.merged is not None and sel.merged_positions is not None:
         donors = v_idx[sel.merged_positions]
+        steps = torch.arange(1, n_merged + 1, device=donors.device)
+        if sel.merged_at_end:
+            last = int(torch.cat([kept_at, donors]).max())
+            keys.append(last * slot + steps)
+        else:
+            keys.append(donors * slot + steps)  # after its donor; several on one donor in the given order
+        seg_i.append(donors)
         seg_h.append(sel.merged.to(hid.dtype))
-        seg_p.append(pos[donors])
-        seg_o.append(org[donors])
-        seg_m.append(torch.ones(sel.merged.shape[0], dtype=torch.bool, device=mrg.device))
-        # after its donor, or (merged_at_end) after every kept token, in the given order
-        end = 2 * max(int(sel.keep.max()) if sel.keep.numel() else 0, int(sel.merged_positions.max())) + 2
-        order.append(end + torch.arange(sel.merged.shape[0], device=sel.keep.device) if sel.merged_at_end else sel.merged_positions * 2 + 1)
-    perm = torch.argsort(torch.cat(order), stable=True)
-    first_vis = int(v_idx[0]) if v_idx.numel() else int(valid_idx[-1]) + 1
-    before = valid_idx[valid_idx < first_vis]
-    after = valid_idx[(valid_idx > first_vis) & (layout.origin[b, valid_idx] < 0)]
-    h = torch.cat([hid[before], torch.cat(seg_h)[perm], hid[after]])
-    p = torch.cat([pos[before], torch.cat(seg_p)[perm], pos[after]])
-    o = torch.cat([org[before], torch.cat(seg_o)[perm], org[after]])
-    m = torch.cat([mrg[before], torch.cat(seg_m)[perm], mrg[after]])
+        seg_m.append(torch.ones(n_merged, dtype=torch.bool, device=mrg.device))
+    perm = torch.argsort(torch.cat(keys), stable=True)
+    at = torch.cat(seg_i)[perm]
+    h = torch.cat(seg_h)[perm]
+    p, o = pos[at], org[at]
+    m = torch.cat(seg_m)[perm]
     if policy == "contiguous":
         p = contiguous_positions(p, o >= 0)
     return h, p, o, m

@@ -91,7 +91,13 @@ def _record(task: Task, sample: Sample, position: int, result: GenerationResult,
         "kept_merged": result.kept_merged,
         "answer_margin": result.answer_margin,
         "selection_seconds": result.selection_seconds,
+        "segments": [
+            {**seg.to_record(), "tokens": seg.count, "kept": {label: counts[i] for label, counts in result.segment_counts.items()}}
+            for i, seg in enumerate(result.all_segments)
+        ],
     }
+    if result.vision_inputs:
+        record["vision_inputs"] = [list(shape) for shape in result.vision_inputs]
     record.update(task.diagnostics(sample, result))
     cluster = task.cluster(sample)
     if cluster is not None:  # the paired statistics test over clusters (tokenbench.stats_clustered)

@@ -33,6 +33,8 @@ class LayerSignals:
 
     ``layer_in``: the layer's input hidden states ``[B, S, d]``; ``rope``: its rotary
     tables; ``valid``/``visual``: ``[B, S]`` masks of the real and the visual positions;
+    ``text``: of the text positions (the ``"text"`` query rows; default: every
+    non-visual one; separators among the visual tokens are neither);
     ``cache``, ``layer_index``: where the layer's keys may be read.
     """
 
@@ -47,11 +49,13 @@ class LayerSignals:
         *,
         cache: Any = None,
         layer_index: int = 0,
+        text: torch.Tensor | None = None,
     ) -> None:
         self.layer, self.layer_in, self.rope, self.apply_rope = layer, layer_in, rope, apply_rope
         self.keys = cached_keys(cache, layer_index, layer_in.shape[1])
         self.valid = valid.clone()
         self.visual = visual.clone()
+        self.text = ~self.visual if text is None else text.clone()
 
     def attention(self, b: int, query: str) -> torch.Tensor:
         """Head-averaged attention probabilities [Q, n_visual] of sample ``b``'s query rows."""
@@ -61,7 +65,7 @@ class LayerSignals:
         if query == "last":
             rows = cols[-1:]
         elif query == "text":
-            rows = cols[~visual]
+            rows = cols[self.text[b, cols]]
         else:
             rows = cols
         hd = attn.head_dim

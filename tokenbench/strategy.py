@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 from tokenbench.errors import PluginError, SelectionError, UsageError
+from tokenbench.segments import Segment, check_segments, segment_of, single_segment
 
 if TYPE_CHECKING:  # torch is imported lazily so that listing plugins stays torch-free
     import torch
@@ -113,9 +114,16 @@ class StageContext:
 
     ``tokens`` are the visual tokens still present (projected embeddings at the vision
     stage, the layer's output hidden states at an LLM stage); ``origin[i]`` is the index
-    of token ``i`` in the original visual sequence (row-major on ``grid``; a merged token
-    carries the index of the token whose position it took). Optional signals are
-    ``None`` unless the stage asked for them.
+    of token ``i`` in the original visual sequence (a merged token carries the index of
+    the token whose position it took). Optional signals are ``None`` unless the stage
+    asked for them.
+
+    ``segments`` are the parts the sample's visual tokens come in (:class:`~tokenbench.Segment`:
+    an image, a crop, a tile, a frame, each with its own grid and its run of original
+    indices); ``budget`` is for the whole sample. With one segment, ``grid`` is its
+    grid (row-major over ``origin``); with several, ``grid`` is ``(1, num_visual)``, so a
+    strategy that reads 2-D neighbourhoods must go by ``segments``
+    (:func:`tokenbench.select_per_segment` runs a one-grid selection on each).
     """
 
     stage: StageSpec
@@ -131,11 +139,24 @@ class StageContext:
     text_embeddings: torch.Tensor | None = None
     attention: torch.Tensor | None = None
     state: dict[str, Any] = field(default_factory=dict)
+    segments: tuple[Segment, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.segments:
+            self.segments = single_segment(self.grid)
+        elif len(self.segments) > 1:
+            check_segments(self.segments, self.num_visual)
+            self.grid = (1, self.num_visual)
 
     @property
     def num_tokens(self) -> int:
         """Visual tokens present at this stage."""
         return int(self.tokens.shape[0])
+
+    @property
+    def segment_ids(self) -> torch.Tensor:
+        """``[num_tokens]``: the segment each present token belongs to (index into ``segments``)."""
+        return segment_of(self.segments, self.origin)
 
     def require(self, signal: Signal) -> torch.Tensor:
         """The optional ``signal`` (``saliency``, ``text_embeddings`` or ``attention``) the stage asked for.
@@ -158,13 +179,24 @@ class StageContext:
         seed: int = 0,
         num_layers: int = 4,
         num_text: int = 3,
+        segments: tuple[Segment, ...] = (),
     ) -> StageContext:
-        """A context with random signals, for unit tests of strategies."""
+        """A context with random signals, for unit tests of strategies.
+
+        ``segments``: the sample's visual segments (``num_visual`` is then their total).
+
+        >>> from tokenbench import Segment
+        >>> ctx = StageContext.for_testing(budget=5, segments=(Segment("base", (2, 2), 0), Segment("crops", (2, 4), 4)))
+        >>> ctx.num_visual, ctx.grid, ctx.segment_ids.tolist()
+        (12, (1, 12), [0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1])
+        """
         import torch
 
         g = torch.Generator().manual_seed(seed)
+        if segments:
+            num_visual = segments[-1].stop
         side = int(math.isqrt(num_visual))
-        grid = (side, side) if side * side == num_visual else (1, num_visual)
+        grid = segments[0].grid if len(segments) == 1 else (side, side) if side * side == num_visual else (1, num_visual)
         stage = stage or StageSpec.vision("saliency", "text_embeddings")
         sal = torch.rand(num_visual, generator=g)
         return cls(
@@ -180,6 +212,7 @@ class StageContext:
             saliency=sal / sal.sum(),
             text_embeddings=torch.randn(num_text, dim, generator=g),
             attention=torch.softmax(torch.randn(num_text, num_visual, generator=g), dim=-1) if stage.kind == "llm" else None,
+            segments=segments,
         )
 
 
