@@ -4,7 +4,9 @@
   initialised stock ``transformers`` model with its tokenizer and processor
   (``save_pretrained``), loadable by path like any real checkpoint;
 - :func:`word_tokenizer` is the word-level tokenizer they use;
-- :func:`write_jsonl_task` writes a small ``jsonl`` task with drawn images.
+- :func:`write_jsonl_task` writes a small ``jsonl`` task with drawn images;
+  :func:`write_multi_image_jsonl_task` and :func:`write_video_jsonl_task` write ones
+  whose samples carry several images or a video (frames, or a file written with PyAV).
 
 Import them from :mod:`tokenbench.testing`.
 """
@@ -28,14 +30,19 @@ CHAT_TEMPLATE = (
 )
 
 
-def word_tokenizer(words: list[str] | tuple[str, ...] = WORDS, **kwargs: Any) -> Any:
-    """A word-level ``PreTrainedTokenizerFast`` with ``<image>``, ``<pad>``, ``<s>``, ``</s>``, ``<unk>``."""
+def word_tokenizer(words: list[str] | tuple[str, ...] = WORDS, *, specials: dict[str, str] | None = None, **kwargs: Any) -> Any:
+    """A word-level ``PreTrainedTokenizerFast`` with ``<image>``, ``<pad>``, ``<s>``, ``</s>``, ``<unk>``.
+
+    ``specials`` adds named special tokens (``{"video_token": "<video>"}`` gives ``tok.video_token``
+    and ``tok.video_token_id``), at the end of the vocabulary: the other ids do not move.
+    """
     from tokenizers import Tokenizer, pre_tokenizers
     from tokenizers.models import WordLevel
     from transformers import PreTrainedTokenizerFast
 
-    specials = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
-    vocab = {w: i for i, w in enumerate(specials + sorted(set(words) | set(":?.,!\n") | {"USER", "ASSISTANT"}))}
+    extra = dict(specials or {})
+    tokens = ["<pad>", "<s>", "</s>", "<unk>", "<image>"] + sorted(set(words) | set(":?.,!\n") | {"USER", "ASSISTANT"})
+    vocab = {w: i for i, w in enumerate(tokens + [t for t in dict.fromkeys(extra.values()) if t not in tokens])}
     tk = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
     from tokenizers import decoders
@@ -47,7 +54,7 @@ def word_tokenizer(words: list[str] | tuple[str, ...] = WORDS, **kwargs: Any) ->
         bos_token="<s>",
         eos_token="</s>",
         unk_token="<unk>",
-        extra_special_tokens={"image_token": "<image>"},
+        extra_special_tokens={"image_token": "<image>", **extra},
         **kwargs,
     )
 
@@ -117,10 +124,97 @@ def write_jsonl_task(directory: str | Path, n: int = 6, size: int = 32) -> Path:
     return out
 
 
+_COLOURS = {"red": (220, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 220)}
+#: frames a second of the video files :func:`write_video_jsonl_task` writes
+VIDEO_FPS = 4
+
+
+def _square(size: int, colour: tuple[int, int, int], x: int, y: int) -> Any:
+    """A grey ``size``×``size`` image with a half-size square of ``colour`` at (x, y)."""
+    from PIL import Image, ImageDraw
+
+    im = Image.new("RGB", (size, size), (128, 128, 128))
+    ImageDraw.Draw(im).rectangle([x, y, x + size // 2, y + size // 2], fill=colour)
+    return im
+
+
+def write_multi_image_jsonl_task(directory: str | Path, n: int = 4, size: int = 32, images_per_sample: int = 2) -> Path:
+    """A ``jsonl`` task of ``n`` samples with ``images_per_sample`` coloured-square images each (``"images"``).
+
+    The answer is the colour of the square in the last (right-most) image; neighbouring
+    images differ in colour, so a model must tell them apart. Returns the .jsonl path.
+    """
+    directory = Path(directory)
+    (directory / "images").mkdir(parents=True, exist_ok=True)
+    names = list(_COLOURS)
+    lines = []
+    for i in range(n):
+        files = []
+        for j in range(images_per_sample):
+            name = names[(i + j) % 3]
+            _square(size, _COLOURS[name], (i + j) % 8, (i + 2 * j) % 5).save(directory / "images" / f"{i}_{j}.png")
+            files.append(f"images/{i}_{j}.png")
+        question = "what colour is the square in the right image?"
+        lines.append({"id": f"m{i}", "images": files, "question": question, "answers": [name], "kind": "colour"})
+    out = directory / "task.jsonl"
+    out.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return out
+
+
+def write_video_jsonl_task(directory: str | Path, n: int = 3, size: int = 32, frames: int = 8, as_file: bool = False) -> Path:
+    """A ``jsonl`` task of ``n`` videos of a coloured square moving left to right (``"video"``).
+
+    ``as_file=False``: each video is a list of ``frames`` PNG frames; ``as_file=True``: an
+    ``mpeg4`` .mp4 file at :data:`VIDEO_FPS` frames a second (``frames / VIDEO_FPS``
+    seconds; a lossless ``png`` .mov where this PyAV cannot encode ``mpeg4``), written
+    with PyAV (the ``video`` extra). A file's side is rounded up to even, as the codec
+    needs. Returns the .jsonl path.
+    """
+    directory = Path(directory)
+    (directory / "videos").mkdir(parents=True, exist_ok=True)
+    side = size + size % 2 if as_file else size
+    names = list(_COLOURS)
+    lines = []
+    for i in range(n):
+        name = names[i % 3]
+        images = [_square(side, _COLOURS[name], round(k * (side // 2) / max(frames - 1, 1)), i % 5) for k in range(frames)]
+        if as_file:
+            video: Any = _write_video(directory / "videos" / str(i), images).relative_to(directory).as_posix()
+        else:
+            (directory / "videos" / str(i)).mkdir(exist_ok=True)
+            for k, im in enumerate(images):
+                im.save(directory / "videos" / str(i) / f"{k}.png")
+            video = [f"videos/{i}/{k}.png" for k in range(frames)]
+        lines.append({"id": f"v{i}", "video": video, "question": "what colour is the square?", "answers": [name], "kind": "colour"})
+    out = directory / "task.jsonl"
+    out.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return out
+
+
+def _write_video(stem: Path, images: list[Any]) -> Path:
+    """``images`` as a video file at :data:`VIDEO_FPS` (``stem.mp4``, else ``stem.mov``); returns its path."""
+    import av
+
+    try:
+        av.codec.Codec("mpeg4", "w")
+        path, codec, pix_fmt = stem.with_suffix(".mp4"), "mpeg4", "yuv420p"
+    except (av.error.FFmpegError, ValueError):  # no mpeg4 encoder in this build (UnknownCodecError): lossless png frames
+        path, codec, pix_fmt = stem.with_suffix(".mov"), "png", "rgb24"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=VIDEO_FPS)
+        stream.width, stream.height = images[0].size
+        stream.pix_fmt = pix_fmt
+        for im in images:
+            container.mux(stream.encode(av.VideoFrame.from_image(im)))
+        container.mux(stream.encode())
+    return path
+
+
 QWEN_CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}{% for item in message['content'] %}"
-    "{% if item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ item['text'] }}{% endif %}"
+    "{% if item['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif item['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>{% else %}{{ item['text'] }}{% endif %}"
     "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
