@@ -14,6 +14,18 @@ def register_adapters(register: Register) -> None:
         model_types=("llava",),
     )
     register(
+        "tokenbench.adapters.llava_next:LlavaNextAdapter",
+        name="llava_next",
+        description="LLaVA-NeXT (LlavaNextForConditionalGeneration): AnyRes base + unpadded crops with image_newline, CLIP [CLS] saliency, 1-D RoPE",
+        model_types=("llava_next",),
+    )
+    register(
+        "tokenbench.adapters.internvl:InternVLAdapter",
+        name="internvl",
+        description="InternVL3 (InternVLForConditionalGeneration): dynamic tiles + thumbnail, pixel shuffle, InternViT [CLS] saliency, 1-D RoPE",
+        model_types=("internvl",),
+    )
+    register(
         "tokenbench.adapters.qwen2_vl:Qwen2VLAdapter",
         name="qwen2_vl",
         description="Qwen2-VL (Qwen2VLForConditionalGeneration), last vision-block saliency, 3-D M-RoPE",
