@@ -112,6 +112,7 @@ MATMUL_OPERATORS: frozenset[str] = frozenset(
         "aten::_int_mm",
         "aten::_scaled_mm",
         "aten::_convolution",
+        "aten::_convolution_mode",
         "aten::convolution",
         "aten::_native_multi_head_attention",
         "aten::_transformer_encoder_layer_fwd",
@@ -193,6 +194,14 @@ def sdpa_flop_jit(inputs: list[Any], outputs: list[Any]) -> int:
     if out is not None and len(out) == len(q) and math.prod(out[:-2]) > math.prod(q[:-2]):
         q = [*out[:-2], *q[-2:]]  # query broadcast over the key/value batch
     return sdpa_macs(q, k, v)
+
+
+def conv_mode_macs(inputs: list[Any], outputs: list[Any]) -> int:
+    """fvcore handle for ``aten::_convolution_mode`` (a convolution with ``padding="valid"``/``"same"``, e.g. SigLIP's
+    patch embedding), which fvcore has none for: every output element takes ``C_in/groups × kernel`` multiply-adds."""
+    weight = _shape(inputs[1], "weight")
+    out = _fvcore().get_shape(outputs[0])
+    return math.prod(out) * math.prod(weight[1:])
 
 
 def matmul_macs_from_output(inputs: list[Any], outputs: list[Any]) -> int:
@@ -283,6 +292,7 @@ def count_macs(
     handles: dict[str, Handle | None] = dict(fv.default_handles)
     handles.update({name: sdpa_flop_jit for name in SDPA_OPERATORS})
     handles["aten::matmul"] = matmul_macs_from_output
+    handles["aten::_convolution_mode"] = conv_mode_macs
     handles.update(extra_handles or {})
     # fvcore's set_op_handle(op=None) would *ignore* the op; here None means "no handle" (so uncounted)
     analysis.clear_op_handles()
