@@ -26,6 +26,12 @@ def register_adapters(register: Register) -> None:
         model_types=("internvl",),
     )
     register(
+        "tokenbench.adapters.llava_onevision:LlavaOnevisionAdapter",
+        name="llava_onevision",
+        description="LLaVA-OneVision (LlavaOnevisionForConditionalGeneration): SigLIP, AnyRes-max with image_newline, video pooled 2x2, received-attention saliency",
+        model_types=("llava_onevision",),
+    )
+    register(
         "tokenbench.adapters.qwen2_vl:Qwen2VLAdapter",
         name="qwen2_vl",
         description="Qwen2-VL (Qwen2VLForConditionalGeneration), last vision-block saliency, 3-D M-RoPE",

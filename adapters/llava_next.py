@@ -29,7 +29,7 @@ pass's patches before unpadding; ``vision_inputs`` records the passes per image.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -43,6 +43,8 @@ class LlavaNextAdapter(LlavaAdapter):
     family = "llava"
     model_types = ("llava_next",)
     default_prompt = None
+    #: the vision tower prepends a [CLS] token (CLIP); ``"full"`` feature selection then keeps it
+    tower_has_cls = True
 
     @classmethod
     def load(cls, model: str, *, device: str = "cpu", dtype: str = "float32", **options: Any) -> LlavaNextAdapter:
@@ -62,7 +64,7 @@ class LlavaNextAdapter(LlavaAdapter):
         passes = sum(shape[0] for shape in counts.vision_inputs) if counts.vision_inputs else 1
         pixels = torch.zeros(1, 3, vcfg.image_size, vcfg.image_size, dtype=param.dtype, device=param.device)
         tower = self.meter.count(("vision", vcfg.image_size), self.model.model.vision_tower, (pixels,))
-        patches = self._side() ** 2 + (0 if self.select_strategy == "default" else 1)
+        patches = self._side() ** 2 + (1 if self.select_strategy != "default" and self.tower_has_cls else 0)
         feats = torch.zeros(1, patches, vcfg.hidden_size, dtype=param.dtype, device=param.device)
         proj = self.meter.count(("projector", patches), self.model.model.multi_modal_projector, (feats,))
         return tower * passes, proj * passes
@@ -91,71 +93,91 @@ class LlavaNextAdapter(LlavaAdapter):
         """Packed AnyRes features in place of the ``<image>`` tokens; base and crop segments per image; newlines as separators."""
         ids = inputs["input_ids"].to(self.device)
         attn = inputs["attention_mask"].to(self.device).bool()
-        pixels = inputs["pixel_values"].to(self.device, torch_dtype(self.dtype))
-        sizes = inputs["image_sizes"].to(self.device)
         mark_phase("vision_start")  # timed loop only: time to first token starts here
+        visuals = self.encode_visuals(inputs, saliency=saliency)  # in prompt order over the batch
+        slots = self.placeholder_mask(ids)
+        feats, seps, sals, segments, inputs_used = [], [], [], [], []
+        queue = iter(visuals)
+        for rows in slots.sum(dim=1).tolist():
+            parts: list[Visual] = []
+            while sum(int(v.rows.shape[0]) for v in parts) < rows:
+                parts.append(next(queue))
+            feats.append(torch.cat([v.rows for v in parts]))
+            seps.append(torch.cat([v.separators for v in parts]))
+            if saliency:
+                sals.append(torch.cat([v.saliency for v in parts if v.saliency is not None]))
+            stacked: list[Segment] = []
+            for src, v in enumerate(parts):
+                for kind, grid in v.segments:
+                    stacked.append(Segment(kind, grid, sum(x.count for x in stacked), src))
+            segments.append(tuple(stacked))
+            inputs_used.append(tuple((v.passes,) for v in parts))
+        layout = self.visual_layout(ids, attn, slots, feats, self.sequential_positions(attn), separators=seps)
+        grids = [s[0].grid if len(s) == 1 else (1, sum(x.count for x in s)) for s in segments]
+        return EncodedBatch(layout, grids, sals if saliency else None, segments, inputs_used)
+
+    def placeholder_mask(self, ids: torch.Tensor) -> torch.Tensor:
+        """``[B, S]``: the placeholders the visual rows are written into."""
+        return ids == self.image_token_id
+
+    def encode_visuals(self, inputs: Mapping[str, Any], *, saliency: bool) -> list[Visual]:
+        """Every image of the batch, in prompt order, as the stock ``get_image_features`` packs it."""
+        sizes = inputs["image_sizes"].to(self.device)
         img = self.model.model.get_image_features(
-            pixel_values=pixels,
+            pixel_values=inputs["pixel_values"].to(self.device, torch_dtype(self.dtype)),
             image_sizes=sizes,
             vision_feature_layer=self.feature_layer,
             vision_feature_select_strategy=self.select_strategy,
             output_hidden_states=saliency or None,
             return_dict=True,
         )
-        packed = list(img.pooler_output)  # per image [L_i, d]: base, then crop rows with newlines
-        cls = self._cls_saliency(img.hidden_states) if saliency else None  # [passes, h*w]
-        side = self._side()
-        rows_per_sample = (ids == self.image_token_id).sum(dim=1).tolist()
-        per_image: list[tuple[list[tuple[str, tuple[int, int]]], torch.Tensor, torch.Tensor | None, int]] = []
-        first_pass = 0
-        for i, size in enumerate(sizes.tolist()):
-            segs, sep, sal, passes = self._image_parts(packed[i], size, side, None if cls is None else cls, first_pass)
-            per_image.append((segs, sep, sal, passes))
-            first_pass += passes
-        feats, seps, sals, segments, inputs_used = [], [], [], [], []
-        image = 0
-        for rows in rows_per_sample:
-            parts, used, taken = [], [], 0
-            while taken < rows:
-                parts.append(image)
-                taken += int(packed[image].shape[0])
-                image += 1
-            feats.append(torch.cat([packed[k] for k in parts]) if parts else packed[0][:0])
-            seps.append(torch.cat([per_image[k][1] for k in parts]) if parts else torch.zeros(0, dtype=torch.bool))
-            if cls is not None:
-                sals.append(torch.cat([per_image[k][2] for k in parts]))  # type: ignore[misc]
-            stacked: list[Segment] = []
-            start = 0
-            for src, k in enumerate(parts):
-                for kind, grid in per_image[k][0]:
-                    stacked.append(Segment(kind, grid, start, src))
-                    start += grid[0] * grid[1]
-                used.append((per_image[k][3],))
-            segments.append(tuple(stacked))
-            inputs_used.append(tuple(used))
-        layout = self.visual_layout(ids, attn, ids == self.image_token_id, feats, self.sequential_positions(attn), separators=seps)
-        grids = [s[0].grid if len(s) == 1 else (1, sum(x.count for x in s)) for s in segments]
-        return EncodedBatch(layout, grids, sals if cls is not None else None, segments, inputs_used)
+        per_pass = self.pass_saliency(img.hidden_states) if saliency else None  # [passes, h*w]
+        out, first = [], 0
+        for packed, size in zip(img.pooler_output, sizes.tolist()):
+            visual = self.image_parts(packed, (int(size[0]), int(size[1])), per_pass, first)
+            out.append(visual)
+            first += visual.passes
+        return out
 
-    def _image_parts(
-        self, packed: torch.Tensor, size: list[int], side: int, cls: torch.Tensor | None, first_pass: int
-    ) -> tuple[list[tuple[str, tuple[int, int]]], torch.Tensor, torch.Tensor | None, int]:
-        """One image's segments (kind, grid), separator mask over its packed rows, saliency over its visual tokens, tower passes."""
+    def pass_saliency(self, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """``[passes, h*w]``: each tower pass's saliency over its patches (CLIP: the [CLS] row, summing to 1)."""
+        return self._cls_saliency(hidden_states)
+
+    def shrunk(self, rows: int, cols: int) -> tuple[int, int]:
+        """The crop grid the language model sees, from the unpadded one (LLaVA-NeXT: the same)."""
+        return rows, cols
+
+    def image_parts(self, packed: torch.Tensor, size: tuple[int, int], per_pass: torch.Tensor | None, first_pass: int) -> Visual:
+        """One image's packed rows: its segments, separator mask, saliency over its visual tokens and tower passes."""
+        side = self._side()
         base = side * side
-        if int(packed.shape[0]) == base + 1:  # no crops: the base and one newline
+        if int(packed.shape[0]) == base + 1:  # one view (no crops): the base and one newline
             sep = torch.zeros(base + 1, dtype=torch.bool)
             sep[-1] = True
-            sal = None if cls is None else cls[first_pass]
-            return [("base", (side, side))], sep, sal, 1
-        nph, npw, rs, cs = self.crop_layout((int(size[0]), int(size[1])))
-        rows, cols = rs.stop - rs.start, cs.stop - cs.start
+            return Visual(packed, [("image", (side, side))], sep, None if per_pass is None else per_pass[first_pass], 1)
+        nph, npw, rs, cs = self.crop_layout(size)
+        rows, cols = self.shrunk(rs.stop - rs.start, cs.stop - cs.start)
         if base + rows * (cols + 1) != int(packed.shape[0]):
             raise ValueError(f"{self.name}: an image of {size[0]}x{size[1]} px packed into {packed.shape[0]} rows, expected {base + rows * (cols + 1)}")
         sep = torch.zeros(rows, cols + 1, dtype=torch.bool)
         sep[:, -1] = True
         sep = torch.cat([torch.zeros(base, dtype=torch.bool), sep.flatten()])
         sal = None
-        if cls is not None:
-            crops = cls[first_pass + 1 : first_pass + 1 + nph * npw].reshape(nph, npw, side, side).permute(0, 2, 1, 3).reshape(nph * side, npw * side)
-            sal = torch.cat([cls[first_pass], crops[rs, cs].flatten()])
-        return [("base", (side, side)), ("crops", (rows, cols))], sep, sal, 1 + nph * npw
+        if per_pass is not None:
+            crops = per_pass[first_pass + 1 : first_pass + 1 + nph * npw].reshape(nph, npw, side, side).permute(0, 2, 1, 3).reshape(nph * side, npw * side)
+            crops = crops[rs, cs]
+            if crops.shape != (rows, cols):  # shrunk like the features (bilinear)
+                crops = torch.nn.functional.interpolate(crops[None, None], [rows, cols], mode="bilinear")[0, 0]
+            sal = torch.cat([per_pass[first_pass], crops.flatten()])
+        return Visual(packed, [("base", (side, side)), ("crops", (rows, cols))], sep, sal, 1 + nph * npw)
+
+
+class Visual(NamedTuple):
+    """One image or video as the language model sees it: its rows (visual tokens and separators, in order),
+    its segments ``(kind, grid)``, which rows are separators, its saliency over its visual tokens, its tower passes."""
+
+    rows: torch.Tensor
+    segments: list[tuple[str, tuple[int, int]]]
+    separators: torch.Tensor
+    saliency: torch.Tensor | None
+    passes: int

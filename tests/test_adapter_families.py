@@ -103,12 +103,47 @@ def _internvl_tiles_macs(stock: Any, vision_inputs: tuple[tuple[int, ...], ...])
     size, patch = (v.image_size[0], v.patch_size[0]) if isinstance(v.image_size, (list, tuple)) else (v.image_size, v.patch_size)
     tiles = sum(shape[0] for shape in vision_inputs)
     one = count_macs(stock.model.vision_tower, (torch.zeros(1, 3, size, size),))
-    assert one.matmul_total == vision_tower_macs({"hidden_size": v.hidden_size, "intermediate_size": v.intermediate_size, "patch_size": patch, "image_size": size, "num_hidden_layers": v.num_hidden_layers})
+    assert one.matmul_total == vision_tower_macs(
+        {
+            "hidden_size": v.hidden_size,
+            "intermediate_size": v.intermediate_size,
+            "patch_size": patch,
+            "image_size": size,
+            "num_hidden_layers": v.num_hidden_layers,
+        }
+    )
     tokens = int((size // patch * config.downsample_ratio) ** 2)
     width, text = int(v.hidden_size / config.downsample_ratio**2), config.text_config.hidden_size
     projector = count_macs(stock.model.multi_modal_projector, (torch.zeros(1, tokens, width),))
     assert projector.matmul_total == tokens * (width * text + text * text)  # LayerNorm, Linear, GELU, Linear
     return tiles * one.total, tiles * projector.total
+
+
+def _onevision_adapter() -> type[DecoderAdapter]:
+    from tokenbench.adapters.llava_onevision import LlavaOnevisionAdapter
+
+    return LlavaOnevisionAdapter
+
+
+def _onevision_checkpoint(path: Path, **kw: Any) -> Path:
+    from tokenbench.testing import tiny_llava_onevision_checkpoint
+
+    return tiny_llava_onevision_checkpoint(path, **kw)
+
+
+def _siglip_passes_macs(stock: Any, vision_inputs: tuple[tuple[int, ...], ...]) -> tuple[int, int]:
+    """One SigLIP pass (no [CLS]) per view or frame, and the projector on every pass's patches."""
+    from tokenbench.flops import count_macs
+
+    config = stock.config
+    v = config.vision_config
+    passes = sum(shape[0] for shape in vision_inputs)
+    one = count_macs(stock.model.vision_tower, (torch.zeros(1, 3, v.image_size, v.image_size),))
+    patches = (v.image_size // v.patch_size) ** 2
+    d, m = v.hidden_size, v.intermediate_size
+    per_layer = 4 * patches * d * d + 2 * patches * patches * d + 2 * patches * d * m
+    assert one.matmul_total == patches * 3 * v.patch_size**2 * d + v.num_hidden_layers * per_layer
+    return passes * one.total, passes * llava_projector_macs(v.hidden_size, config.text_config.hidden_size, patches)
 
 
 FAMILIES = {
@@ -119,6 +154,15 @@ FAMILIES = {
         "LlavaNextForConditionalGeneration",
         (((64, 16), (40, 40)), ((16, 48),)),
         _clip_passes_macs,
+        lambda model: model.model.image_newline,
+    ),
+    "llava_onevision": Family(
+        "llava_onevision",
+        _onevision_adapter,
+        _onevision_checkpoint,
+        "LlavaOnevisionForConditionalGeneration",
+        (((64, 16), (40, 40)), ((128, 128),)),
+        _siglip_passes_macs,
         lambda model: model.model.image_newline,
     ),
     "internvl": Family(

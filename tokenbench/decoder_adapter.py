@@ -40,6 +40,7 @@ from tokenbench.decoding import SEPARATOR, ApplyRopeFn, DecodeOutput, DecoderPar
 from tokenbench.errors import PluginError, TaskDataError
 from tokenbench.flops import MacCounter
 from tokenbench.flops_meter import FlopsMeter
+from tokenbench.processors import video_unavailable
 from tokenbench.segments import Segment, check_segments
 from tokenbench.strategy import ModelInfo, Strategy
 from tokenbench.task import Sample
@@ -247,6 +248,8 @@ class DecoderAdapter(Adapter):
                 raise TaskDataError(f"sample {s.id}: {n} images, but the {self.name} adapter's template takes at most {self.max_images}")
             if s.has_video and not self.takes_video:
                 raise TaskDataError(f"sample {s.id}: holds a video, which the {self.name} adapter does not take")
+            if s.has_video and video_unavailable(self.processor):
+                raise TaskDataError(f"sample {s.id}: {video_unavailable(self.processor)}")
             images.append(s.load_images())
             videos.append(s.load_video(num_frames=self.video_frames, fps=self.video_fps) if s.has_video else [])
         return images, videos
