@@ -79,7 +79,7 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
     def shrunk(self, rows: int, cols: int) -> tuple[int, int]:
         """AnyRes-max: the stock rule resizes a grid of more than ``1.1² × max`` base views."""
         side = self._side()
-        most = int(self.aspect.strip("anyres_max_"))
+        most = int(self.aspect.removeprefix("anyres_max_"))  # the stock code strips those characters: the same for anyres_max_N
         ratio = math.sqrt(rows * cols / (most * side**2))
         return (int(rows // ratio), int(cols // ratio)) if ratio > 1.1 else (rows, cols)
 
