@@ -2,7 +2,7 @@
 
 Everything as :class:`~tokenbench.adapters.qwen2_vl.Qwen2VLAdapter` (merged visual
 tokens, per-image grids, the stock 3-D M-RoPE positions, received-attention saliency),
-except what the windowed vision tower changes:
+except what the windowed vision tower and the timed video positions change:
 
 - the saliency block is the last full-attention block
   (``vision_config.fullatt_block_indexes[-1]``), where each image's patches attend over
@@ -10,7 +10,16 @@ except what the windowed vision tower changes:
 - the tower works in window order: merged-token values are put back into the language
   model's row-major order with ``argsort(window_index)``, exactly as the stock forward
   reorders the merger output;
-- the blocks' width is ``vision_config.hidden_size`` (Qwen2-VL: ``embed_dim``).
+- the blocks' width is ``vision_config.hidden_size`` (Qwen2-VL: ``embed_dim``);
+- a video's temporal position ids are spaced by ``tokens_per_second ×
+  second_per_grid_ts`` in the stock ``get_rope_index``: the processor gives
+  ``second_per_grid_ts = temporal_patch_size / video_fps`` per video (the frames are
+  taken as sampled at :attr:`~Qwen2VLAdapter.video_fps`, 1 frame a second), and
+  :meth:`~Qwen2VLAdapter.encode` passes it through.
+
+The tower's full-attention blocks attend over each image, and over each temporal patch
+of a video (the stock ``cu_seqlens``); window order keeps every temporal patch's tokens
+together, so the saliency rule (per attention span) is the Qwen2-VL adapter's.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ class Qwen2_5_VLAdapter(Qwen2VLAdapter):
     model_types = ("qwen2_5_vl",)
     hf_class: ClassVar[str] = "Qwen2_5_VLForConditionalGeneration"
     modeling: ClassVar[str] = "transformers.models.qwen2_5_vl.modeling_qwen2_5_vl"
+    video_timestamps: ClassVar[bool] = True
 
     @staticmethod
     def saliency_block_index(vision_config: Any) -> int:

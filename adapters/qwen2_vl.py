@@ -5,39 +5,82 @@ adds only the vision tower's windowed attention.
 
 Visual tokens are the merged tokens after the vision tower's patch merger (one per
 ``m × m`` patches, ``m = spatial_merge_size``), in the order the language model sees
-them. Each image has its own grid ``(h/m, w/m)`` from its ``image_grid_thw`` and its own
-count ``N``; budgets resolve per image.
+them: the image placeholders (``<|image_pad|>``) and the video placeholders
+(``<|video_pad|>``) together.
+
+Segments. A sample may hold several images and a video (the chat template puts the
+images first, then the video, then the text). Each image is one segment
+``("image", (h/m, w/m))`` from its ``image_grid_thw`` (``source`` = the image's index in
+the sample). A video is split by the tower into temporal patches of
+``temporal_patch_size`` (2) frames; its merged tokens are temporal-major (every
+temporal patch's ``h/m × w/m`` grid, row-major, one after another, as the stock
+``get_video_features`` returns them and ``get_rope_index`` numbers them), so it gives
+one ``("frame", (h/m, w/m))`` segment per temporal patch (``source`` = the number of the
+sample's images, the video's index after them). Segments follow the order of the
+visual tokens in the sequence. A sample of one segment keeps that segment's grid;
+otherwise its grid is ``(1, N)``. ``vision_inputs``: one ``(t, h, w)`` patch grid (as
+in ``*_grid_thw``) per image and per video, in order; FLOPs sum the tower and merger
+over them. Budgets resolve per sample.
+
+Video frames: a video file is sampled at :attr:`video_fps` (1) frames per second, at
+most :attr:`video_frames` (16), evenly spaced; a frame list is taken as already sampled
+at :attr:`video_fps` (:meth:`tokenbench.Sample.load_video`). The stock processor pads
+the frame count to a multiple of ``temporal_patch_size`` by repeating the last frame.
 
 Encoder saliency (the tower has no [CLS] token): for every merged token, the mean
 attention its patches receive in the saliency block, the tower's last block (every
-Qwen2-VL block attends over the whole image). That block's input, rotary tables and
-per-image boundaries are captured by a forward pre-hook during the normal (SDPA)
-vision forward; q and k are recomputed from its ``norm1`` and ``qkv`` with the
-tower's own rotary application; ``softmax(q·kᵀ·scale)`` over each image's patches is
-averaged over heads and over all query rows of that image (so each image's patch
-saliencies sum to 1), then averaged over the ``m²`` patches of each merged token.
-The same rule as the Qwen2.5-VL adapter's, whose last full-attention block this is.
+Qwen2-VL block attends over the whole of each attention span). That block's input,
+rotary tables and span boundaries (``cu_seqlens``) are captured by a forward pre-hook
+during the normal (SDPA) vision forward; q and k are recomputed from its ``norm1`` and
+``qkv`` with the tower's own rotary application; ``softmax(q·kᵀ·scale)`` over each
+span's patches is averaged over heads and over all query rows of that span (so each
+span's patch saliencies sum to 1), then averaged over the ``m²`` patches of each merged
+token. A span is what the tower attends over: an image, or one temporal patch of a
+video (the stock ``cu_seqlens`` split a video per temporal patch, and so the tower
+never attends across them). So each ``image`` and each ``frame`` segment's saliencies
+sum to ``1/m²``. The same rule as the Qwen2.5-VL adapter's, whose last full-attention
+block this is.
 
 Positions: the 3-D M-RoPE ids (temporal, height, width) are computed once for the
-whole unpruned, left-padded batch by the stock ``get_rope_index``; kept tokens keep
-theirs, merged tokens take their donor's. Decoding continues at the last prompt
-position + 1 on all three axes, which equals the stock ``generate`` (text position +
-``rope_deltas``): the prompt ends in text, whose position is the largest.
+whole unpruned, left-padded batch by the stock ``get_rope_index`` (images and videos,
+Qwen2.5-VL's ``second_per_grid_ts`` passed through); kept tokens keep theirs, merged
+tokens take their donor's. Decoding continues at the last prompt position + 1 on all
+three axes, which equals the stock ``generate`` (text position + ``rope_deltas``, i.e.
+the prompt's largest id + 1) when the prompt's last (text) id is its largest: always
+after images, and after a video unless its temporal ids (Qwen2.5-VL: spaced by
+``tokens_per_second × second_per_grid_ts``) outrun the text that follows it (a long
+video before a short question), where the stock model continues after the video's
+largest temporal id instead.
 """
 
 from __future__ import annotations
 
 import importlib
+import itertools
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 
-from tokenbench import DecoderAdapter, DecoderParts, EncodedBatch, ModelLoadError, TokenCounts, load_pretrained, mark_phase, torch_dtype
+from tokenbench import (
+    DecoderAdapter,
+    DecoderParts,
+    EncodedBatch,
+    ModelLoadError,
+    PluginError,
+    TokenCounts,
+    load_pretrained,
+    mark_phase,
+    stack_segments,
+    torch_dtype,
+)
 
 #: score-matrix entries computed at once by the saliency (bounds its memory)
 _CHUNK = 1 << 26
+#: ``mm_token_type_ids`` of image and video placeholders (text is 0)
+IMAGE, VIDEO = 1, 2
 
 
 class Qwen2VLAdapter(DecoderAdapter):
@@ -48,12 +91,21 @@ class Qwen2VLAdapter(DecoderAdapter):
     #: the ``transformers`` class :meth:`load` builds, and the modeling module of its rotary functions
     hf_class: ClassVar[str] = "Qwen2VLForConditionalGeneration"
     modeling: ClassVar[str] = "transformers.models.qwen2_vl.modeling_qwen2_vl"
+    #: a sample may hold a video; a video file is sampled at 1 frame a second, at most 16 frames
+    takes_video = True
+    video_fps: ClassVar[float | None] = 1.0
+    video_frames: ClassVar[int] = 16
+    #: whether the stock ``get_rope_index`` spaces a video's temporal ids by its seconds per
+    #: temporal patch (``second_per_grid_ts``, Qwen2.5-VL): the processor then gives
+    #: ``temporal_patch_size / video_fps`` per video
+    video_timestamps: ClassVar[bool] = False
 
     def __init__(self, model: Any, processor: Any, source: str, device: str, dtype: str) -> None:
         cfg = model.config
         if "sliding_attention" in (getattr(cfg.text_config, "layer_types", None) or []):
             raise ModelLoadError(f"{source}: sliding-window decoder layers (use_sliding_window) are not supported")
         self.image_token_id = cfg.image_token_id
+        self.video_token_id = cfg.video_token_id
         self.merge = cfg.vision_config.spatial_merge_size
         self.saliency_block = self.saliency_block_index(cfg.vision_config)
         super().__init__(model, processor, source, device, dtype)
@@ -106,48 +158,131 @@ class Qwen2VLAdapter(DecoderAdapter):
         return {**super().describe(), "min_pixels": _size(size, "shortest_edge", "min_pixels"), "max_pixels": _size(size, "longest_edge", "max_pixels")}
 
     def vision_macs(self, counts: TokenCounts) -> tuple[int, int]:
-        """(vision tower without merger, patch merger) multiply-adds for one image of ``counts.grid``, traced once per grid."""
+        """(vision tower without merger, patch merger) multiply-adds of the sample's images and videos.
+
+        One term per ``(t, h, w)`` patch grid of ``counts.vision_inputs``, each traced once;
+        none recorded: one image of ``counts.grid``.
+        """
+        inputs = counts.vision_inputs or ((1, counts.grid[0] * self.merge, counts.grid[1] * self.merge),)
+        tower = merger = 0
+        for t, h, w in inputs:
+            a, b = self._input_macs(int(t), int(h), int(w))
+            tower, merger = tower + a, merger + b
+        return tower, merger
+
+    def _input_macs(self, t: int, h: int, w: int) -> tuple[int, int]:
+        """(tower without merger, merger) multiply-adds of one image or video of ``t × h × w`` patches."""
         visual, vcfg = self.model.model.visual, self.model.config.vision_config
-        h, w = counts.grid[0] * self.merge, counts.grid[1] * self.merge
         param = next(visual.parameters())
-        pixels = torch.zeros(h * w, vcfg.in_channels * vcfg.temporal_patch_size * vcfg.patch_size**2, dtype=param.dtype, device=param.device)
-        thw = torch.tensor([[1, h, w]], device=param.device)
-        tower = self.meter.count(("vision", h, w), visual, (pixels,), {"grid_thw": thw})
-        patches = torch.zeros(h * w, self.tower_width(vcfg), dtype=param.dtype, device=param.device)
-        merger = self.meter.count(("projector", h, w), visual.merger, (patches,))
+        pixels = torch.zeros(t * h * w, vcfg.in_channels * vcfg.temporal_patch_size * vcfg.patch_size**2, dtype=param.dtype, device=param.device)
+        thw = torch.tensor([[t, h, w]], device=param.device)
+        tower = self.meter.count(("vision", t, h, w), visual, (pixels,), {"grid_thw": thw})
+        patches = torch.zeros(t * h * w, self.tower_width(vcfg), dtype=param.dtype, device=param.device)
+        merger = self.meter.count(("projector", t, h, w), visual.merger, (patches,))
         return tower - merger, merger
 
+    def processor_inputs(self, images: Sequence[Sequence[Any]], videos: Sequence[Sequence[Any]], texts: Sequence[str]) -> Mapping[str, Any]:
+        """The processor's output; a video's frames are taken as sampled at :attr:`video_fps` (Qwen2.5-VL: ``second_per_grid_ts``)."""
+        kwargs: dict[str, Any] = {"images": [im for ims in images for im in ims] or None}
+        clips = [list(v) for v in videos if v]
+        if clips:
+            kwargs["videos"] = clips
+            if self.video_timestamps and self.video_fps is not None:
+                if isinstance(self.processor, ImageOnlyProcessor):
+                    kwargs["fps"] = self.video_fps
+                else:  # the stock processor reads the frames' rate from their metadata
+                    kwargs["video_metadata"] = [{"total_num_frames": len(c), "fps": self.video_fps, "frames_indices": list(range(len(c)))} for c in clips]
+        return self.processor(text=list(texts), return_tensors="pt", padding=True, **kwargs)
+
     def encode(self, inputs: Mapping[str, Any], *, saliency: bool) -> EncodedBatch:
-        """Merged visual tokens in place of the ``<|image_pad|>`` tokens, per-image grids, stock 3-D M-RoPE positions."""
+        """Merged visual tokens in place of the image and video placeholders, segments per image and temporal patch, stock 3-D M-RoPE positions."""
         dev = self.device
         ids = inputs["input_ids"].to(dev)
         attn = inputs["attention_mask"].to(dev).bool()
-        thw = inputs["image_grid_thw"].to(dev)
-        is_img = ids == self.image_token_id
+        is_img, is_vid = ids == self.image_token_id, ids == self.video_token_id
+        img_thw, vid_thw = (inputs[k].to(dev) if inputs.get(k) is not None else None for k in ("image_grid_thw", "video_grid_thw"))
         mm = inputs.get("mm_token_type_ids")
-        mm = is_img.int() if mm is None else mm.to(dev)
+        mm = (is_img.int() * IMAGE + is_vid.int() * VIDEO) if mm is None else mm.to(dev)
         mark_phase("vision_start")  # timed loop only: time to first token starts here
-        feats, sal = self.encode_images(inputs["pixel_values"].to(dev), thw, saliency=saliency)
-        if len(feats) != ids.shape[0]:
-            raise ValueError(f"the {self.name} adapter takes exactly one image per sample")
-        pos, _ = self.model.model.get_rope_index(ids, mm, image_grid_thw=thw, attention_mask=attn.long())  # [3,B,S]
-        layout = self.visual_layout(ids, attn, is_img, feats, pos.permute(1, 2, 0).contiguous())
-        return EncodedBatch(layout, [(h // self.merge, w // self.merge) for _, h, w in thw.tolist()], sal)
+        img_feats, img_sal = self.encode_images(inputs["pixel_values"].to(dev), img_thw, saliency=saliency) if img_thw is not None else ([], None)
+        vid_feats, vid_sal = self.encode_videos(inputs["pixel_values_videos"].to(dev), vid_thw, saliency=saliency) if vid_thw is not None else ([], None)
+        extra = {"second_per_grid_ts": inputs["second_per_grid_ts"].to(dev)} if inputs.get("second_per_grid_ts") is not None else {}
+        pos, _ = self.model.model.get_rope_index(ids, mm, image_grid_thw=img_thw, video_grid_thw=vid_thw, attention_mask=attn.long(), **extra)  # [3,B,S]
+        thws = {IMAGE: [] if img_thw is None else img_thw.tolist(), VIDEO: [] if vid_thw is None else vid_thw.tolist()}
+        feats = {IMAGE: img_feats, VIDEO: vid_feats}
+        sals = {IMAGE: img_sal, VIDEO: vid_sal}
+        m = self.merge
+        per_feats, per_sal, segments, used = [], [], [], []
+        for order in self.visual_order(mm, attn, feats):
+            images = sum(1 for kind, _ in order if kind == IMAGE)
+            parts: list[tuple[str, tuple[int, int], int]] = []
+            seen = {IMAGE: 0, VIDEO: 0}
+            for kind, k in order:
+                t, h, w = thws[kind][k]
+                grid = (h // m, w // m)
+                parts += [("image", grid, seen[IMAGE])] if kind == IMAGE else [("frame", grid, images + seen[VIDEO])] * t
+                seen[kind] += 1
+            per_feats.append(torch.cat([feats[kind][k] for kind, k in order]) if order else torch.zeros(0, self.text_config.hidden_size, device=dev))
+            if saliency:
+                per_sal.append(torch.cat([sals[kind][k] for kind, k in order]) if order else torch.zeros(0, device=dev))  # type: ignore[index]
+            segments.append(stack_segments(parts))
+            used.append(tuple(tuple(int(v) for v in thws[kind][k]) for kind, k in order))
+        layout = self.visual_layout(ids, attn, is_img | is_vid, per_feats, pos.permute(1, 2, 0).contiguous())
+        grids = [s[0].grid if len(s) == 1 else (1, sum(x.count for x in s)) for s in segments]
+        return EncodedBatch(layout, grids, per_sal if saliency else None, segments, used)
+
+    @staticmethod
+    def visual_order(mm: torch.Tensor, valid: torch.Tensor, feats: Mapping[int, Sequence[torch.Tensor]]) -> list[list[tuple[int, int]]]:
+        """Per sample, its images and videos in sequence order: ``(IMAGE or VIDEO, index in the batch's list)``.
+
+        As the stock ``get_rope_index`` reads them: each run of image (video) placeholders
+        is the batch's next image (video); a run must hold that input's merged tokens.
+        """
+        nxt = {IMAGE: itertools.count(), VIDEO: itertools.count()}
+        out = []
+        for types, keep in zip(mm.tolist(), valid.tolist()):
+            order = []
+            for kind, run in itertools.groupby(t for t, v in zip(types, keep) if v):
+                if kind in (IMAGE, VIDEO):
+                    k, n = next(nxt[kind]), len(list(run))
+                    rows = int(feats[kind][k].shape[0]) if k < len(feats[kind]) else 0
+                    if n != rows:
+                        what = "image" if kind == IMAGE else "video"
+                        raise PluginError(f"a run of {n} {what} placeholders, but {what} {k} of the batch gives {rows} merged tokens")
+                    order.append((kind, k))
+            out.append(order)
+        for kind, it in nxt.items():
+            if next(it) != len(feats[kind]):
+                raise PluginError(f"the prompts' placeholders do not use every {'image' if kind == IMAGE else 'video'} of the batch")
+        return out
 
     @torch.no_grad()
     def encode_images(
         self, pixel_values: torch.Tensor, grid_thw: torch.Tensor, *, saliency: bool = False
     ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
         """Per image: the merged visual tokens [N, d] in the language model's order and, if asked, their saliency [N]."""
+        return self._encode_visual(pixel_values, grid_thw, saliency=saliency, video=False)
+
+    @torch.no_grad()
+    def encode_videos(
+        self, pixel_values_videos: torch.Tensor, grid_thw: torch.Tensor, *, saliency: bool = False
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+        """Per video: the merged visual tokens [t·N, d] (temporal-major) and, if asked, their saliency (per temporal patch)."""
+        return self._encode_visual(pixel_values_videos, grid_thw, saliency=saliency, video=True)
+
+    def _encode_visual(
+        self, pixel_values: torch.Tensor, grid_thw: torch.Tensor, *, saliency: bool, video: bool
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
         visual = self.model.model.visual
         seen: dict[str, Any] = {}
 
         def grab(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             seen.update(x=args[0] if args else kwargs["hidden_states"], cu=kwargs["cu_seqlens"], rope=kwargs["position_embeddings"])
 
+        features = self.model.model.get_video_features if video else self.model.model.get_image_features
         hook = visual.blocks[self.saliency_block].register_forward_pre_hook(grab, with_kwargs=True) if saliency else None
         try:
-            out = self.model.model.get_image_features(pixel_values.to(torch_dtype(self.dtype)), grid_thw, return_dict=True)
+            out = features(pixel_values.to(torch_dtype(self.dtype)), grid_thw, return_dict=True)
         finally:
             if hook is not None:
                 hook.remove()
@@ -167,7 +302,7 @@ class Qwen2VLAdapter(DecoderAdapter):
         q, k = importlib.import_module(self.modeling).apply_rotary_pos_emb_vision(q, k, *rope)
         received = torch.zeros(s, dtype=torch.float32, device=x.device)
         bounds = [int(v) for v in cu_seqlens.tolist()]
-        for a, b in zip(bounds[:-1], bounds[1:]):  # full attention: one span per image
+        for a, b in zip(bounds[:-1], bounds[1:]):  # full attention: one span per image, one per temporal patch of a video
             qs, ks = q[a:b].transpose(0, 1).float(), k[a:b].transpose(0, 1).float()  # [H, n, hd]
             n = b - a
             step = max(1, _CHUNK // (att.num_heads * n))
@@ -180,10 +315,25 @@ class Qwen2VLAdapter(DecoderAdapter):
 
 
 class ImageOnlyProcessor:
-    """A Qwen-VL processor for text with images, built from the checkpoint's tokenizer,
-    image processor and chat template, for environments without torchvision (which the
-    stock processor's video processor needs). It expands each ``<|image_pad|>`` to the
-    image's merged-token count and returns ``mm_token_type_ids`` like the stock one."""
+    """A Qwen-VL processor for text with images and videos, built from the checkpoint's
+    tokenizer, image processor and chat template, for environments without torchvision
+    (which the stock processor's video processor needs).
+
+    It expands each ``<|image_pad|>`` to the image's merged-token count and each
+    ``<|video_pad|>`` to the video's, and returns ``mm_token_type_ids`` (1 image, 2 video)
+    like the stock one. ``videos``: one list of frames (PIL images of one size) per video.
+    Each frame is resized and normalised by the image processor, then the frames are laid
+    out in temporal patches exactly as the stock ``Qwen2VLVideoProcessor.patchify`` does:
+    the frame count padded to a multiple of ``temporal_patch_size`` by repeating the last
+    frame, patches ordered ``(grid_t, h/m, w/m, m, m)``, each ``(C, temporal_patch_size, p, p)``.
+    ``fps`` given (the rate the frames were sampled at): ``second_per_grid_ts`` too,
+    ``temporal_patch_size / fps`` per video, as Qwen2.5-VL's processor gives.
+
+    What differs from the stock video processor: frames are resized with PIL (the image
+    processor's bicubic resize) rather than torchvision, within the image processor's
+    pixel limits (``min_pixels``/``max_pixels``) rather than the video processor's own
+    (and without its optional per-video pixel cap); it samples no frames itself.
+    """
 
     def __init__(self, tokenizer: Any, image_processor: Any, chat_template: str | None = None) -> None:
         self.tokenizer = tokenizer
@@ -191,21 +341,76 @@ class ImageOnlyProcessor:
         self.chat_template = chat_template or getattr(tokenizer, "chat_template", None)
         self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        self.video_token = getattr(tokenizer, "video_token", None) or "<|video_pad|>"
+        self.video_token_id = tokenizer.convert_tokens_to_ids(self.video_token)
 
     def apply_chat_template(self, conversation: list[dict[str, Any]], add_generation_prompt: bool = False, **_: Any) -> str:
         return str(
             self.tokenizer.apply_chat_template(conversation, chat_template=self.chat_template, tokenize=False, add_generation_prompt=add_generation_prompt)
         )
 
-    def __call__(self, images: Any, text: Sequence[str], return_tensors: str = "pt", padding: bool = True, **_: Any) -> dict[str, Any]:
-        vis = dict(self.image_processor(images=images, return_tensors=return_tensors))
-        per_image = iter((vis["image_grid_thw"].prod(-1) // self.image_processor.merge_size**2).tolist())
+    def __call__(
+        self,
+        images: Any = None,
+        text: Sequence[str] = (),
+        videos: Sequence[Sequence[Any]] | None = None,
+        return_tensors: str = "pt",
+        padding: bool = True,
+        fps: float | None = None,
+        **_: Any,
+    ) -> dict[str, Any]:
+        unit = self.image_processor.merge_size**2
+        vis: dict[str, Any] = {}
+        if images is not None and not (isinstance(images, (list, tuple)) and not images):
+            vis.update(self.image_processor(images=images, return_tensors=return_tensors))
+        if videos:
+            vis.update(self.process_videos(videos, fps=fps))
+        counts = {
+            self.image_token: iter((vis["image_grid_thw"].prod(-1) // unit).tolist() if "image_grid_thw" in vis else []),
+            self.video_token: iter((vis["video_grid_thw"].prod(-1) // unit).tolist() if "video_grid_thw" in vis else []),
+        }
+        split = re.compile(f"({re.escape(self.image_token)}|{re.escape(self.video_token)})")
         expanded = []
         for t in text:
-            head, *rest = t.split(self.image_token)
-            expanded.append(head + "".join(self.image_token * int(next(per_image)) + part for part in rest))
+            parts = []
+            for part in split.split(t):
+                if part in counts:
+                    n = next(counts[part], None)
+                    if n is None:
+                        raise ValueError(f"the text holds more {part} placeholders than inputs were given")
+                    part *= int(n)
+                parts.append(part)
+            expanded.append("".join(parts))
+        if any(next(left, None) is not None for left in counts.values()):
+            raise ValueError("more images or videos were given than the text has placeholders for")
         enc = dict(self.tokenizer(expanded, return_tensors=return_tensors, padding=padding))
-        return {**enc, **vis, "mm_token_type_ids": (enc["input_ids"] == self.image_token_id).int()}
+        ids = enc["input_ids"]
+        mm = (ids == self.image_token_id).int() * IMAGE + (ids == self.video_token_id).int() * VIDEO
+        return {**enc, **vis, "mm_token_type_ids": mm}
+
+    def process_videos(self, videos: Sequence[Sequence[Any]], fps: float | None = None) -> dict[str, torch.Tensor]:
+        """``pixel_values_videos`` ``[Σ t·h·w, C·T·p·p]`` and ``video_grid_thw`` (and, with ``fps``, ``second_per_grid_ts``)."""
+        ip = self.image_processor
+        p, tps = int(ip.patch_size), int(ip.temporal_patch_size)
+        pixels, grids = [], []
+        for frames in videos:
+            frames = list(frames)
+            if not frames or len({im.size for im in frames}) != 1:
+                raise ValueError(f"a video needs at least one frame, all of one size (got sizes {sorted({im.size for im in frames})})")
+            proc = ip(images=frames, return_tensors="pt")
+            _, gh, gw = (int(v) for v in proc["image_grid_thw"][0])
+            n = gh * gw
+            # each frame's patches come as [N, C, T, p, p] with the frame repeated over T: keep one
+            per = torch.as_tensor(proc["pixel_values"]).view(len(frames), n, -1, tps, p, p)[:, :, :, 0]  # [F, N, C, p, p]
+            if pad := -len(frames) % tps:
+                per = torch.cat([per, per[-1:].expand(pad, *per.shape[1:])])
+            gt = per.shape[0] // tps
+            pixels.append(per.view(gt, tps, n, -1, p, p).permute(0, 2, 3, 1, 4, 5).reshape(gt * n, -1))
+            grids.append([gt, gh, gw])
+        result = {"pixel_values_videos": torch.cat(pixels), "video_grid_thw": torch.tensor(grids, dtype=torch.long)}
+        if fps is not None:
+            result["second_per_grid_ts"] = torch.tensor([tps / fps] * len(grids))
+        return result
 
 
 def load_processor(source: str, **options: Any) -> Any:

@@ -23,6 +23,22 @@ References are built from a separately loaded, unmodified model:
   unkept visual rows and their positions dropped after the layer;
 - the LLM-stage attention signal equals eager attention probabilities;
 - every registered strategy runs.
+
+Several images and a video per sample: a sample of the two test images, and a video
+of 4 random 32×24 frames (two temporal patches of a (3, 4) grid), alone, batched with a
+one-image sample, and after an image in one sample:
+
+- keep-everything equals ``model.generate`` on the same processor output, token for
+  token; segments are one ``image`` per image and one ``frame`` per temporal patch,
+  tiling the visual tokens in sequence order (the video numbered after the images);
+- a vision-stage selection equals the stock model on ``inputs_embeds`` with the unkept
+  visual rows removed at their original 3-D positions (Qwen2.5-VL: timed by
+  ``second_per_grid_ts``);
+- FLOPs of two images are the sum of the two one-image counts; a video of two temporal
+  patches costs two single-patch frames;
+- the video pixels equal a transcription of the stock ``Qwen2VLVideoProcessor.patchify``
+  of the normalised frames; the video saliency equals eager attention per temporal patch;
+- every registered strategy runs on the video.
 """
 
 from __future__ import annotations
@@ -174,34 +190,60 @@ def test_baseline_equals_unmodified_model(adapter: Qwen2VLAdapter, stock: Any, s
     assert [s.num_visual for s in setups] == [h * w for h, w in GRIDS[-batch:]]
 
 
+def _runs(ids: torch.Tensor, token: int) -> int:
+    """Runs of ``token`` in ``ids`` [S]: one per image (video), as the stock ``get_rope_index`` reads them."""
+    hit = ids == token
+    return int((hit & ~torch.cat([torch.zeros(1, dtype=torch.bool), hit[:-1]])).sum())
+
+
+def _stock_prompt(stock: Any, enc: dict[str, Any], b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sample b alone, as the stock model builds it: (prompt embeddings [S, d] with its image and video
+    features written into their placeholders in order, 3-D positions [3, 1, S], visual mask [S])."""
+    cfg = stock.config
+    valid = [enc["attention_mask"][j].bool() for j in range(enc["input_ids"].shape[0])]
+    ids = enc["input_ids"][b : b + 1, valid[b]]
+    mm = enc["mm_token_type_ids"][b : b + 1, valid[b]]
+    with torch.no_grad():
+        embeds = stock.model.get_input_embeddings()(ids)[0]
+        masks, grids, rope = {}, {}, {}
+        for kind, token, pixels in (("image", cfg.image_token_id, "pixel_values"), ("video", cfg.video_token_id, "pixel_values_videos")):
+            masks[kind] = ids[0] == token
+            thw = enc.get(f"{kind}_grid_thw")
+            if thw is None:
+                continue
+            first = sum(_runs(enc["input_ids"][j, valid[j]], token) for j in range(b))
+            mine = _runs(ids[0], token)
+            get = stock.model.get_image_features if kind == "image" else stock.model.get_video_features
+            feats = list(get(enc[pixels], thw, return_dict=True).pooler_output)[first : first + mine]
+            if mine:
+                embeds[masks[kind]] = torch.cat(feats)
+                grids[f"{kind}_grid_thw"] = thw[first : first + mine]
+                if kind == "video" and "second_per_grid_ts" in enc:
+                    rope["second_per_grid_ts"] = enc["second_per_grid_ts"][first : first + mine]
+        pos, _ = stock.model.get_rope_index(ids, mm, **grids, **rope)
+    return embeds, pos, masks["image"] | masks["video"]
+
+
 def _reference(
     stock: Any, enc: dict[str, Any], b: int, rows: torch.Tensor, steps: int, merged: tuple[int, list[int]] | None = None
 ) -> tuple[torch.Tensor, list[int]]:
-    """Sample b alone through the stock model on ``inputs_embeds``: the text, then the visual tokens ``rows``
-    (original indices) with their original 3-D positions, greedy decoding at the last position + 1.
+    """Sample b alone through the stock model on ``inputs_embeds``: the text, and of its visual tokens (images
+    and video, in sequence order) only ``rows`` (original indices, ascending), each at its original 3-D
+    position; greedy decoding at the last position + 1.
     ``merged = (j, sources)``: entry j of ``rows`` is the mean of the visual tokens ``sources``, at the position of ``rows[j]``."""
     from transformers import DynamicCache
 
     cfg = stock.config
-    valid = enc["attention_mask"][b].bool()
-    ids = enc["input_ids"][b : b + 1, valid]
-    mm = enc["mm_token_type_ids"][b : b + 1, valid]
-    unit = cfg.vision_config.spatial_merge_size**2
-    start = int(enc["image_grid_thw"][:b].prod(-1).sum())
-    thw = enc["image_grid_thw"][b : b + 1]
-    pixels = enc["pixel_values"][start : start + int(thw.prod())]
+    full, pos, visual = _stock_prompt(stock, enc, b)
+    where = torch.nonzero(visual).squeeze(1)
     with torch.no_grad():
-        feats = stock.model.get_image_features(pixels, thw, return_dict=True).pooler_output[0]
-        assert feats.shape[0] == int(thw.prod()) // unit
-        text = stock.model.get_input_embeddings()(ids)[0]
-        pos, _ = stock.model.get_rope_index(ids, mm, image_grid_thw=thw)
-        img = torch.nonzero(ids[0] == cfg.image_token_id).squeeze(1)
-        before, after = torch.arange(int(img[0])), torch.arange(int(img[-1]) + 1, ids.shape[1])
-        vis = feats[rows].clone()
+        vis = full[where][rows].clone()
         if merged is not None:
-            vis[merged[0]] = feats[merged[1]].mean(dim=0)
-        embeds = torch.cat([text[before], vis, text[after]])[None]
-        positions = torch.cat([pos[:, :, before], pos[:, :, img[rows]], pos[:, :, after]], dim=2)
+            vis[merged[0]] = full[where][merged[1]].mean(dim=0)
+        full[where[rows]] = vis
+        kept = ~visual
+        kept[where[rows]] = True
+        embeds, positions = full[kept][None], pos[:, :, kept]
         length = embeds.shape[1]
         cache = DynamicCache(config=cfg.text_config)
         logits = stock(
@@ -415,3 +457,208 @@ def test_every_registered_strategy_runs(adapter: Qwen2VLAdapter, samples: list[S
         assert 0 < r.tokens_per_layer[-1] <= n and isinstance(r.prediction, str)
         if strategy.keeps_all:
             assert r.tokens_per_layer == [n] * LAYERS
+
+
+# --- several images and a video per sample ----------------------------------------------------
+VIDEO_SIZE = (32, 24)  # (width, height) of the video frames -> a (3, 4) grid per temporal patch
+FRAMES = 4  # -> two temporal patches of two frames
+
+
+@pytest.fixture(scope="module")
+def multi(samples: list[Sample]) -> Sample:
+    """A sample with the two test images, (4, 6) and (3, 3) grids."""
+    return Sample(id="two-images", image=[samples[0].image, samples[1].image], question=PROMPTS[0], answers=("x",))
+
+
+@pytest.fixture(scope="module")
+def video() -> Sample:
+    """A video-only sample: 4 distinct random frames (a list of PIL images)."""
+    rng = np.random.default_rng(1)
+    from PIL import Image
+
+    w, h = VIDEO_SIZE
+    frames = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for _ in range(FRAMES)]
+    return Sample(id="video", image=None, video=frames, question=PROMPTS[1], answers=("x",))
+
+
+def _inputs(adapter: Qwen2VLAdapter, group: list[Sample]) -> dict[str, Any]:
+    """The processor's output for ``group``, exactly as :meth:`DecoderAdapter.run` builds it."""
+    images, videos = adapter.visual_inputs(group)
+    texts = [adapter.chat_prompt(s.question, images=len(i), video=bool(v)) for s, i, v in zip(group, images, videos)]
+    return dict(adapter.processor_inputs(images, videos, texts))
+
+
+def _assert_equals_generate(adapter: Qwen2VLAdapter, stock: Any, group: list[Sample], steps: int = 12) -> list[Any]:
+    out, _, setups, _ = adapter.run(group, [s.question for s in group], Baseline(), FULL, max_new_tokens=steps)
+    enc = _inputs(adapter, group)
+    with torch.no_grad():
+        ref = stock(**enc).logits[:, -1].float()
+        gen = stock.generate(**enc, max_new_tokens=steps, do_sample=False)
+    torch.testing.assert_close(out.first_logits, ref, atol=ATOL, rtol=0)
+    assert out.tokens == gen[:, enc["input_ids"].shape[1] :].tolist()
+    assert all(len(t) == steps for t in out.tokens)
+    visual = (enc["input_ids"] == stock.config.image_token_id) | (enc["input_ids"] == stock.config.video_token_id)
+    assert [s.num_visual for s in setups] == visual.sum(dim=1).tolist()
+    return setups
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_two_images_baseline_equals_model_generate(adapter: Qwen2VLAdapter, stock: Any, samples: list[Sample], multi: Sample, batch: int) -> None:
+    group = [multi] if batch == 1 else [multi, samples[1]]
+    setups = _assert_equals_generate(adapter, stock, group)
+    two = setups[0]
+    assert [(s.kind, s.grid, s.start, s.source) for s in two.segments] == [("image", (4, 6), 0, 0), ("image", (3, 3), 24, 1)]
+    assert two.num_visual == 33 and two.grid == (1, 33)
+    assert two.vision_inputs == ((1, 8, 12), (1, 6, 6))
+    if batch == 2:
+        assert [(s.kind, s.grid) for s in setups[1].segments] == [("image", (3, 3))] and setups[1].grid == (3, 3)
+
+
+@pytest.mark.parametrize("case", ["video", "video-and-image-sample", "image-and-video"])
+def test_video_baseline_equals_model_generate_with_a_frame_segment_per_temporal_patch(
+    family: Family, adapter: Qwen2VLAdapter, stock: Any, samples: list[Sample], video: Sample, case: str
+) -> None:
+    both = Sample(id="image-and-video", image=samples[1].image, video=video.video[:3], question=PROMPTS[0], answers=("x",))  # 3 frames: padded to 4
+    group = {"video": [video], "video-and-image-sample": [video, samples[1]], "image-and-video": [both]}[case]
+    enc = _inputs(adapter, group)
+    assert enc["video_grid_thw"].tolist() == [[2, 6, 8]]
+    assert ("second_per_grid_ts" in enc) == family.windowed  # Qwen2.5-VL: seconds per temporal patch, 2 frames at 1 fps
+    if family.windowed:
+        assert enc["second_per_grid_ts"].tolist() == [2.0]
+    setups = _assert_equals_generate(adapter, stock, group)
+    s = setups[0]
+    frames = [(seg.kind, seg.grid, seg.source) for seg in s.segments if seg.kind == "frame"]
+    assert frames == [("frame", (3, 4), 1 if case == "image-and-video" else 0)] * 2  # one per temporal patch, numbered after the images
+    assert [seg.start for seg in s.segments] == [sum(x.count for x in s.segments[:i]) for i in range(len(s.segments))]
+    assert sum(seg.count for seg in s.segments) == s.num_visual
+    if case == "image-and-video":
+        assert (s.segments[0].kind, s.segments[0].grid, s.segments[0].source) == ("image", (3, 3), 0)  # the template puts the image first
+        assert s.vision_inputs == ((1, 6, 6), (2, 6, 8)) and s.num_visual == 33
+    else:
+        assert s.vision_inputs == ((2, 6, 8),) and s.num_visual == 24 and s.grid == (1, 24)
+
+
+@pytest.mark.parametrize("which", ["two-images", "video"])
+def test_vision_selection_across_images_and_frames_equals_pruned_inputs_embeds(
+    adapter: Qwen2VLAdapter, stock: Any, samples: list[Sample], multi: Sample, video: Sample, which: str
+) -> None:
+    group = [multi if which == "two-images" else video, samples[1]]
+    out, _, setups, _ = adapter.run(group, [s.question for s in group], KeepFixed(), FULL, max_new_tokens=6)
+    enc = _inputs(adapter, group)
+    for b, setup in enumerate(setups):
+        keep = KeepFixed.indices(setup.num_visual)
+        assert out.kept[b]["vision"] == keep.tolist()
+        first, tokens = _reference(stock, enc, b, keep, steps=6)
+        torch.testing.assert_close(out.first_logits[b], first, atol=ATOL, rtol=0)
+        assert out.tokens[b] == tokens
+
+
+def test_flops_of_several_inputs_are_the_sum_of_their_parts(adapter: Qwen2VLAdapter, samples: list[Sample], multi: Sample, video: Sample) -> None:
+    one = adapter.generate(samples, PROMPTS, Baseline(), FULL, max_new_tokens=1)
+    two, vid = adapter.generate([multi, video], [multi.question, video.question], Baseline(), FULL, max_new_tokens=1)
+    f_one = [adapter.flops(r) for r in one]
+    f_two = adapter.flops(two)
+    for part in ("vision", "projector"):
+        assert f_two[part] == f_one[0][part] + f_one[1][part] > 0
+    assert f_two["llm_prefill"] > max(f["llm_prefill"] for f in f_one)
+    # the tower attends within each temporal patch: a video of two costs two single-patch frames
+    from tokenbench.adapter import TokenCounts
+
+    frame = adapter.vision_macs(TokenCounts(12, (3, 4), 1, (12,) * LAYERS, ((1, 6, 8),)))
+    assert adapter.vision_macs(vid.counts) == (2 * frame[0], 2 * frame[1])
+    # no recorded inputs: one image of the grid, as before
+    assert adapter.vision_macs(TokenCounts(24, (4, 6), 1, (24,) * LAYERS)) == adapter.vision_macs(one[0].counts)
+
+
+def test_video_processor_lays_frames_out_as_the_stock_patchify(adapter: Qwen2VLAdapter, video: Sample) -> None:
+    """The frames, resized and normalised by the image processor, patchified by a transcription of the stock
+    ``Qwen2VLVideoProcessor.patchify`` (frames padded to a multiple of ``temporal_patch_size`` with the last)."""
+    ip = adapter.processor.image_processor
+    p, m, tps = ip.patch_size, ip.merge_size, ip.temporal_patch_size
+    frames = video.load_video()[:3]
+    out = adapter.processor(images=None, text=[adapter.chat_prompt("x", images=0, video=True)], videos=[frames])
+    per = ip(images=frames, return_tensors="pt")
+    _, gh, gw = per["image_grid_thw"][0].tolist()
+    # one frame's image patches [gh/m, gw/m, m, m, C, T, p, p] back to the normalised frame [C, H, W]
+    imgs = per["pixel_values"].view(len(frames), gh // m, gw // m, m, m, -1, tps, p, p)[:, :, :, :, :, :, 0]
+    imgs = imgs.permute(0, 5, 1, 3, 6, 2, 4, 7).reshape(len(frames), -1, gh * p, gw * p)
+    videos = imgs[None]  # [1, F, C, H, W]
+    # --- the stock patchify ---
+    batch_size, num_frames, channel, resized_height, resized_width = videos.shape
+    if pad := -num_frames % tps:
+        videos = torch.cat((videos, videos[:, -1:].expand(-1, pad, -1, -1, -1)), dim=1)
+        num_frames += pad
+    grid_t, grid_h, grid_w = num_frames // tps, resized_height // p, resized_width // p
+    patches = videos.view(batch_size, grid_t, tps, channel, grid_h // m, m, p, grid_w // m, m, p)
+    patches = patches.permute(0, 1, 4, 7, 5, 8, 3, 2, 6, 9).reshape(batch_size, grid_t * grid_h * grid_w, channel * tps * p * p)
+    # ---
+    assert out["video_grid_thw"].tolist() == [[grid_t, grid_h, grid_w]] == [[2, 6, 8]]
+    torch.testing.assert_close(out["pixel_values_videos"], patches[0], atol=0, rtol=0)
+    placeholders = out["input_ids"] == adapter.video_token_id
+    assert int(placeholders.sum()) == 2 * 3 * 4
+    assert out["mm_token_type_ids"].tolist() == (placeholders.int() * 2).tolist()
+
+
+def test_video_saliency_equals_eager_attention_per_temporal_patch(family: Family, adapter: Qwen2VLAdapter, ckpt: Path, video: Sample) -> None:
+    """The tower attends within each temporal patch (its ``cu_seqlens``): the saliency is the image rule per patch."""
+    import importlib
+
+    from transformers import AttentionInterface
+
+    eager_attention_forward = importlib.import_module(family.adapter.modeling).eager_attention_forward
+    records: list[tuple[Any, torch.Tensor]] = []
+
+    def recording_eager(module: Any, *args: Any, **kwargs: Any) -> Any:
+        out, weights = eager_attention_forward(module, *args, **kwargs)
+        records.append((module, weights))
+        return out, weights
+
+    AttentionInterface.register("tokenbench_test_record_eager_video", recording_eager)
+    eager = family.stock_class().from_pretrained(str(ckpt), dtype=torch.float32, attn_implementation="tokenbench_test_record_eager_video").eval()
+    enc = _inputs(adapter, [video])
+    block = eager.model.visual.blocks[family.saliency_block(eager.config)]
+    with torch.no_grad():
+        vis = eager.model.visual(enc["pixel_values_videos"], grid_thw=enc["video_grid_thw"])
+        window_order = eager.model.visual.merger(vis.last_hidden_state)
+    probs = [w for mod, w in records if mod is block.attn]
+    assert len(probs) == 2  # one span per temporal patch
+    pooled = torch.cat([w[0].mean(dim=0).mean(dim=0) for w in probs]).view(-1, 4).mean(dim=1)
+    perm = torch.cdist(vis.pooler_output, window_order).argmin(dim=1)
+    feats, saliency = adapter.encode_videos(enc["pixel_values_videos"], enc["video_grid_thw"], saliency=True)
+    assert saliency is not None and len(feats) == 1
+    torch.testing.assert_close(feats[0], vis.pooler_output, atol=ATOL, rtol=0)
+    torch.testing.assert_close(saliency[0], pooled[perm].float(), atol=1e-6, rtol=0)
+    assert [round(float(x.sum()), 5) for x in saliency[0].split(12)] == [0.25, 0.25]  # each temporal patch's sum to 1/m²
+    out, _, setups, _ = adapter.run([video], [video.question], Saliency(), FULL, max_new_tokens=1)
+    torch.testing.assert_close(setups[0].saliency, saliency[0], atol=0, rtol=0)
+
+
+class Saliency(Strategy):
+    """Vision stage asking for the encoder saliency; keeps everything."""
+
+    name = "ask-saliency"
+
+    def schedule(self, model: ModelInfo) -> tuple[StageSpec, ...]:
+        return (StageSpec.vision("saliency"),)
+
+    def select(self, ctx: StageContext) -> Selection:
+        assert ctx.saliency is not None
+        return Selection(keep=torch.arange(ctx.num_tokens))
+
+
+@pytest.mark.parametrize("name", _strategy_names())
+def test_every_registered_strategy_runs_on_a_video(adapter: Qwen2VLAdapter, video: Sample, name: str) -> None:
+    import tokenbench
+
+    if name in UNRELATED:
+        pytest.skip(f"{name}: {UNRELATED[name]}")
+    strategy = tokenbench.get_registry().load("strategies", name)()
+    (r,) = adapter.generate([video], [video.question], strategy, Budget("count", 6), max_new_tokens=2)
+    n = 24
+    assert r.num_visual == n and len(r.tokens_per_layer) == LAYERS and isinstance(r.prediction, str)
+    assert [(s.kind, s.grid) for s in r.segments] == [("frame", (3, 4))] * 2
+    assert all(0 <= i < n for kept in r.kept.values() for i in kept)
+    assert 0 < r.tokens_per_layer[-1] <= n
+    assert all(len(counts) == 2 for counts in r.segment_counts.values())
+    if strategy.keeps_all:
+        assert r.tokens_per_layer == [n] * LAYERS
