@@ -15,7 +15,9 @@ is asked for attention probabilities.
 Position ids after a selection (:attr:`tokenbench.Strategy.position_policy`):
 
 - ``"original"``: every surviving token keeps its id in the unreduced sequence (merged
-  tokens take their donor's); decoding continues after the unreduced prompt's last id.
+  tokens take their donor's); decoding continues after the unreduced prompt's largest
+  id on every axis (as the stock ``generate`` does: with M-RoPE a video's temporal ids
+  may run past the text after it).
 - ``"contiguous"``: the reduced sequence is renumbered as if it were the input. With
   1-D RoPE every token after the first takes the previous id + 1. With M-RoPE (3-D ids)
   the visual tokens keep their (temporal, height, width) ids, which say where each
@@ -177,6 +179,7 @@ def prefill_and_decode(
     if any(k is not None and k >= n_layers - 1 for k in by_layer):
         raise ValueError(f"strategy {strategy.name!r} schedules a stage after the last decoder layer ({n_layers - 1})")
 
+    prompt_end = _largest_position(layout)  # the unpruned prompt's; the stock generate continues after it
     for stage in stages:
         if stage.kind == "vision":
             layout = _apply_stage(
@@ -227,7 +230,10 @@ def prefill_and_decode(
     first_logits = logits
     if timer is not None:
         timer.mark("first_token")
-    next_pos = layout.pos[:, -1, :] + 1  # decoding continues from the unpruned length
+    if strategy.position_policy == "contiguous":
+        prompt_end = _largest_position(layout)  # the reduced prompt is the input
+    # every axis continues after the largest id (a video's temporal ids may run past the text after it)
+    next_pos = (prompt_end + 1)[:, None].expand(-1, layout.pos.shape[-1])
     out: list[list[int]] = [[] for _ in range(batch)]
     done = [False] * batch
     for step in range(max_new_tokens):
@@ -260,6 +266,11 @@ def prefill_and_decode(
         if timer is not None:
             timer.mark("token")
     return DecodeOutput(out, per_layer, kept, merged, first_logits, sel_time, kept_merged, seg_counts)
+
+
+def _largest_position(layout: TokenLayout) -> torch.Tensor:
+    """``[B]``: each sample's largest position id over its valid tokens and every axis."""
+    return layout.pos.masked_fill(~layout.valid[..., None], -1).amax(dim=(1, 2))
 
 
 def _layer_inputs(parts: DecoderParts, layout: TokenLayout) -> tuple[torch.Tensor | None, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
