@@ -28,6 +28,7 @@ __all__ = [
     "decode_macs_per_token",
     "decoder_layer_macs",
     "fastv_formula",
+    "internvl_projector_macs",
     "layer_averaged_tokens",
     "llava_projector_macs",
     "llm_prefill_macs",
@@ -166,26 +167,56 @@ def fastv_formula(n_tokens: float, hidden: int, ffn: int, n_layers: int) -> floa
 # ----------------------------------------------------------------- vision towers
 
 
-def vision_tower_macs(vision_config: Any, image_size: int | None = None, n_layers: int | None = None) -> int:
-    """MACs of a CLIP ViT vision tower (as in LLaVA) on one square image.
+def _pair(value: Any) -> tuple[int, int]:
+    """``(height, width)`` from an int or a two-item sequence (InternVL's configs list both)."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != 2:
+            raise ValueError(f"expected an int or (height, width), got {value!r}")
+        return int(value[0]), int(value[1])
+    return int(value), int(value)
+
+
+def vision_tower_macs(
+    vision_config: Any,
+    image_size: int | Sequence[int] | None = None,
+    n_layers: int | None = None,
+    *,
+    cls_token: bool = True,
+) -> int:
+    """MACs of a ViT vision tower (CLIP as in LLaVA, SigLIP, InternViT) on one image.
 
     Patch embedding (a ``p×p`` convolution, ``C·p²·d`` per patch), then
-    ``n_layers`` pre-norm layers over ``N = n_patches + 1`` tokens (class
-    token): q/k/v/o projections ``4·N·d²``, attention ``2·N²·d``, a two-matrix
-    GELU MLP ``2·N·d·m``. ``n_layers`` defaults to the config's depth — what
-    Hugging Face runs even when LLaVA reads ``hidden_states[-2]`` and discards
-    the last layer; pass ``num_hidden_layers - 1`` to count only layers needed.
+    ``n_layers`` pre-norm layers over ``N`` tokens: q/k/v/o projections
+    ``4·N·d²``, attention ``2·N²·d``, a two-matrix GELU MLP ``2·N·d·m``.
+    ``N = n_patches + 1`` with a [CLS] token (CLIP, InternViT), ``N = n_patches``
+    with ``cls_token=False`` (SigLIP). ``image_size`` and the config's
+    ``image_size``/``patch_size`` may be an int or ``(height, width)``, as
+    InternVL's configs give them. ``n_layers`` defaults to the config's depth —
+    what Hugging Face runs even when LLaVA reads ``hidden_states[-2]`` and
+    discards the last layer; pass ``num_hidden_layers - 1`` to count only layers
+    needed. A SigLIP attention-pooling head (``vision_use_head``) is not counted:
+    the VLMs that use SigLIP build it without one.
+
+    >>> cfg = {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 2, "patch_size": 14, "image_size": 28}
+    >>> vision_tower_macs(cfg)  # 2×2 patches + [CLS] = 5 tokens
+    648448
+    >>> vision_tower_macs(cfg, cls_token=False)  # SigLIP-style: 4 tokens
+    547840
+    >>> vision_tower_macs({**cfg, "patch_size": [14, 14], "image_size": [28, 28]})
+    648448
+    >>> vision_tower_macs(cfg, image_size=(28, 56), cls_token=False)  # 2×4 patches
+    1103872
     """
     cfg = _sub(vision_config, "vision_config")
     d, m = int(_get(cfg, "hidden_size")), int(_get(cfg, "intermediate_size"))
-    patch = int(_get(cfg, "patch_size"))
-    size = int(image_size or _get(cfg, "image_size"))
+    patch_h, patch_w = _pair(_get(cfg, "patch_size"))
+    height, width = _pair(image_size if image_size is not None else _get(cfg, "image_size"))
     channels = int(_get(cfg, "num_channels", default=3))
     layers = int(_get(cfg, "num_hidden_layers") if n_layers is None else n_layers)
-    n_patches = (size // patch) ** 2
-    n = n_patches + 1
+    n_patches = (height // patch_h) * (width // patch_w)
+    n = n_patches + (1 if cls_token else 0)
     per_layer = 4 * n * d * d + 2 * n * n * d + 2 * n * d * m
-    return n_patches * channels * patch * patch * d + layers * per_layer
+    return n_patches * channels * patch_h * patch_w * d + layers * per_layer
 
 
 clip_vision_macs = vision_tower_macs
@@ -194,6 +225,29 @@ clip_vision_macs = vision_tower_macs
 def llava_projector_macs(vision_hidden: int, text_hidden: int, n_tokens: int) -> int:
     """MACs of LLaVA-1.5's two-layer MLP projector (``v→t``, GELU, ``t→t``) on ``n_tokens`` features."""
     return n_tokens * (vision_hidden * text_hidden + text_hidden * text_hidden)
+
+
+def internvl_projector_macs(vision_hidden: int, text_hidden: int, n_tokens: int, downsample_ratio: float = 0.5) -> int:
+    """MACs of InternVL's projector on ``n_tokens`` tokens after the pixel shuffle.
+
+    The pixel shuffle folds each ``s×s`` block of patch features into one token
+    ``s²`` times as wide (``s = 1 / downsample_ratio``); the projector is
+    LayerNorm(``s²·v``) → Linear(``s²·v → t``) → GELU → Linear(``t → t``), so it
+    costs ``n·(s²·v·t + t²)`` (the LayerNorm is not a matrix product).
+
+    InternVL3-8B (InternViT-300M, v = 1024; Qwen2.5-7B, t = 3584), one 448 px tile
+    of 32×32 patches → 16×16 = 256 tokens:
+
+    >>> internvl_projector_macs(1024, 3584, 256)
+    7046430720
+    >>> internvl_projector_macs(8, 16, 4) == 4 * (32 * 16 + 16 * 16)
+    True
+    """
+    scale = round(1 / downsample_ratio)
+    if scale < 1 or abs(scale * downsample_ratio - 1) > 1e-9:
+        raise ValueError(f"downsample_ratio must be 1/s for an integer s >= 1, got {downsample_ratio}")
+    width = vision_hidden * scale * scale
+    return n_tokens * (width * text_hidden + text_hidden * text_hidden)
 
 
 def _window_sizes(grid: int, window: int) -> list[int]:

@@ -6,9 +6,12 @@ For each budget (visual tokens kept at every LLM layer) it shows
   units" (one multiply-add counted once, two-matrix FFN, no GQA, no LM head),
   only so numbers quoted from papers can be matched;
 * tokenbench's analytic LLM prefill FLOPs (``2 × MACs``; three-matrix SwiGLU,
-  grouped-query attention, LM head on the last position);
-* the vision tower + projector FLOPs, which token pruning inside the LLM does
-  not change;
+  grouped-query attention, LM head on the last position), with the config's
+  never-pruned separator tokens (``separator_tokens``, e.g. LLaVA-NeXT's
+  ``image_newline`` rows) in every layer;
+* the vision tower + projector FLOPs on one image at the config's size, every
+  tower pass (``vision_passes``: AnyRes crops + base, or tiles + thumbnail)
+  counted, which token pruning inside the LLM does not change;
 * the reduction relative to the model's full visual-token count.
 
 No torch import: everything comes from :mod:`tokenbench.flops_analytic`.
@@ -21,6 +24,7 @@ from typing import Any
 
 from tokenbench.flops_analytic import (
     fastv_formula,
+    internvl_projector_macs,
     llava_projector_macs,
     llm_prefill_macs,
     load_model_config,
@@ -34,18 +38,53 @@ __all__ = ["flops_rows", "flops_table", "signed_pct", "vision_and_projector_flop
 _TERA = 1e12
 
 
+def _patches_per_pass(vision: dict[str, Any]) -> int:
+    """Patch features of one tower pass at the tower's own resolution (no [CLS]); sizes may be ints or (height, width)."""
+
+    def pair(value: Any) -> tuple[int, int]:
+        return (int(value[0]), int(value[1])) if isinstance(value, (list, tuple)) else (int(value), int(value))
+
+    (h, w), (ph, pw) = pair(vision["image_size"]), pair(vision["patch_size"])
+    return (h // ph) * (w // pw)
+
+
+def _vision_passes(config: dict[str, Any]) -> int:
+    """Vision-tower passes on one image at the config's size (AnyRes crops + base, or tiles + thumbnail); 1 if not given."""
+    return int(config.get("vision_passes", 1))
+
+
 def vision_and_projector_flops(config: dict[str, Any]) -> int:
-    """FLOPs (2 × MACs) of the vision encoder and projector/merger on one image at the config's size."""
+    """FLOPs (2 × MACs) of the vision encoder and projector/merger on one image at the config's size.
+
+    LLaVA-NeXT and LLaVA-OneVision run their tower and two-layer MLP projector
+    once per AnyRes pass (base image + crops; SigLIP has no [CLS]); InternVL runs
+    InternViT (with [CLS]) and its pixel-shuffle projector once per tile
+    (tiles + thumbnail); ``vision_passes`` in the config gives the passes.
+    """
     text_hidden = int(config["text_config"]["hidden_size"])
     vision = config["vision_config"]
-    if config.get("model_type") == "llava":
-        macs = vision_tower_macs(vision) + llava_projector_macs(int(vision["hidden_size"]), text_hidden, int(config["num_visual_tokens"]))
-    elif config.get("model_type") == "qwen2_5_vl":
+    vision_hidden = int(vision["hidden_size"])
+    model_type = config.get("model_type")
+    passes = _vision_passes(config)
+    if model_type == "llava":
+        macs = vision_tower_macs(vision) + llava_projector_macs(vision_hidden, text_hidden, int(config["num_visual_tokens"]))
+    elif model_type == "llava_next":  # CLIP with [CLS]; the projector on each pass's patches ('default' drops the [CLS])
+        per_pass = vision_tower_macs(vision) + llava_projector_macs(vision_hidden, text_hidden, _patches_per_pass(vision))
+        macs = passes * per_pass
+    elif model_type == "llava_onevision":  # SigLIP, no [CLS]; 'full' keeps every patch
+        per_pass = vision_tower_macs(vision, cls_token=False) + llava_projector_macs(vision_hidden, text_hidden, _patches_per_pass(vision))
+        macs = passes * per_pass
+    elif model_type == "internvl":  # InternViT with [CLS]; the projector on the pixel-shuffled tokens of each tile
+        ratio = float(config.get("downsample_ratio", 0.5))
+        tokens = round(_patches_per_pass(vision) * ratio * ratio)
+        per_pass = vision_tower_macs(vision) + internvl_projector_macs(vision_hidden, text_hidden, tokens, ratio)
+        macs = passes * per_pass
+    elif model_type == "qwen2_5_vl":
         macs = qwen2_5_vl_vision_macs(vision, int(config.get("image_size", 448)))  # merger included
-    elif config.get("model_type") == "qwen2_vl":
+    elif model_type == "qwen2_vl":
         macs = qwen2_vl_vision_macs(vision, int(config.get("image_size", 448)))  # merger included
     else:
-        raise ValueError(f"no vision FLOPs model for model_type {config.get('model_type')!r}")
+        raise ValueError(f"no vision FLOPs model for model_type {model_type!r}")
     return 2 * macs
 
 
@@ -53,17 +92,20 @@ def flops_rows(config_name: str, budgets: Sequence[int], text_tokens: int = 0) -
     """One dict per budget; keys carry their unit (``*_flops`` in FLOPs, ``*_pct`` in percent).
 
     ``text_tokens`` adds that many text tokens to every layer's sequence in the
-    tokenbench prefill count (the FastV-formula column always uses the
-    visual tokens alone, as the 2.99e12 / 0.98e12 LLaVA figures do).
+    tokenbench prefill count, and so do the config's ``separator_tokens``
+    (LLaVA-NeXT's / OneVision's ``image_newline`` rows, which no strategy prunes);
+    the FastV-formula column always uses the visual tokens alone, as the
+    2.99e12 / 0.98e12 LLaVA figures do.
     """
     config = load_model_config(config_name)
     text = config["text_config"]
     d, m, n_layers = int(text["hidden_size"]), int(text["intermediate_size"]), int(text["num_hidden_layers"])
     full = int(config["num_visual_tokens"])
+    separators = int(config.get("separator_tokens", 0))
     vision_flops = vision_and_projector_flops(config)
 
     def prefill_flops(visual: int) -> int:
-        return 2 * llm_prefill_macs(text, [visual + text_tokens] * n_layers, lm_head_tokens=1)
+        return 2 * llm_prefill_macs(text, [visual + separators + text_tokens] * n_layers, lm_head_tokens=1)
 
     full_fastv = fastv_formula(full, d, m, n_layers)
     full_llm = prefill_flops(full)
@@ -78,7 +120,9 @@ def flops_rows(config_name: str, budgets: Sequence[int], text_tokens: int = 0) -
                 "config": config_name,
                 "visual_tokens": int(budget),
                 "full_visual_tokens": full,
+                "separator_tokens": separators,
                 "text_tokens": int(text_tokens),
+                "vision_passes": _vision_passes(config),
                 "tokens_kept_pct": 100.0 * budget / full,
                 "fastv_formula_units": fastv,
                 "fastv_formula_reduction_pct": 100.0 * (1 - fastv / full_fastv),
@@ -133,13 +177,18 @@ def flops_table(config_name: str, budgets: Sequence[int], text_tokens: int = 0) 
     widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(header)]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in (header, *body)]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    full = rows[0]["full_visual_tokens"] if rows else "?"
+    config = load_model_config(config_name)
+    full = int(config["num_visual_tokens"])
+    separators = int(config.get("separator_tokens", 0))
+    passes = _vision_passes(config)
     text_note = f" + {text_tokens} text tokens" if text_tokens else " (no text tokens)"
+    sep_note = f"; its {separators} separator tokens (image_newline) are never pruned and count as text tokens in every layer" if separators else ""
     notes = [
-        f"{config_name}: reductions are relative to the full {full} visual tokens{text_note}; budgets are visual tokens kept at every LLM layer.",
+        f"{config_name}: reductions are relative to the full {full} visual tokens{text_note}; budgets are visual tokens kept at every LLM layer{sep_note}.",
         "¹ FastV formula L·(4nd² + 2n²d + 2ndm), n = visual tokens: one multiply-add counted ONCE, 2-matrix FFN, "
         "no GQA, no LM head — not FLOPs; for comparison with papers only.",
         "² tokenbench FLOPs = 2 × multiply-adds: 3-matrix SwiGLU FFN, grouped-query attention, causal attention not discounted, LM head on the last position.",
-        "³ vision encoder + projector/merger on one image, 2 × multiply-adds; unchanged by pruning inside the LLM.",
+        f"³ vision encoder + projector/merger on one image ({passes} tower pass{'' if passes == 1 else 'es'}), 2 × multiply-adds; "
+        "unchanged by pruning inside the LLM.",
     ]
     return "\n".join([*lines, "", *notes])
