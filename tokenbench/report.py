@@ -299,6 +299,7 @@ def to_json(cmp: Comparison, rows: list[dict[str, Any]], *, adjust: str, by_kind
                     "error": r.error,
                     "kept": r.record.get("kept"),
                     "tokens_per_layer": r.record.get("tokens_per_layer"),
+                    "segments": r.record.get("segments"),
                 }
                 for r in run.records
             ]

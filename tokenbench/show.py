@@ -6,6 +6,11 @@ panel per strategy, budget and reduction stage (``vision``, ``llm@K``): dropped 
 cells dimmed, kept cells outlined, and, where the task knows them
 (:meth:`tokenbench.Task.relevant_tokens`), the cells the answer depends on outlined in another colour. Each panel names the stage,
 the tokens kept and the prediction; the figure names the question and the answers.
+
+A sample of several segments (:class:`tokenbench.Segment`: AnyRes base and crops,
+tiles and thumbnail, several images, video frames) is drawn segment by segment, side by
+side in each panel, each on its own image (a frame segment on the frame it covers,
+from the frames the adapter samples) and labelled with its kind and tokens kept.
 """
 
 from __future__ import annotations
@@ -70,7 +75,8 @@ def show(request: Any, sample_id: str, out: str | Path) -> Path:
                 [sample], [prompt], strategy, budget, seed=request.seed, max_new_tokens=task.max_new_tokens, stop_strings=task.stop_strings
             )[0]
             panels.append((strategy.label, budget.label, result, task.score(sample, result.prediction)))
-    return draw(sample, panels, out, relevant=lambda grid: task.relevant_tokens(sample, grid) or [])
+    frames = sample.load_video(num_frames=getattr(adapter, "video_frames", None), fps=getattr(adapter, "video_fps", None)) if sample.has_video else []
+    return draw(sample, panels, out, relevant=lambda grid: task.relevant_tokens(sample, grid) or [], frames=frames)
 
 
 def unknown_sample_message(sample_id: str, task: str, ids: Sequence[str]) -> str:
@@ -121,10 +127,35 @@ def stages(result: Any) -> list[tuple[str, list[int]]]:
     return [(label, list(kept)) for label, kept in result.kept.items()]
 
 
+def segment_images(sample: Any, segments: Sequence[Any], frames: Sequence[Any] = ()) -> list[Any]:
+    """The picture each segment is drawn on: its source image, or for a frame segment the frame it covers.
+
+    Frame segments of one video split ``frames`` evenly (a Qwen temporal patch covers two
+    frames: it is drawn on the first).
+    """
+    images = sample.load_images()
+    video = [s for s in segments if s.source >= len(images)]
+    out = []
+    for seg in segments:
+        if seg.source < len(images):
+            out.append(images[seg.source])
+        else:
+            j = video.index(seg)
+            out.append(frames[min(len(frames) - 1, j * len(frames) // max(1, len(video)))] if frames else images[0] if images else None)
+    return out
+
+
 def draw(
-    sample: Any, panels: Sequence[tuple[str, str, Any, float]], out: str | Path, relevant: Callable[[tuple[int, int]], list[int]] = lambda grid: []
+    sample: Any,
+    panels: Sequence[tuple[str, str, Any, float]],
+    out: str | Path,
+    relevant: Callable[[tuple[int, int]], list[int]] = lambda grid: [],
+    frames: Sequence[Any] = (),
 ) -> Path:
-    """One panel per (strategy, budget, stage); ``relevant(grid)``: the cells the task says the answer depends on."""
+    """One panel per (strategy, budget, stage); ``relevant(grid)``: the cells the task says the answer depends on.
+
+    ``frames``: the video frames the adapter sampled, for samples with a video.
+    """
     import numpy as np
     from matplotlib.collections import PatchCollection
     from matplotlib.lines import Line2D
@@ -139,21 +170,30 @@ def draw(
     ncols = min(4, len(cells))
     nrows = math.ceil(len(cells) / ncols)
     fig = new_figure(3.6 * ncols, 4.1 * nrows + 0.9)
-    base_image = sample.load_image()
     for k, (label, budget, res, score, stage, kept) in enumerate(cells):
-        h, w = res.grid
         ax = fig.add_subplot(nrows, ncols, k + 1)
-        ax.imshow(np.asarray(_crop_to_grid(base_image, (h, w))), extent=(0, w, h, 0), interpolation="bilinear")
         keep = set(kept)
-        shade = np.zeros((h, w, 4))
-        for i in range(h * w):
-            if i not in keep:
-                shade[i // w, i % w] = (0, 0, 0, 0.72)
-        ax.imshow(shade, extent=(0, w, h, 0), interpolation="nearest")
-        ax.add_collection(
-            PatchCollection([Rectangle((i % w, i // w), 1, 1) for i in sorted(keep) if i < h * w], facecolor="none", edgecolor=KEPT_COLOUR, linewidth=0.6)
-        )
-        relevant_here = relevant((h, w))
+        segments = res.all_segments
+        pictures = segment_images(sample, segments, frames)
+        x0, height = 0.0, max(seg.grid[0] for seg in segments)
+        for seg, picture in zip(segments, pictures):
+            h, w = seg.grid
+            local = {i - seg.start for i in keep if seg.start <= i < seg.stop}
+            if picture is not None:
+                ax.imshow(np.asarray(_crop_to_grid(picture, (h, w))), extent=(x0, x0 + w, h, 0), interpolation="bilinear")
+            shade = np.zeros((h, w, 4))
+            for i in range(h * w):
+                if i not in local:
+                    shade[i // w, i % w] = (0, 0, 0, 0.72)
+            ax.imshow(shade, extent=(x0, x0 + w, h, 0), interpolation="nearest")
+            ax.add_collection(
+                PatchCollection([Rectangle((x0 + i % w, i // w), 1, 1) for i in sorted(local)], facecolor="none", edgecolor=KEPT_COLOUR, linewidth=0.6)
+            )
+            if len(segments) > 1:
+                ax.text(x0, h + 0.2, f"{seg.kind} {seg.source}: {len(local)}/{seg.count}", fontsize=5, va="top")
+            x0 += w + (1 if len(segments) > 1 else 0)
+        h, w = res.grid
+        relevant_here = relevant((h, w)) if len(segments) == 1 else []
         if relevant_here:
             ax.add_collection(
                 PatchCollection([Rectangle((i % w, i // w), 1, 1) for i in relevant_here], facecolor="none", edgecolor=RELEVANT_COLOUR, linewidth=1.8)
@@ -167,14 +207,14 @@ def draw(
             f"{shorten(label, 30)} @ {budget} — {stage}\n{len(keep)}/{res.num_visual} kept{extra}{rel}\npred: {shorten(repr(res.prediction), 32)} ({verdict})",
             fontsize=8,
         )
-        ax.set_xlim(0, w)
-        ax.set_ylim(h, 0)
+        ax.set_xlim(0, x0 if len(segments) > 1 else w)
+        ax.set_ylim(height + (1.2 if len(segments) > 1 else 0), 0)
         ax.set_xticks([])
         ax.set_yticks([])
     answers = " / ".join(sample.answers)
     fig.suptitle(f"{sample.id}: {shorten(sample.question, 40 * ncols)}\nanswer: {shorten(answers, 40 * ncols)}", fontsize=10)
     handles = [Line2D([], [], color=KEPT_COLOUR, lw=1.5, label="kept token (outlined); dropped tokens dimmed")]
-    if any(relevant(c[2].grid) for c in cells[:1]):
+    if any(len(c[2].all_segments) == 1 and relevant(c[2].grid) for c in cells[:1]):
         handles.append(Line2D([], [], color=RELEVANT_COLOUR, lw=2, label="cells the answer depends on"))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.04, 1, 0.93))
