@@ -433,3 +433,49 @@ def test_every_registered_strategy_runs(adapter: DecoderAdapter, samples: list[S
             assert 0 < final <= r.num_visual, name
             for label, counts in r.segment_counts.items():
                 assert len(counts) == len(r.segments), (name, label)
+
+
+def _per_pass_reference(family: Family, ckpt: Path, adapter: DecoderAdapter, enc: Any) -> torch.Tensor:
+    """``[passes, tokens]``: each tower pass's saliency from the eager attention probabilities the stock
+    ``get_image_features`` returns (the feature layer's): the [CLS] row (CLIP, InternViT; summed over each
+    pixel-shuffled 2×2 group for InternVL) or the mean attention received (SigLIP)."""
+    import transformers
+
+    eager = getattr(transformers, family.stock_class).from_pretrained(str(ckpt), dtype=torch.float32, attn_implementation="eager").eval()
+    cfg = eager.config
+    kwargs = {k: enc[k] for k in ("image_sizes", "batch_num_images") if k in enc}
+    with torch.no_grad():
+        out = eager.model.get_image_features(pixel_values=enc["pixel_values"], output_attentions=True, return_dict=True, **kwargs)
+    layer = cfg.vision_feature_layer if isinstance(cfg.vision_feature_layer, int) else cfg.vision_feature_layer[-1]
+    att = out.attentions[layer].float().mean(dim=1)  # [passes, S, S], head-averaged
+    if family.name == "llava_onevision":
+        return att.mean(dim=1)
+    cls = att[:, 0, 1:]
+    if family.name == "internvl":
+        side = int(cls.shape[1] ** 0.5)
+        shuffled = eager.model.pixel_shuffle(cls.view(-1, side, side, 1).expand(-1, side, side, 4).contiguous(), scale_factor=cfg.downsample_ratio)
+        return shuffled.sum(dim=-1).flatten(1) / 4  # each patch's value appears 4 times among the channels
+    return cls
+
+
+def test_saliency_equals_eager_attention(family: Family, ckpt: Path, adapter: DecoderAdapter, samples: list[Sample]) -> None:
+    enc = _encode(adapter, samples)
+    encoded = adapter.encode(enc, saliency=True)
+    assert encoded.saliency is not None and encoded.segments is not None
+    ref = _per_pass_reference(family, ckpt, adapter, enc)
+    first_pass = 0
+    for b, segments in enumerate(encoded.segments):
+        sal = encoded.saliency[b]
+        assert sal.shape[0] == sum(s.count for s in segments)
+        for seg in segments:
+            part = sal[seg.start : seg.stop]
+            if seg.kind in ("base", "image", "tile", "thumbnail"):  # one tower pass each
+                torch.testing.assert_close(part, ref[first_pass], atol=1e-5, rtol=0)
+                first_pass += 1
+            else:  # crops: laid out like the features; each value comes from one of the image's crop passes
+                passes = encoded.vision_inputs[b][seg.source][0] - 1  # type: ignore[index]
+                crops = ref[first_pass : first_pass + passes].flatten()
+                if seg.count <= crops.numel() and family.name == "llava_next":
+                    assert bool((part[:, None] - crops[None, :]).abs().min(dim=1).values.max() < 1e-6)
+                first_pass += passes
+    assert first_pass == ref.shape[0]
