@@ -26,7 +26,7 @@ def adapter(tiny_llava: Path):
 @pytest.mark.parametrize("name", STRATEGIES)
 def test_strategy_meets_contract(name: str, adapter, tmp_path: Path) -> None:
     strategy = get_registry().load("strategies", name)()
-    check_strategy_contract(strategy, workdir=tmp_path, adapter=adapter)
+    check_strategy_contract(strategy, workdir=tmp_path, adapter=adapter, several_images=True)
 
 
 @pytest.mark.parametrize("name", STRATEGIES)

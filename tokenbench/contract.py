@@ -11,7 +11,11 @@ checkpoint with a batch of two samples, at several budgets, twice, and checks:
   most ``b`` (``"layer_average"``: the exact layer average is pinned per strategy, since a
   shallow test model cannot reach every average), every token for ``keeps_all``;
 - the recorded kept indices are sorted, unique and in range at every stage;
-- a rerun with the same seed gives the same selections and predictions.
+- a rerun with the same seed gives the same selections and predictions;
+- on a sample of two images (two segments, with the default tiny LLaVA, or with
+  ``several_images=True``; not for strategies that read a task's ground truth), the
+  budget holds for the whole sample and the per-segment counts the adapter records add
+  up to the tokens that reached the last layer.
 
 The project's own suite runs it over every registered strategy; a plugin package runs
 it on its own class::
@@ -89,8 +93,13 @@ def check_strategy_contract(
     samples: Sequence[Sample] | None = None,
     budgets: Sequence[int] = (4, 12),
     seed: int = 0,
+    several_images: bool | None = None,
 ) -> list[list[GenerationResult]]:
-    """Raise ``AssertionError`` naming the strategy and the broken rule; returns the results."""
+    """Raise ``AssertionError`` naming the strategy and the broken rule; returns the results.
+
+    ``several_images``: also run a sample of two images (default: with the default adapter only).
+    """
+    several_images = adapter is None if several_images is None else several_images
     adapter = adapter or contract_adapter(workdir)
     samples = list(samples or contract_samples(2))
     prompts = [s.question for s in samples]
@@ -102,4 +111,22 @@ def check_strategy_contract(
             _check_result(strategy, r, b)
             _require(r.kept == r2.kept and r.prediction == r2.prediction, f"{strategy.name}: not deterministic under a fixed seed")
         runs.append(first)
+    if several_images and not strategy.needs_ground_truth:  # ground truth is per image grid
+        runs.append(_check_two_images(strategy, adapter, samples, budgets[-1], seed))
     return runs
+
+
+def _check_two_images(strategy: Strategy, adapter: Adapter, samples: Sequence[Sample], b: int, seed: int) -> list[GenerationResult]:
+    from dataclasses import replace
+
+    two = replace(samples[0], id=f"{samples[0].id}+{samples[-1].id}", image=[samples[0].load_image(), samples[-1].load_image()])
+    (r,) = adapter.generate([two], [two.question], strategy, Budget("count", b), seed=seed, max_new_tokens=2)
+    _require(len(r.segments) == 2, f"{strategy.name}: a sample of two images gave {len(r.segments)} segments")
+    _check_result(strategy, r, b)
+    final = r.tokens_per_layer[-1]
+    for label, counts in r.segment_counts.items():
+        _require(len(counts) == 2, f"{strategy.name} {label}: {len(counts)} per-segment counts for two segments")
+    if r.segment_counts:
+        last = max(r.segment_counts, key=lambda label: -1 if label == "vision" else int(label.split("@")[1]))
+        _require(sum(r.segment_counts[last]) == final, f"{strategy.name}: per-segment counts {r.segment_counts[last]} do not add up to {final}")
+    return [r]
