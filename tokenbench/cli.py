@@ -26,6 +26,7 @@ from tokenbench.cli_options import (
     quiet_weight_loading,
 )
 from tokenbench.errors import TokenbenchError, UsageError
+from tokenbench.flops_analytic import available_model_configs
 from tokenbench.registry import FAMILIES, get_registry
 from tokenbench.store import DEFAULT_STORE
 
@@ -353,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_runs)
 
     f = sub.add_parser("flops", help="analytic FLOPs of a published architecture at several budgets (no weights)")
-    f.add_argument("--config", required=True, help="llava-1.5-7b, llava-1.5-13b, qwen2.5-vl-3b, qwen2.5-vl-7b")
+    f.add_argument("--config", required=True, help="a bundled architecture: " + ", ".join(available_model_configs()))
     f.add_argument("--budget", required=True, help="visual tokens, comma list (e.g. 576,192)")
     f.add_argument("--format", choices=["table", "json"], default="table")
     f.set_defaults(func=cmd_flops)
