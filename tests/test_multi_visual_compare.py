@@ -125,3 +125,41 @@ def test_show_draws_every_segment(two_images: Path, tmp_path: Path) -> None:
     args = ["show", "--model", str(model), "--task", f"jsonl:{two_images}", "--strategies", "random,pooling", "--sample", "m0", "--budget", "6"]
     assert main([*args, "--out", str(out)]) == 0
     assert out.stat().st_size > 10_000
+
+
+def test_each_kind_of_bad_visual_input_is_that_samples_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """On Qwen2-VL (takes video): an unreadable video file, and an image its processor rejects (aspect
+    ratio over 200); on a checkpoint without a chat template: two images where its prompt has one slot."""
+    from PIL import Image
+
+    from tokenbench.testing import tiny_llava_checkpoint, tiny_qwen2_vl_checkpoint, write_multi_image_jsonl_task
+
+    folder = tmp_path / "data"
+    task = write_multi_image_jsonl_task(folder, n=2)
+    lines = [json.loads(line) for line in task.read_text().splitlines()]
+    (folder / "broken.mp4").write_bytes(b"not a video")
+    Image.new("RGB", (420, 2), "red").save(folder / "sliver.png")
+    lines += [
+        {"id": "broken-video", "video": "broken.mp4", "question": "what colour is the square?", "answers": ["red"]},
+        {"id": "sliver", "image": "sliver.png", "question": "what colour is the square?", "answers": ["red"]},
+    ]
+    task.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    code, out = _compare(tiny_qwen2_vl_checkpoint(tmp_path / "qwen", layers=3), task, tmp_path, capsys, "random")
+    assert code == 1
+    for records in out["per_sample"].values():
+        errors = {r["id"]: r["error"] for r in records if r["error"]}
+        assert set(errors) == {"broken-video", "sliver"}, errors
+        assert "cannot read video" in errors["broken-video"] and "broken.mp4" in errors["broken-video"]
+        assert "aspect ratio" in errors["sliver"]
+        assert not any("\n" in e for e in errors.values())
+
+    plain = tiny_llava_checkpoint(tmp_path / "plain")
+    for name in ("chat_template.jinja", "chat_template.json"):
+        (plain / name).unlink(missing_ok=True)
+    (tmp_path / "r.db").unlink()
+    code, out = _compare(plain, task, tmp_path, capsys, "random")
+    assert code == 1
+    for records in out["per_sample"].values():
+        errors = {r["id"]: r["error"] for r in records if r["error"]}
+        assert {"m0", "m1"} <= set(errors) and "sliver" not in errors
+        assert "takes one image, not 2 images" in errors["m0"]
