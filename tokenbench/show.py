@@ -176,7 +176,8 @@ def draw(
         segments = res.all_segments
         pictures = segment_images(sample, segments, frames)
         x0, height = 0.0, max(seg.grid[0] for seg in segments)
-        for seg, picture in zip(segments, pictures):
+        present = (getattr(res, "segment_counts", None) or {}).get(stage)  # merged tokens included, by their donors
+        for j, (seg, picture) in enumerate(zip(segments, pictures)):
             h, w = seg.grid
             local = {i - seg.start for i in keep if seg.start <= i < seg.stop}
             if picture is not None:
@@ -190,7 +191,7 @@ def draw(
                 PatchCollection([Rectangle((x0 + i % w, i // w), 1, 1) for i in sorted(local)], facecolor="none", edgecolor=KEPT_COLOUR, linewidth=0.6)
             )
             if len(segments) > 1:
-                ax.text(x0, h + 0.2, f"{seg.kind} {seg.source}: {len(local)}/{seg.count}", fontsize=5, va="top")
+                ax.text(x0, h + 0.2, f"{seg.kind} {seg.source}: {present[j] if present else len(local)}/{seg.count}", fontsize=5, va="top")
             x0 += w + (1 if len(segments) > 1 else 0)
         h, w = res.grid
         relevant_here = relevant((h, w)) if len(segments) == 1 else []
