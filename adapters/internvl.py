@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from tokenbench import DecoderAdapter, DecoderParts, EncodedBatch, Segment, TokenCounts, load_pretrained, load_processor, mark_phase, torch_dtype
+from tokenbench.adapters.vision_attention import attention_probs, feature_layer_input
 
 
 class InternVLAdapter(DecoderAdapter):
@@ -130,16 +131,12 @@ class InternVLAdapter(DecoderAdapter):
 
     def _cls_saliency(self, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """[tiles, n]: the [CLS] row of the feature layer's attention, head-averaged, summed over each token's 2×2 patches."""
-        encoder = self.model.model.vision_tower.encoder
-        f = self.feature_layer if isinstance(self.feature_layer, int) else self.feature_layer[-1]
-        f = f % len(hidden_states)  # hidden_states[f] is the output of layer f-1
-        layer = encoder.layer[f - 1]
-        x = layer.layernorm_before(hidden_states[f - 1])
+        index, x = feature_layer_input(hidden_states, self.feature_layer)
+        layer = self.model.model.vision_tower.encoder.layer[index]
         att = layer.attention
-        b, s, _ = x.shape
-        q = att.q_norm(att.q_proj(x[:, :1])).view(b, 1, att.num_heads, att.head_dim).transpose(1, 2)
-        k = att.k_norm(att.k_proj(x)).view(b, s, att.num_heads, att.head_dim).transpose(1, 2)
-        probs = ((q @ k.transpose(-1, -2)).float() * att.scale).softmax(dim=-1).mean(dim=1)[:, 0, 1:]  # [tiles, patches]
-        side = int(round((s - 1) ** 0.5))
-        group = int(round(1 / self.ratio))
-        return probs.view(b, side // group, group, side // group, group).sum(dim=(2, 4)).flatten(1)
+        probs = attention_probs(
+            layer.layernorm_before(x), lambda h: att.q_norm(att.q_proj(h)), lambda h: att.k_norm(att.k_proj(h)), att.num_heads, att.scale, rows=slice(0, 1)
+        )
+        cls = probs.mean(dim=1)[:, 0, 1:]  # [tiles, patches]
+        b, side, group = cls.shape[0], int(round(cls.shape[1] ** 0.5)), int(round(1 / self.ratio))
+        return cls.view(b, side // group, group, side // group, group).sum(dim=(2, 4)).flatten(1)

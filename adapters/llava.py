@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from tokenbench import DecoderAdapter, DecoderParts, EncodedBatch, TokenCounts, load_pretrained, mark_phase, stack_segments, torch_dtype
+from tokenbench.adapters.vision_attention import attention_probs, feature_layer_input
 
 DEFAULT_PROMPT = "USER: <image>\n{question} ASSISTANT:"
 
@@ -99,15 +100,8 @@ class LlavaAdapter(DecoderAdapter):
     def _cls_saliency(self, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """[B, N]: the [CLS] row of the feature layer's attention, head-averaged, [CLS] column dropped."""
         tower = self.model.model.vision_tower
-        layers = getattr(tower, "vision_model", tower).encoder.layers
-        f = self.feature_layer if isinstance(self.feature_layer, int) else self.feature_layer[-1]
-        f = f % len(hidden_states)  # hidden_states[f] is the output of layer f-1
-        layer = layers[f - 1]
-        x = layer.layer_norm1(hidden_states[f - 1])
+        index, x = feature_layer_input(hidden_states, self.feature_layer)
+        layer = getattr(tower, "vision_model", tower).encoder.layers[index]
         att = layer.self_attn
-        b, s, _ = x.shape
-        q = att.q_proj(x[:, :1]).view(b, 1, att.num_heads, att.head_dim).transpose(1, 2)
-        k = att.k_proj(x).view(b, s, att.num_heads, att.head_dim).transpose(1, 2)
-        probs = ((q @ k.transpose(-1, -2)).float() * att.scale).softmax(dim=-1)  # [B, H, 1, S]
-        sal = probs.mean(dim=1)[:, 0, 1:]
-        return sal if self.select_strategy == "default" else torch.cat([probs.mean(dim=1)[:, 0, :1], sal], dim=1)
+        probs = attention_probs(layer.layer_norm1(x), att.q_proj, att.k_proj, att.num_heads, att.scale, rows=slice(0, 1)).mean(dim=1)[:, 0]  # [B, S]
+        return probs[:, 1:] if self.select_strategy == "default" else probs

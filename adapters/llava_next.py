@@ -122,6 +122,12 @@ class LlavaNextAdapter(LlavaAdapter):
 
     def encode_visuals(self, inputs: Mapping[str, Any], *, saliency: bool) -> list[Visual]:
         """Every image of the batch, in prompt order, as the stock ``get_image_features`` packs it."""
+        return self.encode_images(inputs, saliency=saliency)
+
+    def encode_images(self, inputs: Mapping[str, Any], *, saliency: bool, **stock_options: Any) -> list[Visual]:
+        """The batch's images in order; ``stock_options`` go to the stock ``get_image_features``."""
+        if "pixel_values" not in inputs:
+            return []
         sizes = inputs["image_sizes"].to(self.device)
         img = self.model.model.get_image_features(
             pixel_values=inputs["pixel_values"].to(self.device, torch_dtype(self.dtype)),
@@ -130,6 +136,7 @@ class LlavaNextAdapter(LlavaAdapter):
             vision_feature_select_strategy=self.select_strategy,
             output_hidden_states=saliency or None,
             return_dict=True,
+            **stock_options,
         )
         per_pass = self.pass_saliency(img.hidden_states) if saliency else None  # [passes, h*w]
         out, first = [], 0

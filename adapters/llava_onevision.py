@@ -37,6 +37,7 @@ import torch
 
 from tokenbench import load_pretrained, load_processor, torch_dtype
 from tokenbench.adapters.llava_next import LlavaNextAdapter, Visual
+from tokenbench.adapters.vision_attention import attention_probs, feature_layer_input
 
 
 class LlavaOnevisionAdapter(LlavaNextAdapter):
@@ -85,24 +86,7 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
 
     def encode_visuals(self, inputs: Mapping[str, Any], *, saliency: bool) -> list[Visual]:
         """The images (as LLaVA-NeXT, AnyRes-max) then the videos, each in prompt order; a sample holds its images before its video."""
-        images: list[Visual] = []
-        if "pixel_values" in inputs:
-            sizes = inputs["image_sizes"].to(self.device)
-            img = self.model.model.get_image_features(
-                pixel_values=inputs["pixel_values"].to(self.device, torch_dtype(self.dtype)),
-                image_sizes=sizes,
-                vision_feature_layer=self.feature_layer,
-                vision_feature_select_strategy=self.select_strategy,
-                vision_aspect_ratio=self.aspect,
-                batch_num_images=inputs.get("batch_num_images"),
-                output_hidden_states=saliency or None,
-                return_dict=True,
-            )
-            per_pass = self.pass_saliency(img.hidden_states) if saliency else None
-            first = 0
-            for packed, size in zip(img.pooler_output, sizes.tolist()):
-                images.append(self.image_parts(packed, (int(size[0]), int(size[1])), per_pass, first))
-                first += images[-1].passes
+        images = self.encode_images(inputs, saliency=saliency, vision_aspect_ratio=self.aspect, batch_num_images=inputs.get("batch_num_images"))
         videos = self._videos(inputs, saliency=saliency) if "pixel_values_videos" in inputs else []
         return self._in_prompt_order(inputs["input_ids"], images, videos)
 
@@ -144,14 +128,7 @@ class LlavaOnevisionAdapter(LlavaNextAdapter):
 
     def pass_saliency(self, hidden_states: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """``[passes, h*w]``: the mean attention each patch receives in the feature layer (all query rows and heads)."""
-        layers = self.model.model.vision_tower.encoder.layers
-        f = self.feature_layer if isinstance(self.feature_layer, int) else self.feature_layer[-1]
-        f = f % len(hidden_states)  # hidden_states[f] is the output of layer f-1
-        layer = layers[f - 1]
-        x = layer.layer_norm1(hidden_states[f - 1])
+        index, x = feature_layer_input(hidden_states, self.feature_layer)
+        layer = self.model.model.vision_tower.encoder.layers[index]
         att = layer.self_attn
-        b, s, _ = x.shape
-        q = att.q_proj(x).view(b, s, att.num_heads, att.head_dim).transpose(1, 2)
-        k = att.k_proj(x).view(b, s, att.num_heads, att.head_dim).transpose(1, 2)
-        probs = ((q @ k.transpose(-1, -2)).float() * att.scale).softmax(dim=-1)  # [B, H, S, S]
-        return probs.mean(dim=(1, 2))
+        return attention_probs(layer.layer_norm1(x), att.q_proj, att.k_proj, att.num_heads, att.scale).mean(dim=(1, 2))

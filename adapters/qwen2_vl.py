@@ -59,7 +59,6 @@ import importlib
 import itertools
 import re
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -76,6 +75,7 @@ from tokenbench import (
     stack_segments,
     torch_dtype,
 )
+from tokenbench.processors import read_chat_template
 
 #: score-matrix entries computed at once by the saliency (bounds its memory)
 _CHUNK = 1 << 26
@@ -423,25 +423,8 @@ def load_processor(source: str, **options: Any) -> Any:
         if "torchvision" not in str(exc).lower():
             raise
     tokenizer = AutoTokenizer.from_pretrained(source)
-    template = _read_template(source) or getattr(tokenizer, "chat_template", None)  # the processor's first, as AutoProcessor
+    template = read_chat_template(source) or getattr(tokenizer, "chat_template", None)  # the processor's first, as AutoProcessor
     return ImageOnlyProcessor(tokenizer, AutoImageProcessor.from_pretrained(source, **options), template)
-
-
-def _read_template(source: str) -> str | None:
-    """The processor's chat template file (``chat_template.jinja`` or ``.json``), local or cached from the hub."""
-    import json
-
-    from transformers.utils import cached_file
-
-    for name in ("chat_template.jinja", "chat_template.json"):
-        try:
-            path = cached_file(source, name, _raise_exceptions_for_missing_entries=False)
-        except OSError:
-            path = None
-        if path:
-            text = Path(path).read_text()
-            return str(json.loads(text)["chat_template"]) if name.endswith(".json") else text
-    return None
 
 
 def _size(size: Any, *keys: str) -> int | None:
