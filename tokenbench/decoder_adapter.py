@@ -262,8 +262,9 @@ class DecoderAdapter(Adapter):
         return self.processor(text=list(texts), return_tensors="pt", padding=True, **kwargs)
 
     def describe(self) -> dict[str, Any]:
-        """:func:`~tokenbench.model_identity` with the prompt family; extend it with the processor options that change results."""
-        return model_identity(self.model, self.source, self.device, self.dtype, family=self.family)
+        """:func:`~tokenbench.model_identity` with the prompt family (and, for a model that takes video, the frame sampling); extend it with the processor options that change results."""
+        video = {"video_fps": self.video_fps, "video_frames": self.video_frames} if self.takes_video else {}
+        return model_identity(self.model, self.source, self.device, self.dtype, family=self.family, **video)
 
     def flops_for(self, counts: TokenCounts) -> dict[str, int]:
         """The decoder's FLOPs at the measured sequence lengths (:class:`~tokenbench.FlopsMeter`) plus :meth:`vision_macs`."""
