@@ -24,7 +24,8 @@ from (``vision_feature_layer``; -1 for InternVL3), head-averaged, recomputed fro
 layer's input with its own norm and projections, as for CLIP in the LLaVA adapter; each
 token's saliency is the sum over its four pixel-shuffled patches (so each tile's sums
 to 1). A strategy that ranks the whole sample compares values across tiles on that
-scale. Positions: 1-D, the stock ``0 .. S-1``; kept tokens keep theirs.
+scale. No official code of the built-in methods runs InternVL3 (docs/strategies.md,
+"Several segments"); the [CLS] rule is the one the CLIP ports use. Positions: 1-D, the stock ``0 .. S-1``; kept tokens keep theirs.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -30,7 +30,7 @@ class LlavaAdapter(DecoderAdapter):
     description = "LLaVA-1.5 family (LlavaForConditionalGeneration), CLIP [CLS] saliency, 1-D RoPE"
     family = "llava"
     model_types = ("llava",)
-    default_prompt = DEFAULT_PROMPT
+    default_prompt: ClassVar[str | None] = DEFAULT_PROMPT
 
     def __init__(self, model: Any, processor: Any, source: str, device: str, dtype: str) -> None:
         cfg = model.config

@@ -22,9 +22,9 @@ Saliency (SigLIP has no [CLS]): the mean attention each patch receives in the la
 features come from (``vision_feature_layer``, -1: the last), over all query rows and
 heads of its tower pass, recomputed from that layer's input with its own norm and
 projections (each pass's values sum to 1); crops laid out, unpadded and resized exactly
-as the features; video frames pooled as the features. This is the rule the
-[CLS]-free ports use (VisionZip and VisPruner on SigLIP towers rank by the attention
-each token receives).
+as the features; video frames pooled as the features. No official code of the built-in
+methods runs LLaVA-OneVision (docs/strategies.md, "Several segments"); this is the rule
+tokenbench uses for every tower without a [CLS] token (the Qwen adapters' too).
 """
 
 from __future__ import annotations

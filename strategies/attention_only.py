@@ -11,12 +11,21 @@ Position ids: ``contiguous``. FasterVLM prunes the image features in LLaVA's
 ``encode_images``, before ``prepare_inputs_labels_for_multimodal`` splices them into
 the prompt, so the language model sees a shorter sequence numbered from 0 with no gap
 (``attention-only:positions=original`` keeps the unreduced ids instead).
+
+Several segments (LLaVA-NeXT's base view and crop grid, InternVL's tiles, several
+images, video frames): each segment is selected on its own, with a share of the budget
+in proportion to its tokens (:func:`tokenbench.select_per_segment`). FasterVLM (Theia-4869/FasterVLM@f5d5f12, llava/model/llava_arch.py L141-157, L177) keeps the top k of every vision-tower pass on LLaVA-NeXT (the base view and each crop, k = budget / passes) and, on video, of every frame; at 672×672
+the proportional shares are the official per-pass ones for the base view against the
+crops, and within the crop grid tokens compete across crops (the official code gives
+each crop the same k). The official code also drops the ``image_newline`` tokens and
+skips unpadding; here the model's own input is kept (newlines stay, never pruned).
 """
 
 from __future__ import annotations
 
 import torch
 
+from tokenbench.segment_selection import select_per_segment
 from tokenbench.strategy import ModelInfo, Selection, StageContext, StageSpec, Strategy
 
 
@@ -56,5 +65,10 @@ class AttentionOnly(Strategy):
         return (StageSpec.vision("saliency"),)
 
     def select(self, ctx: StageContext) -> Selection:
+        # several segments (LLaVA-NeXT's base view and crops, tiles, frames): each on its own with
+        # its share of the budget, as the official code selects per vision-tower pass (module docstring)
+        return select_per_segment(ctx, self._select_one)
+
+    def _select_one(self, ctx: StageContext) -> Selection:
         saliency = ctx.require("saliency")
         return Selection(keep=top_k_sorted(saliency, min(ctx.budget, ctx.num_tokens)), scores=saliency)

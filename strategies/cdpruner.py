@@ -92,6 +92,14 @@ visual tokens, the ``shapes`` task, a stratified 300 questions, unreduced 97.0 %
   the PatchMerger" (issue #4), which is what tokenbench does (the merged tokens are the
   vision-stage tokens). LLaVA-NeXT's per-crop selection (``encode_images`` over the crops
   of one image, lines 202–203) has no counterpart: tokenbench's LLaVA adapter is 1.5.
+
+Several segments (LLaVA-NeXT's base view and crop grid, InternVL's tiles, several
+images, video frames): each segment is selected on its own, with a share of the budget
+in proportion to its tokens (:func:`tokenbench.select_per_segment`). CDPruner (Theia-4869/CDPruner@9541616, llava/model/llava_arch.py L141-187, L208) selects in every vision-tower pass on LLaVA-NeXT, k = budget / 5 at its fixed 672×672 (its relevance is normalised over all passes together; here per segment); at 672×672
+the proportional shares are the official per-pass ones for the base view against the
+crops, and within the crop grid tokens compete across crops (the official code gives
+each crop the same k). The official code also drops the ``image_newline`` tokens and
+skips unpadding; here the model's own input is kept (newlines stay, never pruned).
 """
 
 from __future__ import annotations
@@ -100,6 +108,7 @@ import torch
 import torch.nn.functional as F
 
 from tokenbench.errors import UsageError
+from tokenbench.segment_selection import select_per_segment
 from tokenbench.strategies.attention_only import top_k_sorted
 from tokenbench.strategies.divprune import cosine_similarity
 from tokenbench.strategy import ModelInfo, Selection, StageContext, StageSpec, Strategy
@@ -183,6 +192,11 @@ class CDPruner(Strategy):
         return (StageSpec.vision("text_embeddings"),)
 
     def select(self, ctx: StageContext) -> Selection:
+        # several segments (LLaVA-NeXT's base view and crops, tiles, frames): each on its own with
+        # its share of the budget, as the official code selects per vision-tower pass (module docstring)
+        return select_per_segment(ctx, self._select_one)
+
+    def _select_one(self, ctx: StageContext) -> Selection:
         n = ctx.num_tokens
         b = min(ctx.budget, n)
         relevance = instruction_relevance(ctx.tokens, ctx.require("text_embeddings"), bool(self.params["negate"]))

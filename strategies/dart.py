@@ -81,6 +81,14 @@ Deviations from the official code, with the adapter signal that would make each 
   CPython's set order of sequence indices; ties break to the lower index;
 - any batch size with left padding works; the official code assumes a batch of one with
   the image at a fixed ``image_token_start_index`` (35) and length (576).
+
+Several segments (LLaVA-NeXT's base view and crop grid, tiles, several images, video
+frames): pivots and duplication are computed over all the sample's visual tokens
+together, as the official LLaVA-NeXT code does over the whole packed image (upstream
+commit 5a19452, read in the fork xqy1111111/DART: ``modeling_llama_self.py`` L344-449).
+Deviations: the official LLaVA-NeXT pool includes the ``image_newline`` tokens (here
+separators, kept), and on Qwen2-VL/Qwen2.5-VL the official code prunes only a sample's
+first image (``lmms-eval`` ``qwen2_vl.py`` L304-310); here every image and frame.
 """
 
 from __future__ import annotations

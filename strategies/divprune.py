@@ -73,6 +73,13 @@ Deviations from the official code:
   index) and always returns exactly ``b`` distinct tokens;
 - Qwen2.5-VL: the official code is LLaVA only; tokenbench applies the same rule to the
   merged tokens the PatchMerger outputs (the tokens that enter the LM).
+
+Several segments (LLaVA-NeXT's base view and crop grid, tiles, several images, video
+frames): the max–min selection runs over all the sample's visual tokens together, as the
+official LLaVA-NeXT code does over the packed image (vbdi/divprune@799e2d9,
+``LLaVA/llava/model/llava_arch.py`` L152-171, L352-386). Deviation: the official pool
+includes the ``image_newline`` tokens (one shared embedding: at most about one
+survives); here they are separators and stay.
 """
 
 from __future__ import annotations

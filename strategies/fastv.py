@@ -40,6 +40,12 @@ Deviations from the official code:
 - the official in-place implementation asserts ``K > 0``; the ``K = 0`` random fallback
   follows its attention-mask implementation, with a seeded generator instead of
   ``random.shuffle``.
+
+Several segments (LLaVA-NeXT's base view and crop grid, tiles, several images, video
+frames): all the sample's visual tokens are ranked together; separators
+(``image_newline``) stay. The official code ranks one fixed span of LLaVA-1.5's sequence
+and has no LLaVA-NeXT, Qwen2-VL or multi-image path (pkunlp-icler/FastV@d165972,
+``modeling_llama.py`` L717-790; on LLaVA-NeXT its span would cover the base view only).
 """
 
 from __future__ import annotations

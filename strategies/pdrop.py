@@ -80,6 +80,13 @@ Deviations from the official code:
   with left padding works (the official inference raises on left padding);
 - attention is recomputed for the last row from the layer's inputs with the model's
   kernel left on (the official code computes the same softmax(q·kᵀ/√d) by hand).
+
+Several segments (LLaVA-NeXT's base view and crop grid, tiles, several images, video
+frames): every stage ranks all the sample's visual tokens together, as the official
+LLaVA-NeXT code ranks the whole packed image (Cooperx521/PyramidDrop@6444f30,
+``llava_arch.py`` L474, ``modeling_llama_pdrop.py`` L1390-1407). Deviation: the official
+span includes the ``image_newline`` tokens, which it may prune; here they are separators
+and stay.
 """
 
 from __future__ import annotations

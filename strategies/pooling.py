@@ -6,6 +6,9 @@ adaptive average pooling (start ⌊i·h/ph⌋, end ⌈(i+1)·h/ph⌉). Each pool
 position id of the token at its window's centre. A strong control on standard
 benchmarks (VTC-Bench, arXiv 2510.07143). The count can fall short of b when b has no
 factorisation that fits the grid; the tables show the tokens actually kept.
+
+Several segments: each segment's grid is pooled on its own to a share of the budget in
+proportion to its tokens (:func:`tokenbench.select_per_segment`).
 """
 
 from __future__ import annotations

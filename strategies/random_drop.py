@@ -4,6 +4,9 @@ Seeded from the run seed, the sample id and the strategy name (so reruns agree a
 strategies do not share a draw); returned in original order. Published work finds it a
 strong control (UniPruneBench, arXiv 2511.02650; Wen et al., ACL 2025 Findings,
 arXiv 2502.11501).
+
+Several segments: the draw is over all the sample's visual tokens together; separators
+stay.
 """
 
 from __future__ import annotations

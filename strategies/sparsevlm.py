@@ -100,6 +100,12 @@ Deviations from the released code:
   system prompt);
 - attention is recomputed for the text query rows from the layer's inputs (q·kᵀ,
   softmax, head mean) with the SDPA kernel left on, instead of an eager pass.
+
+Several segments (LLaVA-NeXT's base view and crop grid, tiles, several images, video
+frames): the raters and the ranking cover all the sample's visual tokens together;
+separators (``image_newline``) stay. The v1.5 release handles one 576-token image (its
+AnyRes path fails at ``llava_arch.py`` L504, Gumpest/SparseVLMs@b9619e6); its video
+branch ranks all frames in one span, as here.
 """
 
 from __future__ import annotations

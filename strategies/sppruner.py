@@ -62,6 +62,12 @@ Parameters (defaults): ``focus`` (True), ``multi_subject`` (True), ``context`` (
 ``default_keep`` = 128/576 (the abstract's 22.2 %).
 
 Deviations: there is no published code to deviate from; see the first paragraph.
+
+Several segments (LLaVA-NeXT's base view and crop grid, tiles, several images, video
+frames): the subjects, rings and merges need one 2-D grid, so each segment runs on its
+own with a share of the vision-stage budget in proportion to its tokens
+(:func:`tokenbench.select_per_segment`); the progressive LLM stage ranks the sample as a
+whole.
 """
 
 from __future__ import annotations

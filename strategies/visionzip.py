@@ -82,6 +82,14 @@ Deviations from the official code, and the adapter signal that would remove each
   tokens take the last visual token's.
 - Qwen2.5-VL (not in the official code) has no [CLS]: its saliency is the adapter's
   stand-in (mean attention received in the last full-attention block, per merged token).
+
+Several segments (LLaVA-NeXT's base view and crop grid, InternVL's tiles, several
+images, video frames): each segment is selected on its own, with a share of the budget
+in proportion to its tokens (:func:`tokenbench.select_per_segment`). VisionZip (dvlab-research/VisionZip@3151f6d, visionzip/clip_encoder.py L42-85, llava_arch.py L42-130) keeps dominant and contextual tokens in every vision-tower pass on LLaVA-NeXT (the base view and each crop); at 672×672
+the proportional shares are the official per-pass ones for the base view against the
+crops, and within the crop grid tokens compete across crops (the official code gives
+each crop the same k). The official code also drops the ``image_newline`` tokens and
+skips unpadding; here the model's own input is kept (newlines stay, never pruned).
 """
 
 from __future__ import annotations
@@ -92,6 +100,7 @@ import torch
 import torch.nn.functional as F
 
 from tokenbench.errors import UsageError
+from tokenbench.segment_selection import select_per_segment
 from tokenbench.strategies.attention_only import descending_order
 from tokenbench.strategy import ModelInfo, Selection, StageContext, StageSpec, Strategy
 
@@ -159,6 +168,11 @@ class VisionZip(Strategy):
         return (StageSpec.vision("saliency"),)
 
     def select(self, ctx: StageContext) -> Selection:
+        # several segments (LLaVA-NeXT's base view and crops, tiles, frames): each on its own with
+        # its share of the budget, as the official code selects per vision-tower pass (module docstring)
+        return select_per_segment(ctx, self._select_one)
+
+    def _select_one(self, ctx: StageContext) -> Selection:
         saliency = ctx.require("saliency")
         n = ctx.num_tokens
         dev = ctx.tokens.device

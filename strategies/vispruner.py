@@ -61,6 +61,14 @@ Deviations from the official code, and the adapter signal that would remove each
 - Qwen2.5-VL (not in the official code, which supports LLaVA-1.5/NeXT) has no [CLS]: its
   saliency is the adapter's stand-in (mean attention received in the last
   full-attention block, per merged token).
+
+Several segments (LLaVA-NeXT's base view and crop grid, InternVL's tiles, several
+images, video frames): each segment is selected on its own, with a share of the budget
+in proportion to its tokens (:func:`tokenbench.select_per_segment`). VisPruner (Theia-4869/VisPruner@aefa01a, llava/model/llava_arch.py L141-186, L207, L245-252) selects in every vision-tower pass on LLaVA-NeXT, T = budget / 5 at its fixed 672×672; at 672×672
+the proportional shares are the official per-pass ones for the base view against the
+crops, and within the crop grid tokens compete across crops (the official code gives
+each crop the same k). The official code also drops the ``image_newline`` tokens and
+skips unpadding; here the model's own input is kept (newlines stay, never pruned).
 """
 
 from __future__ import annotations
@@ -69,6 +77,7 @@ import torch
 import torch.nn.functional as F
 
 from tokenbench.errors import UsageError
+from tokenbench.segment_selection import select_per_segment
 from tokenbench.strategies.attention_only import descending_order
 from tokenbench.strategy import ModelInfo, Selection, StageContext, StageSpec, Strategy
 
@@ -133,6 +142,11 @@ class VisPruner(Strategy):
         return (StageSpec.vision("saliency"),)
 
     def select(self, ctx: StageContext) -> Selection:
+        # several segments (LLaVA-NeXT's base view and crops, tiles, frames): each on its own with
+        # its share of the budget, as the official code selects per vision-tower pass (module docstring)
+        return select_per_segment(ctx, self._select_one)
+
+    def _select_one(self, ctx: StageContext) -> Selection:
         saliency = ctx.require("saliency")
         n = ctx.num_tokens
         dev = ctx.tokens.device
