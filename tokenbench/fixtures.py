@@ -59,10 +59,28 @@ def word_tokenizer(words: list[str] | tuple[str, ...] = WORDS, *, specials: dict
     )
 
 
+def tiny_text_config(family: str, tok: Any, layers: int, *, positions: int = 256) -> Any:
+    """A 64-wide ``LlamaConfig`` or ``Qwen2Config`` (``family``) over ``tok``'s vocabulary, with its pad, BOS and EOS ids."""
+    import transformers
+
+    return getattr(transformers, f"{family}Config")(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tok),
+        max_position_embeddings=positions,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+    )
+
+
 def tiny_llava_checkpoint(path: str | Path, *, seed: int = 0, image_size: int = 32, patch_size: int = 8, layers: int = 3, feature_layer: int = -2) -> Path:
     """Save a tiny random LLaVA (4×4 visual tokens by default) with its processor."""
     import torch
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
     path = Path(path)
     tok = word_tokenizer()
@@ -71,18 +89,7 @@ def tiny_llava_checkpoint(path: str | Path, *, seed: int = 0, image_size: int = 
         vision_config=CLIPVisionConfig(
             image_size=image_size, patch_size=patch_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
         ),
-        text_config=LlamaConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=layers,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=len(tok),
-            max_position_embeddings=256,
-            pad_token_id=tok.pad_token_id,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-        ),
+        text_config=tiny_text_config("Llama", tok, layers, positions=256),
         image_token_index=tok.convert_tokens_to_ids("<image>"),
         vision_feature_layer=feature_layer,
         vision_feature_select_strategy="default",

@@ -22,7 +22,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tokenbench.fixtures import CHAT_TEMPLATE, word_tokenizer
+from tokenbench.fixtures import CHAT_TEMPLATE, tiny_text_config, word_tokenizer
 from tokenbench.processors import without_video_check
 
 Pinpoints = tuple[tuple[int, int], ...]
@@ -33,24 +33,6 @@ def _chat_template(image: str) -> str:
     return CHAT_TEMPLATE.replace(
         "{% if item['type'] == 'image' %}<image>\n{% else %}",
         "{% if item['type'] == 'image' %}" + image + "\n{% elif item['type'] == 'video' %}<video>\n{% else %}",
-    )
-
-
-def _text_config(family: str, tok: Any, layers: int) -> Any:
-    """A 64-wide ``LlamaConfig`` or ``Qwen2Config`` (``family``) over ``tok``'s vocabulary, with its pad, BOS and EOS ids."""
-    import transformers
-
-    return getattr(transformers, f"{family}Config")(
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        vocab_size=len(tok),
-        max_position_embeddings=1024,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
     )
 
 
@@ -104,7 +86,7 @@ def tiny_llava_next_checkpoint(
         vision_config=CLIPVisionConfig(
             image_size=image_size, patch_size=patch_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
         ),
-        text_config=_text_config("Llama", tok, layers),
+        text_config=tiny_text_config("Llama", tok, layers, positions=1024),
         image_token_index=tok.image_token_id,
         image_grid_pinpoints=pinpoints,
         vision_feature_layer=-2,
@@ -165,7 +147,7 @@ def tiny_llava_onevision_checkpoint(
             num_attention_heads=4,
             vision_use_head=False,
         ),
-        text_config=_text_config("Qwen2", tok, layers),
+        text_config=tiny_text_config("Qwen2", tok, layers, positions=1024),
         image_token_index=tok.image_token_id,
         video_token_index=tok.video_token_id,
         image_grid_pinpoints=pinpoints,
@@ -226,7 +208,7 @@ def tiny_internvl_checkpoint(
         vision_config=InternVLVisionConfig(
             image_size=image_size, patch_size=patch_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
         ),
-        text_config=_text_config("Qwen2", tok, layers),
+        text_config=tiny_text_config("Qwen2", tok, layers, positions=1024),
         image_token_id=tok.context_image_token_id,
         image_seq_length=tokens_per_tile,
         downsample_ratio=0.5,
