@@ -224,12 +224,31 @@ def _stock_prompt(stock: Any, enc: dict[str, Any], b: int) -> tuple[torch.Tensor
     return embeds, pos, masks["image"] | masks["video"]
 
 
+def _renumbered(positions: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+    """``positions=contiguous`` for M-RoPE, written out: the first token and every visual token keep their
+    3-D ids; every other token takes the largest id so far + 1 on all three axes."""
+    out = positions.clone()
+    largest = int(out[:, 0, 0].max())
+    for i in range(1, out.shape[2]):
+        if not bool(visual[i]):
+            out[:, 0, i] = largest + 1
+        largest = max(largest, int(out[:, 0, i].max()))
+    return out
+
+
 def _reference(
-    stock: Any, enc: dict[str, Any], b: int, rows: torch.Tensor, steps: int, merged: tuple[int, list[int]] | None = None
+    stock: Any,
+    enc: dict[str, Any],
+    b: int,
+    rows: torch.Tensor,
+    steps: int,
+    merged: tuple[int, list[int]] | None = None,
+    contiguous: bool = False,
 ) -> tuple[torch.Tensor, list[int]]:
     """Sample b alone through the stock model on ``inputs_embeds``: the text, and of its visual tokens (images
     and video, in sequence order) only ``rows`` (original indices, ascending), each at its original 3-D
-    position; greedy decoding at the last position + 1.
+    position (``contiguous``: renumbered by :func:`_renumbered`); greedy decoding after the largest position,
+    as the stock ``generate`` continues.
     ``merged = (j, sources)``: entry j of ``rows`` is the mean of the visual tokens ``sources``, at the position of ``rows[j]``."""
     from transformers import DynamicCache
 
@@ -244,6 +263,8 @@ def _reference(
         kept = ~visual
         kept[where[rows]] = True
         embeds, positions = full[kept][None], pos[:, :, kept]
+        if contiguous:
+            positions = _renumbered(positions, visual[kept])
         length = embeds.shape[1]
         cache = DynamicCache(config=cfg.text_config)
         logits = stock(
@@ -252,7 +273,7 @@ def _reference(
         first, tokens = logits[0].float(), []
         for step in range(steps):
             tokens.append(int(logits.argmax(-1)))
-            step_pos = (positions[:, 0, -1] + 1 + step).view(3, 1, 1)
+            step_pos = (positions.max() + 1 + step).view(1, 1, 1).expand(3, 1, 1)
             mask = torch.ones(1, length + step + 1, dtype=torch.long)
             logits = stock(input_ids=torch.tensor([[tokens[-1]]]), position_ids=step_pos, attention_mask=mask, cache=cache, use_cache=True).logits[:, -1]
     return first, tokens
@@ -662,3 +683,69 @@ def test_every_registered_strategy_runs_on_a_video(adapter: Qwen2VLAdapter, vide
     assert all(len(counts) == 2 for counts in r.segment_counts.values())
     if strategy.keeps_all:
         assert r.tokens_per_layer == [n] * LAYERS
+
+
+@pytest.mark.parametrize("which", ["two-images", "video"])
+def test_vision_selection_with_contiguous_positions_equals_the_renumbered_reference(
+    adapter: Qwen2VLAdapter, stock: Any, samples: list[Sample], multi: Sample, video: Sample, which: str
+) -> None:
+    group = [multi if which == "two-images" else video, samples[1]]
+    out, _, setups, _ = adapter.run(group, [s.question for s in group], KeepFixed(positions="contiguous"), FULL, max_new_tokens=6)
+    enc = _inputs(adapter, group)
+    for b, setup in enumerate(setups):
+        first, tokens = _reference(stock, enc, b, KeepFixed.indices(setup.num_visual), steps=6, contiguous=True)
+        torch.testing.assert_close(out.first_logits[b], first, atol=ATOL, rtol=0)
+        assert out.tokens[b] == tokens
+
+
+def _hooked_logits(stock: Any, embeds: torch.Tensor, positions: torch.Tensor, survivors: torch.Tensor) -> torch.Tensor:
+    """Last-position logits of the stock model on ``inputs_embeds`` at 3-D ``positions``, with the rows
+    ``~survivors`` dropped after decoder layer 0 by forward pre-hooks on the later layers (hidden states and
+    rotary rows; no mask: causal over the survivors)."""
+    layers = stock.model.language_model.layers
+
+    def prune(_m: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        hidden = args[0] if args else kwargs.pop("hidden_states")
+        if hidden.shape[1] == survivors.numel():
+            hidden = hidden[:, survivors]
+        cos, sin = kwargs["position_embeddings"]
+        kwargs["position_embeddings"] = (cos[:, survivors], sin[:, survivors])
+        kwargs["attention_mask"] = None
+        if kwargs.get("position_ids") is not None:
+            kwargs["position_ids"] = kwargs["position_ids"][..., survivors]
+        return (hidden, *args[1:]), kwargs
+
+    hooks = [layer.register_forward_pre_hook(prune, with_kwargs=True) for layer in layers[1:]]
+    try:
+        with torch.no_grad():
+            return stock(inputs_embeds=embeds[None], position_ids=positions, use_cache=False).logits[0, -1].float()
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+@pytest.mark.parametrize("which", ["two-images", "video"])
+def test_llm_selection_equals_hooked_stock_model(adapter: Qwen2VLAdapter, stock: Any, samples: list[Sample], multi: Sample, video: Sample, which: str) -> None:
+    """An LLM-stage selection after layer 0 equals the stock model whose later layers drop the unkept visual
+    rows through forward pre-hooks, re-run for every generated token (no cache)."""
+    group = [multi if which == "two-images" else video, samples[1]]
+    out, _, setups, _ = adapter.run(group, [s.question for s in group], PruneInLLM(), FULL, max_new_tokens=3)
+    enc = _inputs(adapter, group)
+    embed = stock.get_input_embeddings()
+    for b, setup in enumerate(setups):
+        full, pos, visual = _stock_prompt(stock, enc, b)
+        where = torch.nonzero(visual).squeeze(1)
+        keep = KeepFixed.indices(setup.num_visual)
+        tokens: list[int] = []
+        for step in range(3):
+            with torch.no_grad():
+                seq = torch.cat([full, embed(torch.tensor(tokens, dtype=torch.long))]) if tokens else full
+            after = (pos.max() + 1 + torch.arange(len(tokens))).view(1, 1, -1).expand(3, 1, -1)
+            survivors = torch.ones(seq.shape[0], dtype=torch.bool)
+            survivors[where] = False
+            survivors[where[keep]] = True
+            logits = _hooked_logits(stock, seq, torch.cat([pos, after], dim=2), survivors)
+            if step == 0:
+                torch.testing.assert_close(out.first_logits[b], logits, atol=ATOL, rtol=0)
+            tokens.append(int(logits.argmax()))
+        assert out.tokens[b] == tokens
