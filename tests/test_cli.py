@@ -442,3 +442,17 @@ def test_weight_loading_is_quiet_and_downloads_keep_their_bar() -> None:
     quiet_weight_loading()
     assert not logging.is_progress_bar_enabled()
     assert are_progress_bars_disabled() == downloads
+
+
+def test_a_reader_that_stops_early_gets_no_traceback() -> None:
+    """``tokenbench flops ... | true``: the reader is gone before anything is printed; the command exits quietly."""
+    import subprocess
+
+    proc = subprocess.run(
+        f"{sys.executable} -m tokenbench flops --config internvl3-8b --budget 1280,320 | true",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr

@@ -390,7 +390,11 @@ def run() -> NoReturn:
     flushed, logging is shut down, and the process exits at once. Without torch loaded
     (``tokenbench list``, ``gate``) the exit is the normal one.
     """
-    code = main()
+    try:
+        code = main()
+    except BrokenPipeError:  # the reader went away (``| head``): what it read is all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes at exit
+        code = 0
     try:
         sys.stdout.flush()
         sys.stderr.flush()
