@@ -94,8 +94,6 @@ class DecoderAdapter(Adapter):
     #: the prompt when the processor has no chat template (``{question}`` is the user
     #: text); ``None``: the chat template is always applied
     default_prompt: ClassVar[str | None] = None
-    #: images one sample may hold (``None``: no limit); a sample with more is one recorded error
-    max_images: ClassVar[int | None] = None
     #: whether a sample may hold a video (its frames go to the processor as ``videos``)
     takes_video: ClassVar[bool] = False
     #: frames sampled from a video file: at ``video_fps`` frames per second, at most ``video_frames``
@@ -237,15 +235,12 @@ class DecoderAdapter(Adapter):
     def visual_inputs(self, samples: Sequence[Sample]) -> tuple[list[list[Any]], list[list[Any]]]:
         """Each sample's images and video frames (PIL), checked against what the model takes.
 
-        A sample with more images than :attr:`max_images`, or a video the adapter does
-        not take, raises :class:`~tokenbench.TaskDataError` naming it: the harness records
+        A sample with a video the adapter does not take (or that its processor cannot
+        take) raises :class:`~tokenbench.TaskDataError` naming it: the harness records
         that sample alone and the run goes on.
         """
         images, videos = [], []
         for s in samples:
-            n = s.num_images
-            if self.max_images is not None and n > self.max_images:
-                raise TaskDataError(f"sample {s.id}: {n} images, but the {self.name} adapter's template takes at most {self.max_images}")
             if s.has_video and not self.takes_video:
                 raise TaskDataError(f"sample {s.id}: holds a video, which the {self.name} adapter does not take")
             if s.has_video and video_unavailable(self.processor):
@@ -299,8 +294,11 @@ class DecoderAdapter(Adapter):
         text_rows = layout.valid & layout.text
         segments = [tuple(encoded.segments[b]) if encoded.segments is not None else () for b in range(len(samples))]
         for b, segs in enumerate(segments):
-            if segs:
-                check_segments(segs, counts[b])
+            try:
+                if segs:
+                    check_segments(segs, counts[b])
+            except ValueError as exc:
+                raise PluginError(f"{type(self).__name__}.encode, sample {samples[b].id}: {exc}") from None
         setups = [
             SampleSetup(
                 sample_id=s.id,

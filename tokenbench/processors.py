@@ -61,13 +61,14 @@ def without_video_check(stock: type) -> type:
     so what it saves names the stock class.
     """
 
-    def check_argument_for_proper_class(self: Any, argument_name: str, argument: Any) -> Any:
-        if argument_name == "video_processor":
-            return None
-        return super(subclass, self).check_argument_for_proper_class(argument_name, argument)
+    class WithoutVideo(stock):
+        def check_argument_for_proper_class(self, argument_name: str, argument: Any) -> Any:
+            if argument_name == "video_processor":
+                return None
+            return super().check_argument_for_proper_class(argument_name, argument)
 
-    subclass = type(stock.__name__, (stock,), {"check_argument_for_proper_class": check_argument_for_proper_class, "__module__": __name__})
-    return subclass
+    WithoutVideo.__name__, WithoutVideo.__qualname__ = stock.__name__, stock.__qualname__
+    return WithoutVideo
 
 
 def _without_video(source: str, **options: Any) -> Any:
