@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import tokenbench
-from tokenbench.decoding import TokenLayout, _rebuild_row, contiguous_positions
+from tokenbench.token_layout import TokenLayout, contiguous_positions, rebuild_row
 
 
 def test_every_strategy_declares_a_policy_and_positions_switches_it() -> None:
@@ -68,13 +68,13 @@ def test_rebuilt_sequence_under_each_policy(at_end: bool) -> None:
     v_idx = torch.arange(2, 8)
     merged = torch.full((1, 3), -1.0)
     sel = tokenbench.Selection(keep=torch.tensor([1, 4]), merged=merged, merged_positions=torch.tensor([2]), merged_at_end=at_end)
-    h, p, o, m = _rebuild_row(layout, 0, valid_idx, v_idx, sel, "original")
+    h, p, o, m = rebuild_row(layout, 0, valid_idx, v_idx, sel, "original")
     # merged token after its donor (visual index 2) or after every kept token; it carries the donor's origin and id
     assert o.tolist() == ([-1, -1, 1, 2, 4, -1, -1] if not at_end else [-1, -1, 1, 4, 2, -1, -1])
     assert p.flatten().tolist() == ([0, 1, 3, 4, 6, 8, 9] if not at_end else [0, 1, 3, 6, 4, 8, 9])
     assert h[:, 0].tolist().count(-1.0) == 1
     assert m.tolist() == [x == 2 for x in o.tolist()]  # the merged token, and only it, is flagged
-    _, pc, oc, _ = _rebuild_row(layout, 0, valid_idx, v_idx, sel, "contiguous")
+    _, pc, oc, _ = rebuild_row(layout, 0, valid_idx, v_idx, sel, "contiguous")
     assert oc.tolist() == o.tolist() and pc.flatten().tolist() == list(range(7))
 
 

@@ -37,13 +37,14 @@ from tokenbench.task import Sample, Task
 if TYPE_CHECKING:
     from tokenbench.checkpoints import load_pretrained, model_identity, torch_dtype
     from tokenbench.decoder_adapter import DecoderAdapter, DecodeRun, EncodedBatch
-    from tokenbench.decoding import DecodeOutput, DecoderParts, SampleSetup, TokenLayout, eos_token_ids, make_stop, prefill_and_decode
+    from tokenbench.decoding import DecodeOutput, DecoderParts, SampleSetup, eos_token_ids, make_stop, prefill_and_decode
     from tokenbench.flops import MacCounter
     from tokenbench.flops_meter import FlopsMeter
     from tokenbench.frame import results_frame
     from tokenbench.processors import load_processor
     from tokenbench.segment_selection import select_per_segment
     from tokenbench.timing import mark_phase
+    from tokenbench.token_layout import TokenLayout
 
 __version__ = "0.1.0"
 
@@ -58,7 +59,7 @@ _LAZY = {
     "DecodeOutput": "tokenbench.decoding",
     "DecoderParts": "tokenbench.decoding",
     "SampleSetup": "tokenbench.decoding",
-    "TokenLayout": "tokenbench.decoding",
+    "TokenLayout": "tokenbench.token_layout",
     "eos_token_ids": "tokenbench.decoding",
     "make_stop": "tokenbench.decoding",
     "prefill_and_decode": "tokenbench.decoding",

@@ -36,7 +36,7 @@ import torch
 from tokenbench.adapter import Adapter, GenerationResult, TokenCounts
 from tokenbench.budget import Budget, sample_generator
 from tokenbench.checkpoints import model_identity
-from tokenbench.decoding import SEPARATOR, ApplyRopeFn, DecodeOutput, DecoderParts, SampleSetup, TokenLayout, eos_token_ids, make_stop, prefill_and_decode
+from tokenbench.decoding import ApplyRopeFn, DecodeOutput, DecoderParts, SampleSetup, eos_token_ids, make_stop, prefill_and_decode
 from tokenbench.errors import PluginError, TaskDataError
 from tokenbench.flops import MacCounter
 from tokenbench.flops_meter import FlopsMeter
@@ -44,6 +44,7 @@ from tokenbench.processors import video_unavailable
 from tokenbench.segments import Segment, check_segments
 from tokenbench.strategy import ModelInfo, Strategy
 from tokenbench.task import Sample
+from tokenbench.token_layout import SEPARATOR, TokenLayout
 
 
 @dataclass
