@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from tokenbench import DecoderAdapter, DecoderParts, EncodedBatch, Segment, TokenCounts, load_pretrained, load_processor, mark_phase, torch_dtype
+from tokenbench import DecoderAdapter, DecoderParts, EncodedBatch, TokenCounts, load_pretrained, load_processor, mark_phase, stack_segments, torch_dtype
 from tokenbench.adapters.vision_attention import attention_probs, feature_layer_input
 
 
@@ -66,17 +66,20 @@ class InternVLAdapter(DecoderAdapter):
         kind = self.text_config.model_type
         return self.stock_decoder_parts(importlib.import_module(f"transformers.models.{kind}.modeling_{kind}").apply_rotary_pos_emb)
 
+    def _tile_pixels(self) -> int:
+        """A tile's side in pixels (InternVL's configs may give ``[h, w]``; tiles are square)."""
+        size = self.model.config.vision_config.image_size
+        return int(size[0] if isinstance(size, (list, tuple)) else size)
+
     def _tile_side(self) -> int:
         """Tokens per side of one tile after the pixel shuffle."""
-        v = self.model.config.vision_config
-        size = v.image_size[0] if isinstance(v.image_size, (list, tuple)) else v.image_size
-        patch = v.patch_size[0] if isinstance(v.patch_size, (list, tuple)) else v.patch_size
-        return int(size // patch * self.ratio)
+        patch = self.model.config.vision_config.patch_size
+        return int(self._tile_pixels() // (patch[0] if isinstance(patch, (list, tuple)) else patch) * self.ratio)
 
     def vision_macs(self, counts: TokenCounts) -> tuple[int, int]:
         """(vision tower, projector) multiply-adds: one tower pass and one projection per tile (``vision_inputs``: ``(tiles,)`` per image)."""
         v = self.model.config.vision_config
-        size = v.image_size[0] if isinstance(v.image_size, (list, tuple)) else v.image_size
+        size = self._tile_pixels()
         tiles = sum(shape[0] for shape in counts.vision_inputs) if counts.vision_inputs else 1
         param = next(self.model.parameters())
         pixels = torch.zeros(1, 3, size, size, dtype=param.dtype, device=param.device)
@@ -113,11 +116,9 @@ class InternVLAdapter(DecoderAdapter):
             feats.append(tiles[first : first + n_tiles].reshape(-1, tiles.shape[-1]))
             if sal is not None:
                 sals.append(sal[first : first + n_tiles].reshape(-1))
-            segs: list[Segment] = []
-            for src, k in enumerate(counts):
-                kinds = ["image"] if k == 1 else ["tile"] * (k - 1) + ["thumbnail"]
-                segs.extend(Segment(kind, (side, side), (len(segs)) * side * side, src) for kind in kinds)
-            segments.append(tuple(segs))
+            kinds = [(src, ["image"] if k == 1 else ["tile"] * (k - 1) + ["thumbnail"]) for src, k in enumerate(counts)]
+            segs = stack_segments([(kind, (side, side), src) for src, names in kinds for kind in names])
+            segments.append(segs)
             inputs_used.append(tuple((k,) for k in counts))
             grids.append((side, side) if len(segs) == 1 else (1, n_tiles * per_tile))
             first += n_tiles

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from tokenbench import EncodedBatch, Segment, TokenCounts, load_pretrained, mark_phase, torch_dtype
+from tokenbench import EncodedBatch, TokenCounts, load_pretrained, mark_phase, stack_segments, torch_dtype
 from tokenbench.adapters.llava import LlavaAdapter
 
 
@@ -106,11 +106,7 @@ class LlavaNextAdapter(LlavaAdapter):
             seps.append(torch.cat([v.separators for v in parts]))
             if saliency:
                 sals.append(torch.cat([v.saliency for v in parts if v.saliency is not None]))
-            stacked: list[Segment] = []
-            for src, v in enumerate(parts):
-                for kind, grid in v.segments:
-                    stacked.append(Segment(kind, grid, sum(x.count for x in stacked), src))
-            segments.append(tuple(stacked))
+            segments.append(stack_segments([(kind, grid, src) for src, v in enumerate(parts) for kind, grid in v.segments]))
             inputs_used.append(tuple((v.passes,) for v in parts))
         layout = self.visual_layout(ids, attn, slots, feats, self.sequential_positions(attn), separators=seps)
         grids = [s[0].grid if len(s) == 1 else (1, sum(x.count for x in s)) for s in segments]
