@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from tokenbench.processors import read_chat_template
+from tokenbench import processors
 
 #: ``mm_token_type_ids`` of image and video placeholders (text is 0)
 IMAGE, VIDEO = 1, 2
@@ -121,13 +121,13 @@ class ImageOnlyProcessor:
 
 def load_processor(source: str, **options: Any) -> Any:
     """The checkpoint's ``AutoProcessor``; without torchvision, an :class:`ImageOnlyProcessor`."""
-    from transformers import AutoImageProcessor, AutoProcessor, AutoTokenizer
+    return processors.load_processor(source, without_torchvision=image_only_processor, **options)
 
-    try:
-        return AutoProcessor.from_pretrained(source, **options)
-    except ImportError as exc:
-        if "torchvision" not in str(exc).lower():
-            raise
+
+def image_only_processor(source: str, **options: Any) -> ImageOnlyProcessor:
+    """An :class:`ImageOnlyProcessor` from the checkpoint's tokenizer, image processor and chat template."""
+    from transformers import AutoImageProcessor, AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(source)
-    template = read_chat_template(source) or getattr(tokenizer, "chat_template", None)  # the processor's first, as AutoProcessor
+    template = processors.read_chat_template(source) or getattr(tokenizer, "chat_template", None)  # the processor's first, as AutoProcessor
     return ImageOnlyProcessor(tokenizer, AutoImageProcessor.from_pretrained(source, **options), template)

@@ -13,6 +13,7 @@ class of ``transformers`` is changed). Such a processor handles text and images;
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,9 @@ from typing import Any
 NO_VIDEO = "_tokenbench_no_video"
 
 
-def load_processor(source: str, **options: Any) -> Any:
-    """The checkpoint's ``AutoProcessor``; without torchvision, the same stock class without a video processor."""
+def load_processor(source: str, *, without_torchvision: Callable[..., Any] | None = None, **options: Any) -> Any:
+    """The checkpoint's ``AutoProcessor``; where that fails for want of torchvision,
+    ``without_torchvision(source, **options)`` (default: the same stock class without a video processor)."""
     from transformers import AutoProcessor
 
     try:
@@ -29,7 +31,7 @@ def load_processor(source: str, **options: Any) -> Any:
     except ImportError as exc:
         if "torchvision" not in str(exc).lower():
             raise
-    return _without_video(source, **options)
+    return (without_torchvision or _without_video)(source, **options)
 
 
 def video_unavailable(processor: Any) -> str | None:
