@@ -35,6 +35,7 @@ __all__ = [
     "load_model_config",
     "qwen2_5_vl_vision_macs",
     "qwen2_vl_vision_macs",
+    "vision_patches",
     "vision_tower_macs",
 ]
 
@@ -174,6 +175,17 @@ def _pair(value: Any) -> tuple[int, int]:
             raise ValueError(f"expected an int or (height, width), got {value!r}")
         return int(value[0]), int(value[1])
     return int(value), int(value)
+
+
+def vision_patches(vision_config: Any) -> int:
+    """Patch features of one tower pass at the tower's own resolution ([CLS] not counted); sizes may be ints or (height, width).
+
+    >>> vision_patches({"image_size": 448, "patch_size": [14, 14]})
+    1024
+    """
+    cfg = _sub(vision_config, "vision_config")
+    (h, w), (ph, pw) = _pair(_get(cfg, "image_size")), _pair(_get(cfg, "patch_size"))
+    return (h // ph) * (w // pw)
 
 
 def vision_tower_macs(

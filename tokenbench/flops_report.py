@@ -30,22 +30,13 @@ from tokenbench.flops_analytic import (
     load_model_config,
     qwen2_5_vl_vision_macs,
     qwen2_vl_vision_macs,
+    vision_patches,
     vision_tower_macs,
 )
 
 __all__ = ["flops_rows", "flops_table", "signed_pct", "vision_and_projector_flops"]
 
 _TERA = 1e12
-
-
-def _patches_per_pass(vision: dict[str, Any]) -> int:
-    """Patch features of one tower pass at the tower's own resolution (no [CLS]); sizes may be ints or (height, width)."""
-
-    def pair(value: Any) -> tuple[int, int]:
-        return (int(value[0]), int(value[1])) if isinstance(value, (list, tuple)) else (int(value), int(value))
-
-    (h, w), (ph, pw) = pair(vision["image_size"]), pair(vision["patch_size"])
-    return (h // ph) * (w // pw)
 
 
 def _vision_passes(config: dict[str, Any]) -> int:
@@ -69,14 +60,14 @@ def vision_and_projector_flops(config: dict[str, Any]) -> int:
     if model_type == "llava":
         macs = vision_tower_macs(vision) + llava_projector_macs(vision_hidden, text_hidden, int(config["num_visual_tokens"]))
     elif model_type == "llava_next":  # CLIP with [CLS]; the projector on each pass's patches ('default' drops the [CLS])
-        per_pass = vision_tower_macs(vision) + llava_projector_macs(vision_hidden, text_hidden, _patches_per_pass(vision))
+        per_pass = vision_tower_macs(vision) + llava_projector_macs(vision_hidden, text_hidden, vision_patches(vision))
         macs = passes * per_pass
     elif model_type == "llava_onevision":  # SigLIP, no [CLS]; 'full' keeps every patch
-        per_pass = vision_tower_macs(vision, cls_token=False) + llava_projector_macs(vision_hidden, text_hidden, _patches_per_pass(vision))
+        per_pass = vision_tower_macs(vision, cls_token=False) + llava_projector_macs(vision_hidden, text_hidden, vision_patches(vision))
         macs = passes * per_pass
     elif model_type == "internvl":  # InternViT with [CLS]; the projector on the pixel-shuffled tokens of each tile
         ratio = float(config.get("downsample_ratio", 0.5))
-        tokens = round(_patches_per_pass(vision) * ratio * ratio)
+        tokens = round(vision_patches(vision) * ratio * ratio)
         per_pass = vision_tower_macs(vision) + internvl_projector_macs(vision_hidden, text_hidden, tokens, ratio)
         macs = passes * per_pass
     elif model_type == "qwen2_5_vl":
@@ -97,7 +88,10 @@ def flops_rows(config_name: str, budgets: Sequence[int], text_tokens: int = 0) -
     the FastV-formula column always uses the visual tokens alone, as the
     2.99e12 / 0.98e12 LLaVA figures do.
     """
-    config = load_model_config(config_name)
+    return _rows(config_name, load_model_config(config_name), budgets, text_tokens)
+
+
+def _rows(config_name: str, config: dict[str, Any], budgets: Sequence[int], text_tokens: int) -> list[dict[str, Any]]:
     text = config["text_config"]
     d, m, n_layers = int(text["hidden_size"]), int(text["intermediate_size"]), int(text["num_hidden_layers"])
     full = int(config["num_visual_tokens"])
@@ -150,7 +144,8 @@ def signed_pct(change: float) -> str:
 
 def flops_table(config_name: str, budgets: Sequence[int], text_tokens: int = 0) -> str:
     """Plain-text table of :func:`flops_rows` with units and footnotes on the two conventions."""
-    rows = flops_rows(config_name, budgets, text_tokens)
+    config = load_model_config(config_name)
+    rows = _rows(config_name, config, budgets, text_tokens)
     header = (
         "visual tokens",
         "kept",
@@ -177,7 +172,6 @@ def flops_table(config_name: str, budgets: Sequence[int], text_tokens: int = 0) 
     widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(header)]
     lines = ["  ".join(cell.rjust(w) for cell, w in zip(line, widths)) for line in (header, *body)]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    config = load_model_config(config_name)
     full = int(config["num_visual_tokens"])
     separators = int(config.get("separator_tokens", 0))
     passes = _vision_passes(config)
