@@ -127,13 +127,13 @@ def stages(result: Any) -> list[tuple[str, list[int]]]:
     return [(label, list(kept)) for label, kept in result.kept.items()]
 
 
-def segment_images(sample: Any, segments: Sequence[Any], frames: Sequence[Any] = ()) -> list[Any]:
-    """The picture each segment is drawn on: its source image, or for a frame segment the frame it covers.
+def segment_images(images: Sequence[Any], segments: Sequence[Any], frames: Sequence[Any] = ()) -> list[Any]:
+    """The picture each segment is drawn on: its source image (of the sample's ``images``), or for a
+    frame segment the frame it covers.
 
     Frame segments of one video split ``frames`` evenly (a Qwen temporal patch covers two
     frames: it is drawn on the first).
     """
-    images = sample.load_images()
     video = [s for s in segments if s.source >= len(images)]
     out = []
     for seg in segments:
@@ -170,11 +170,12 @@ def draw(
     ncols = min(4, len(cells))
     nrows = math.ceil(len(cells) / ncols)
     fig = new_figure(3.6 * ncols, 4.1 * nrows + 0.9)
+    images = sample.load_images()  # read once, drawn in every panel
     for k, (label, budget, res, score, stage, kept) in enumerate(cells):
         ax = fig.add_subplot(nrows, ncols, k + 1)
         keep = set(kept)
         segments = res.all_segments
-        pictures = segment_images(sample, segments, frames)
+        pictures = segment_images(images, segments, frames)
         x0, height = 0.0, max(seg.grid[0] for seg in segments)
         present = (getattr(res, "segment_counts", None) or {}).get(stage)  # merged tokens included, by their donors
         for j, (seg, picture) in enumerate(zip(segments, pictures)):
