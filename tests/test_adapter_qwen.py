@@ -402,13 +402,13 @@ def test_flops_follow_each_image_grid_and_the_kept_tokens(adapter: Qwen2VLAdapte
     assert f_pruned["vision"] == f_full["vision"] and f_pruned["llm_prefill"] < f_full["llm_prefill"]
 
 
-def test_saliency_equals_eager_attention_in_the_saliency_block(family: Family, adapter: Qwen2VLAdapter, ckpt: Path, samples: list[Sample]) -> None:
+def _recording_eager_model(family: Family, ckpt: Path, name: str) -> tuple[Any, list[tuple[Any, torch.Tensor]]]:
+    """The stock model under an eager attention kernel registered as ``name`` that records (module, probabilities) of every call."""
     import importlib
 
     from transformers import AttentionInterface
 
     eager_attention_forward = importlib.import_module(family.adapter.modeling).eager_attention_forward
-
     records: list[tuple[Any, torch.Tensor]] = []
 
     def recording_eager(module: Any, *args: Any, **kwargs: Any) -> Any:
@@ -416,8 +416,12 @@ def test_saliency_equals_eager_attention_in_the_saliency_block(family: Family, a
         records.append((module, weights))
         return out, weights
 
-    AttentionInterface.register("tokenbench_test_record_eager", recording_eager)
-    eager = family.stock_class().from_pretrained(str(ckpt), dtype=torch.float32, attn_implementation="tokenbench_test_record_eager").eval()
+    AttentionInterface.register(name, recording_eager)
+    return family.stock_class().from_pretrained(str(ckpt), dtype=torch.float32, attn_implementation=name).eval(), records
+
+
+def test_saliency_equals_eager_attention_in_the_saliency_block(family: Family, adapter: Qwen2VLAdapter, ckpt: Path, samples: list[Sample]) -> None:
+    eager, records = _recording_eager_model(family, ckpt, "tokenbench_test_record_eager")
     enc = _encode(adapter, samples)
     block = eager.model.visual.blocks[family.saliency_block(eager.config)]
     with torch.no_grad():
@@ -622,20 +626,7 @@ def test_video_processor_lays_frames_out_as_the_stock_patchify(adapter: Qwen2VLA
 
 def test_video_saliency_equals_eager_attention_per_temporal_patch(family: Family, adapter: Qwen2VLAdapter, ckpt: Path, video: Sample) -> None:
     """The tower attends within each temporal patch (its ``cu_seqlens``): the saliency is the image rule per patch."""
-    import importlib
-
-    from transformers import AttentionInterface
-
-    eager_attention_forward = importlib.import_module(family.adapter.modeling).eager_attention_forward
-    records: list[tuple[Any, torch.Tensor]] = []
-
-    def recording_eager(module: Any, *args: Any, **kwargs: Any) -> Any:
-        out, weights = eager_attention_forward(module, *args, **kwargs)
-        records.append((module, weights))
-        return out, weights
-
-    AttentionInterface.register("tokenbench_test_record_eager_video", recording_eager)
-    eager = family.stock_class().from_pretrained(str(ckpt), dtype=torch.float32, attn_implementation="tokenbench_test_record_eager_video").eval()
+    eager, records = _recording_eager_model(family, ckpt, "tokenbench_test_record_eager_video")
     enc = _inputs(adapter, [video])
     block = eager.model.visual.blocks[family.saliency_block(eager.config)]
     with torch.no_grad():
